@@ -1,0 +1,12 @@
+"""maskspec: a declarative compiler for attention masks.
+
+Write a mask once as a `.mask` spec; get exact flex_attention BlockMasks,
+FlashAttention-4 block-sparse tensors, the element mask_mod and a dense
+reference — built analytically, in the time and memory of the output.
+"""
+
+from maskspec.api import CompiledMask, compile, load
+from maskspec.errors import MaskSpecError
+
+__all__ = ["CompiledMask", "MaskSpecError", "compile", "load"]
+__version__ = "0.1.0"

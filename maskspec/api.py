@@ -1,0 +1,125 @@
+"""The public face: load a spec, then build BlockMasks, mask_mods, dense masks, FA4 tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask
+
+from maskspec import blocks, dense, ir, lower
+from maskspec import mask_mod as mask_mod_backend
+from maskspec.compiler import compile_spec
+from maskspec.inputs import bind_inputs, sizes_of
+from maskspec.parse import parse, parse_file
+from maskspec.targets import fa4, flex
+
+
+def _block_size(bs: int | tuple[int, int]) -> tuple[int, int]:
+    pair = (bs, bs) if isinstance(bs, int) else tuple(bs)
+    if len(pair) != 2 or any(not isinstance(x, int) or x < 1 for x in pair):
+        raise ValueError(f"BLOCK_SIZE must be a positive int or a (Q_BS, KV_BS) pair, got {bs!r}")
+    return pair  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class CompiledMask:
+    """A compiled spec: every backend and target, at any shape and inputs."""
+
+    ir: ir.MaskIR
+
+    @property
+    def name(self) -> str:
+        return self.ir.name
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.ir.inputs)
+
+    def _bind(
+        self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any,
+        inputs: dict[str, Any], check: bool = True,
+    ) -> tuple[dict[str, int], dict[str, torch.Tensor], torch.device]:
+        sizes = sizes_of(1 if B is None else B, 1 if H is None else H, Q_LEN, KV_LEN)
+        dev = torch.device(device) if device is not None else _device_of(inputs)
+        return sizes, bind_inputs(self.ir, sizes, inputs, dev, check), dev
+
+    def grid(
+        self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
+        BLOCK_SIZE: int | tuple[int, int] = 128, *, check_inputs: bool = True, **inputs: Any,
+    ) -> blocks.BlockGrid:
+        """The FULL/PARTIAL block grid, (B', H', Q_blocks, KV_blocks) bool each."""
+        q_bs, kv_bs = _block_size(BLOCK_SIZE)
+        sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)
+        rows = lower.row_intervals(self.ir, sizes, bound, dev)
+        return blocks.classify(rows, Q_LEN, KV_LEN, q_bs, kv_bs)
+
+    def block_mask(
+        self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
+        BLOCK_SIZE: int | tuple[int, int] = 128, *, check_inputs: bool = True, **inputs: Any,
+    ) -> BlockMask:
+        """A flex_attention BlockMask, same argument order as ``create_block_mask``.
+
+        B' (H') is 1 when the mask does not depend on the batch (head): flex_attention
+        broadcasts it. ``check_inputs=False`` skips value-range checks (no device sync).
+        """
+        bs = _block_size(BLOCK_SIZE)
+        sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)
+        rows = lower.row_intervals(self.ir, sizes, bound, dev)
+        grid = blocks.classify(rows, Q_LEN, KV_LEN, *bs)
+        mm = mask_mod_backend.mask_mod(self.ir, sizes, bound)
+        return flex.block_mask(grid, Q_LEN, KV_LEN, bs, mm)
+
+    def mask_mod(
+        self, *, B: int | None = None, H: int | None = None, Q_LEN: int | None = None,
+        KV_LEN: int | None = None, device: Any = None, **inputs: Any,
+    ) -> mask_mod_backend.MaskMod:
+        """The element mask_mod, for ``create_block_mask`` or ``flex_attention``.
+
+        Q_LEN / KV_LEN are needed when the spec uses them; B / H shape default inputs.
+        """
+        needed = self.ir.sizes_used()
+        for k, v in (("Q_LEN", Q_LEN), ("KV_LEN", KV_LEN)):
+            if v is None and k in needed:
+                raise ValueError(f"spec `{self.name}` uses {k}: pass mask_mod({k}=...)")
+        sizes, bound, _ = self._bind(B, H, Q_LEN or 1, KV_LEN or 1, device, inputs)
+        return mask_mod_backend.mask_mod(self.ir, sizes, bound)
+
+    def dense(
+        self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
+        **inputs: Any,
+    ) -> torch.Tensor:
+        """The reference bool mask [B, H, Q_LEN, KV_LEN] (small sizes: it is Q×KV)."""
+        sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs)
+        return dense.dense(self.ir, sizes, bound, dev)
+
+    def fa4_block_sparse(
+        self, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any = None,
+        BLOCK_SIZE: int | tuple[int, int] = (128, 128), *, arch: int | None = None,
+        check_inputs: bool = True, **inputs: Any,
+    ) -> tuple[Any, Any]:
+        """FlashAttention-4 (forward, backward) block-sparse tensors, FA4's block-size rules."""
+        bs = _block_size(BLOCK_SIZE)
+        dev = torch.device(device) if device is not None else _device_of(inputs)
+        fa4.check_block_size(bs, fa4.sm_arch(dev, arch))
+        grid = self.grid(B, H, Q_LEN, KV_LEN, dev, bs, check_inputs=check_inputs, **inputs)
+        return fa4.block_sparse(grid, B, H, bs)
+
+
+def _device_of(inputs: dict[str, Any]) -> torch.device:
+    for v in inputs.values():
+        if isinstance(v, torch.Tensor):
+            return v.device
+    return torch.device("cpu")
+
+
+def compile(source: str, path: str = "<spec>", **params: int) -> CompiledMask:
+    """Compile spec text (``params`` override the spec's defaults)."""
+    return CompiledMask(compile_spec(parse(source, path), **params))
+
+
+def load(path: str | Path, **params: int) -> CompiledMask:
+    """Parse, validate and compile a `.mask` file."""
+    return CompiledMask(compile_spec(parse_file(path), **params))

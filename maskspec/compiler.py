@@ -1,0 +1,228 @@
+"""Spec model → IR: resolve names, check primitives and their arguments, bind params."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from maskspec import ir
+from maskspec import model as m
+from maskspec.errors import MaskSpecError, did_you_mean
+from maskspec.lower import analyze_cond
+
+PRIMITIVE_HINTS = {
+    "sliding_window": "write `window(left = N)`",
+    "bidirectional": "write `full` (optionally with `where` guards)",
+    "prefix": "write `full where kv < P` and union it with `causal`",
+}
+
+
+@dataclass
+class _Scope:
+    """What an expression may name where it stands."""
+
+    vars: tuple[str, ...]
+    inputs: bool
+    what: str  # for messages: "an input shape", "a guard" ...
+
+
+class _Resolver:
+    def __init__(self, spec: m.Spec, params: Mapping[str, int]) -> None:
+        self.spec = spec
+        self.params = dict(params)
+        self.inputs = {i.name: i for i in spec.inputs}
+
+    def error(self, msg: str, pos: m.Pos | None, hint: str | None = None) -> MaskSpecError:
+        return MaskSpecError(msg, pos, source=self.spec.source, path=self.spec.path, hint=hint)
+
+    def names(self, scope: _Scope) -> list[str]:
+        out = [*scope.vars, *ir.SIZES, *self.params]
+        return out + (list(self.inputs) if scope.inputs else [])
+
+    def expr(self, e: m.Expr, scope: _Scope) -> ir.Expr:
+        pos = e.pos
+        if isinstance(e, m.Num):
+            return ir.Const(e.value, pos=pos)
+        if isinstance(e, m.Name):
+            return self.name(e, scope)
+        if isinstance(e, m.Index):
+            return self.index(e, scope)
+        if isinstance(e, m.Neg):
+            return ir.Bin("*", ir.Const(-1), self.expr(e.operand, scope), pos=pos)
+        if isinstance(e, m.BinOp):
+            a, b = self.expr(e.left, scope), self.expr(e.right, scope)
+            if e.op in ("//", "%") and not ir.is_constant(b):
+                raise self.error(
+                    f"`{e.op}` needs a constant divisor (numbers, params, sizes)", e.right.pos,
+                    hint="divide by a param or Q_LEN/KV_LEN, not by q, kv or an input",
+                )
+            if e.op == "*" and not (ir.is_constant(a) or ir.is_constant(b)):
+                raise self.error(
+                    "a product needs one constant factor (the mask must stay affine)", pos
+                )
+            return ir.Bin(e.op, a, b, pos=pos)
+        args = [self.expr(a, scope) for a in e.args]  # Func: min/max, left-folded
+        out = args[0]
+        for a in args[1:]:
+            out = ir.Bin(e.name, out, a, pos=pos)
+        return out
+
+    def name(self, e: m.Name, scope: _Scope) -> ir.Expr:
+        if e.id in scope.vars:
+            return ir.Var(e.id, pos=e.pos)
+        if e.id in ir.SIZES:
+            return ir.Size(e.id, pos=e.pos)
+        if e.id in self.params:
+            return ir.Const(self.params[e.id], pos=e.pos)
+        if e.id in self.inputs and scope.inputs:
+            n = len(self.inputs[e.id].shape)
+            raise self.error(
+                f"input `{e.id}` must be indexed", e.pos,
+                hint=f"write `{e.id}[{', '.join(['b'] * n)}]` or whatever indices fit its shape",
+            )
+        if e.id in ir.VARS or e.id in self.inputs:
+            raise self.error(f"`{e.id}` cannot be used in {scope.what}", e.pos)
+        raise self.error(
+            f"unknown name `{e.id}`", e.pos, hint=did_you_mean(e.id, self.names(scope))
+        )
+
+    def index(self, e: m.Index, scope: _Scope) -> ir.Expr:
+        decl = self.inputs.get(e.id)
+        if decl is None or not scope.inputs:
+            if decl is not None:
+                raise self.error(f"input `{e.id}` cannot be used in {scope.what}", e.pos)
+            raise self.error(
+                f"unknown input `{e.id}`", e.pos,
+                hint=did_you_mean(e.id, list(self.inputs)) or "declare it with `input`",
+            )
+        if len(e.args) != len(decl.shape):
+            raise self.error(
+                f"input `{e.id}` has {len(decl.shape)} dimension(s) but is indexed with "
+                f"{len(e.args)}", e.pos,
+            )
+        args = tuple(self.expr(a, scope) for a in e.args)
+        for a, src in zip(args, e.args, strict=True):
+            if ir.uses(a, ir.Var, "kv"):
+                raise self.error(
+                    "inputs cannot be indexed by `kv`", src.pos,
+                    hint="index by b, h or q (e.g. `q // block`); bound kv with a comparison",
+                )
+        return ir.Load(e.id, args, pos=e.pos)
+
+
+CONST = _Scope(vars=(), inputs=False, what="a constant (param default, input shape)")
+ROW_OR_KV = _Scope(vars=ir.VARS, inputs=True, what="a condition")
+ARG = _Scope(vars=("b", "h", "q"), inputs=True, what="a primitive argument")
+
+
+def _params(spec: m.Spec, overrides: Mapping[str, int]) -> dict[str, int]:
+    known = [p.name for p in spec.params]
+    for k in overrides:
+        if k not in known:
+            hint = did_you_mean(k, known)
+            more = f"; {hint}" if hint else f" (params: {', '.join(known) or 'none'})"
+            raise ValueError(f"spec `{spec.name}` has no param `{k}`{more}")
+    values: dict[str, int] = {}
+    for p in spec.params:
+        if p.name in overrides:
+            values[p.name] = int(overrides[p.name])
+            continue
+        if p.default is None:
+            raise MaskSpecError(
+                f"param `{p.name}` has no default and no value was given", p.pos,
+                source=spec.source, path=spec.path,
+                hint=f"pass it when loading: maskspec.load(path, {p.name}=...)",
+            )
+        e = _Resolver(spec, values).expr(p.default, CONST)
+        if not ir.is_constant(e) or any(isinstance(n, ir.Size) for n in e.walk()):
+            raise MaskSpecError(
+                f"the default of param `{p.name}` must be a number or earlier params",
+                p.default.pos, source=spec.source, path=spec.path,
+            )
+        values[p.name] = ir.const_value(e, {})
+    return values
+
+
+def _check_unique(spec: m.Spec) -> None:
+    seen: dict[str, str] = {}
+    reserved = set(ir.VARS) | set(ir.SIZES)
+    decls = [("param", p) for p in spec.params] + [("input", i) for i in spec.inputs]
+    decls += [("region", r) for r in spec.regions]
+    for kind, d in decls:
+        if d.name in reserved or d.name in ir.SIGNATURES:
+            raise MaskSpecError(
+                f"`{d.name}` is a built-in name and cannot name a {kind}", d.pos,
+                source=spec.source, path=spec.path,
+            )
+        if d.name in seen:
+            raise MaskSpecError(
+                f"`{d.name}` is already declared as a {seen[d.name]}", d.pos,
+                source=spec.source, path=spec.path,
+            )
+        seen[d.name] = kind
+
+
+def _primitive(r: _Resolver, call: m.Call) -> ir.Primitive:
+    sig = ir.SIGNATURES.get(call.name)
+    if sig is None:
+        hint = did_you_mean(call.name, ir.SIGNATURES) or PRIMITIVE_HINTS.get(call.name)
+        hint = hint or "primitives: " + ", ".join(ir.SIGNATURES)
+        raise r.error(f"unknown region primitive `{call.name}`", call.pos, hint=hint)
+    defaults, constant = sig
+    given: dict[str, ir.Expr] = {}
+    order = list(defaults)
+    for i, a in enumerate(call.args):
+        if a.name is None:
+            if i >= len(order) or any(x.name for x in call.args[:i]):
+                raise r.error(
+                    f"`{call.name}` takes {len(order)} argument(s): "
+                    f"{', '.join(order) or 'none'}", a.pos,
+                )
+            key = order[i]
+        else:
+            key = a.name
+        if key not in defaults:
+            raise r.error(
+                f"`{call.name}` has no argument `{key}`", a.pos,
+                hint=did_you_mean(key, order) or f"arguments: {', '.join(order) or 'none'}",
+            )
+        if key in given:
+            raise r.error(f"argument `{key}` given twice", a.pos)
+        value = r.expr(a.value, ARG if key not in constant else CONST)
+        given[key] = value
+    for key, default in defaults.items():
+        if key not in given:
+            if default is None:
+                raise r.error(
+                    f"`{call.name}` needs argument `{key}`", call.pos,
+                    hint=f"e.g. `{call.name}({key} = ...)`",
+                )
+            given[key] = ir.Const(default)
+    return ir.Primitive(call.name, given, pos=call.pos)
+
+
+def _cond(r: _Resolver, c: m.Cond) -> ir.Cmp:
+    cmp = ir.Cmp(c.op, r.expr(c.left, ROW_OR_KV), r.expr(c.right, ROW_OR_KV), pos=c.pos)
+    analyze_cond(cmp, r.error)
+    return cmp
+
+
+def _input(r: _Resolver, d: m.Input) -> ir.InputDecl:
+    shape = tuple(r.expr(s, CONST) for s in d.shape)
+    rng = None if d.range is None else (r.expr(d.range[0], CONST), r.expr(d.range[1], CONST))
+    default = None if d.default is None else r.expr(d.default, CONST)
+    return ir.InputDecl(d.name, d.dtype, shape, rng, default, pos=d.pos)
+
+
+def compile_spec(spec: m.Spec, **params: int) -> ir.MaskIR:
+    """Resolve a parsed spec into the IR, binding ``params`` (overriding defaults)."""
+    _check_unique(spec)
+    r = _Resolver(spec, _params(spec, params))
+    inputs = tuple(_input(r, d) for d in spec.inputs)
+    valid = [_cond(r, c) for v in spec.valid for c in v.conds]
+    terms = []
+    for reg in spec.regions:
+        prims = tuple(_primitive(r, c) for c in reg.calls)
+        conds = tuple(_cond(r, c) for c in reg.where) + tuple(valid)
+        terms.append(ir.Term(reg.name, prims, conds, pos=reg.pos))
+    return ir.MaskIR(spec.name, tuple(terms), inputs, r.params, spec.source, spec.path)

@@ -1,0 +1,123 @@
+"""Runtime inputs: bind user tensors to a spec's declared inputs, with checks that name them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from maskspec import ir
+from maskspec.errors import MaskSpecError, did_you_mean
+
+
+def sizes_of(B: int, H: int, Q_LEN: int, KV_LEN: int) -> dict[str, int]:
+    """The size environment, after checking the sizes are positive integers."""
+    sizes = {"B": B, "H": H, "Q_LEN": Q_LEN, "KV_LEN": KV_LEN}
+    for k, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{k} must be a positive int, got {v!r}")
+    return sizes
+
+
+def _where(d: ir.InputDecl, mask: ir.MaskIR) -> str:
+    return f"{mask.path}:{d.pos.line}" if d.pos else mask.path
+
+
+def _to_tensor(name: str, value: Any, dtype: str, device: torch.device | None) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        if device is not None and value.device != torch.device(device):
+            raise ValueError(
+                f"input `{name}` is on {value.device} but the mask is built on {device}; "
+                f"move it with `.to({str(device)!r})`"
+            )
+        return value
+    if isinstance(value, (int, bool, Sequence)):
+        t = torch.as_tensor(value, device=device)
+        return t.bool() if dtype == "bool" and t.dtype != torch.bool else t
+    raise ValueError(f"input `{name}` must be a tensor or a list of numbers, got {type(value)}")
+
+
+def _check_dtype(name: str, t: torch.Tensor, dtype: str) -> None:
+    if dtype == "bool" and t.dtype != torch.bool:
+        raise ValueError(f"input `{name}` must be a bool tensor, got {t.dtype}")
+    if dtype == "int" and (t.dtype == torch.bool or t.is_floating_point() or t.is_complex()):
+        raise ValueError(f"input `{name}` must be an integer tensor, got {t.dtype}")
+
+
+def _check_range(name: str, t: torch.Tensor, lo: int, hi: int) -> None:
+    bad = (t < lo) | (t > hi)
+    if bool(bad.any()):
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"input `{name}` must lie in [{lo}, {hi}] but {name}{list(where)} = "
+            f"{int(t[where])}"
+        )
+
+
+def bind_inputs(
+    mask: ir.MaskIR,
+    sizes: Mapping[str, int],
+    given: Mapping[str, Any],
+    device: torch.device | str | None,
+    check: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Tensors for every declared input: given ones checked, missing ones from defaults.
+
+    ``check`` also verifies value ranges, which reads the values (a device sync on GPU);
+    turn it off inside CUDA graphs or hot loops once inputs are known to be good.
+    """
+    decls = {d.name: d for d in mask.inputs}
+    for k in given:
+        if k not in decls:
+            hint = did_you_mean(k, decls)
+            raise ValueError(
+                f"spec `{mask.name}` has no input `{k}`"
+                + (f"; {hint}" if hint else f" (inputs: {', '.join(decls) or 'none'})")
+            )
+    out = {}
+    for name, d in decls.items():
+        shape = tuple(ir.const_value(s, sizes) for s in d.shape)
+        if name in given and given[name] is not None:
+            t = _to_tensor(name, given[name], d.dtype, device)
+            _check_dtype(name, t, d.dtype)
+            if tuple(t.shape) != shape:
+                raise ValueError(
+                    f"input `{name}` must have shape {list(shape)} (declared at "
+                    f"{_where(d, mask)}), got {list(t.shape)}"
+                )
+        elif d.default is not None:
+            dtype = torch.bool if d.dtype == "bool" else torch.int64
+            t = torch.full(shape, ir.const_value(d.default, sizes), dtype=dtype, device=device)
+        else:
+            raise ValueError(f"input `{name}` is required (declared at {_where(d, mask)})")
+        if check and d.range is not None:
+            lo, hi = (ir.const_value(e, sizes) for e in d.range)
+            _check_range(name, t, lo, hi)
+        out[name] = t
+    check_index_bounds(mask, sizes, out)
+    return out
+
+
+def check_index_bounds(
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor]
+) -> None:
+    """Every input lookup stays inside its tensor for all real (b, h, q): checked statically."""
+    ranges = {"b": (0, sizes["B"] - 1), "h": (0, sizes["H"] - 1), "q": (0, sizes["Q_LEN"] - 1)}
+    for e in mask.exprs():
+        for node in e.walk():
+            if not isinstance(node, ir.Load):
+                continue
+            t = inputs[node.input]
+            for dim, a in enumerate(node.args):
+                lo, hi = ir.bounds(a, ranges, sizes, {})
+                if math.isfinite(lo - hi) and (lo < 0 or hi > t.shape[dim] - 1):
+                    raise MaskSpecError(
+                        f"index {dim} of `{node.input}` ranges over [{lo}, {hi}] at "
+                        f"B={sizes['B']}, H={sizes['H']}, Q_LEN={sizes['Q_LEN']}, "
+                        f"KV_LEN={sizes['KV_LEN']}, but that dimension has {t.shape[dim]} "
+                        "entries", node.pos, source=mask.source, path=mask.path,
+                        hint="declare the input's shape to cover every index, e.g. "
+                        "`(Q_LEN + block - 1) // block` for `q // block`",
+                    )

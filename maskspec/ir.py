@@ -1,0 +1,399 @@
+"""The IR: resolved integer expressions, region primitives and conditions, with their meaning.
+
+A mask is a union of terms; a term is an intersection of primitives (``causal``,
+``diagonal`` ...) restricted by conditions (its region's ``where`` and every
+``valid`` clause). This module gives each construct its element-level meaning
+(``allows``), the definition the dense and mask_mod backends evaluate; the
+row-interval lowering used for block classification lives in ``lower``.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+
+from maskspec.model import Pos
+
+Value = Union[int, torch.Tensor]  # noqa: UP007 (runtime alias)
+
+VARS = ("b", "h", "q", "kv")
+SIZES = ("B", "H", "Q_LEN", "KV_LEN")
+
+
+# ---------------------------------------------------------------- expressions
+
+
+@dataclass(frozen=True)
+class Expr:
+    """An integer expression over b, h, q, kv, sizes and runtime inputs."""
+
+    pos: Pos | None = field(default=None, compare=False, repr=False, kw_only=True)
+
+    def children(self) -> tuple[Expr, ...]:
+        return ()
+
+    def walk(self) -> Iterator[Expr]:
+        yield self
+        for c in self.children():
+            yield from c.walk()
+
+
+@dataclass(frozen=True)
+class Const(Expr):
+    value: int
+
+
+@dataclass(frozen=True)
+class Var(Expr):
+    name: str  # one of VARS
+
+
+@dataclass(frozen=True)
+class Size(Expr):
+    name: str  # one of SIZES
+
+
+@dataclass(frozen=True)
+class Load(Expr):
+    """``input[args]``: a runtime tensor read at integer indices."""
+
+    input: str
+    args: tuple[Expr, ...]
+
+    def children(self) -> tuple[Expr, ...]:
+        return self.args
+
+
+@dataclass(frozen=True)
+class Bin(Expr):
+    op: str  # + - * // % min max
+    a: Expr
+    b: Expr
+
+    def children(self) -> tuple[Expr, ...]:
+        return (self.a, self.b)
+
+
+def _tmin(a: Value, b: Value) -> Value:
+    if isinstance(a, int) and isinstance(b, int):
+        return min(a, b)
+    return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
+
+
+def _tmax(a: Value, b: Value) -> Value:
+    if isinstance(a, int) and isinstance(b, int):
+        return max(a, b)
+    return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
+
+
+BIN_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "//": operator.floordiv,
+    "%": operator.mod,
+    "min": _tmin,
+    "max": _tmax,
+}
+
+
+def const(v: int) -> Const:
+    return Const(v)
+
+
+def add(a: Expr, b: Expr) -> Expr:
+    """a + b, folding constants (keeps lowered expressions small and readable)."""
+    if isinstance(a, Const) and isinstance(b, Const):
+        return Const(a.value + b.value)
+    if isinstance(b, Const) and b.value == 0:
+        return a
+    if isinstance(a, Const) and a.value == 0:
+        return b
+    return Bin("+", a, b)
+
+
+def sub(a: Expr, b: Expr) -> Expr:
+    if isinstance(a, Const) and isinstance(b, Const):
+        return Const(a.value - b.value)
+    if isinstance(b, Const) and b.value == 0:
+        return a
+    return Bin("-", a, b)
+
+
+def mul(a: Expr, b: Expr) -> Expr:
+    if isinstance(a, Const) and isinstance(b, Const):
+        return Const(a.value * b.value)
+    for x, y in ((a, b), (b, a)):
+        if isinstance(x, Const) and x.value == 1:
+            return y
+        if isinstance(x, Const) and x.value == 0:
+            return Const(0)
+    return Bin("*", a, b)
+
+
+def neg(a: Expr) -> Expr:
+    return mul(Const(-1), a) if not isinstance(a, Const) else Const(-a.value)
+
+
+def floordiv(a: Expr, b: Expr) -> Expr:
+    if isinstance(a, Const) and isinstance(b, Const) and b.value != 0:
+        return Const(a.value // b.value)
+    if isinstance(b, Const) and b.value == 1:
+        return a
+    return Bin("//", a, b)
+
+
+def emin(a: Expr | None, b: Expr) -> Expr:
+    return b if a is None else Bin("min", a, b)
+
+
+def emax(a: Expr | None, b: Expr) -> Expr:
+    return b if a is None else Bin("max", a, b)
+
+
+def uses(e: Expr, kind: type, name: str | None = None) -> bool:
+    """Whether ``e`` contains a node of ``kind`` (with ``name``, for Var/Size/Load)."""
+    for n in e.walk():
+        if isinstance(n, kind) and (name is None or getattr(n, "name", None) == name
+                                    or getattr(n, "input", None) == name):
+            return True
+    return False
+
+
+def is_constant(e: Expr) -> bool:
+    """Known at build time: no variables and no runtime inputs."""
+    return not any(isinstance(n, (Var, Load)) for n in e.walk())
+
+
+@dataclass
+class Env:
+    """Values for evaluation: variables (broadcastable tensors or ints), sizes, inputs."""
+
+    vars: Mapping[str, Value]
+    sizes: Mapping[str, int]
+    inputs: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+def evaluate(e: Expr, env: Env) -> Value:
+    """Evaluate with torch broadcasting; input indices are clamped into the tensor's range.
+
+    Clamping keeps the generated mask_mod safe on the padded tail of ragged
+    blocks (flex_attention evaluates those positions and then discards them);
+    build-time checks (``check_index_bounds``) guarantee real positions are in range.
+    """
+    if isinstance(e, Const):
+        return e.value
+    if isinstance(e, Var):
+        return env.vars[e.name]
+    if isinstance(e, Size):
+        return env.sizes[e.name]
+    if isinstance(e, Bin):
+        return BIN_OPS[e.op](evaluate(e.a, env), evaluate(e.b, env))
+    if isinstance(e, Load):
+        t = env.inputs[e.input]
+        idx = []
+        for dim, a in enumerate(e.args):
+            v = evaluate(a, env)
+            v = torch.as_tensor(v, device=t.device)
+            idx.append(v.clamp(0, t.shape[dim] - 1))
+        return t[tuple(idx)]
+    raise TypeError(f"cannot evaluate {e!r}")
+
+
+def const_value(e: Expr, sizes: Mapping[str, int]) -> int:
+    """The integer value of a constant expression at the given sizes."""
+    v = evaluate(e, Env(vars={}, sizes=sizes))
+    return int(v)
+
+
+def bounds(
+    e: Expr, ranges: Mapping[str, tuple[float, float]], sizes: Mapping[str, int],
+    input_ranges: Mapping[str, tuple[float, float]],
+) -> tuple[float, float]:
+    """Interval arithmetic: inclusive (min, max) of ``e`` given the variables' ranges."""
+    if isinstance(e, Const):
+        return (e.value, e.value)
+    if isinstance(e, Size):
+        return (sizes[e.name], sizes[e.name])
+    if isinstance(e, Var):
+        return ranges.get(e.name, (-math.inf, math.inf))
+    if isinstance(e, Load):
+        return input_ranges.get(e.input, (-math.inf, math.inf))
+    a = bounds(e.a, ranges, sizes, input_ranges)  # type: ignore[attr-defined]
+    b = bounds(e.b, ranges, sizes, input_ranges)  # type: ignore[attr-defined]
+    op = e.op  # type: ignore[attr-defined]
+    if op == "+":
+        return (a[0] + b[0], a[1] + b[1])
+    if op == "-":
+        return (a[0] - b[1], a[1] - b[0])
+    if op in ("min", "max"):
+        f = min if op == "min" else max
+        return (f(a[0], b[0]), f(a[1], b[1]))
+    if op == "*":
+        prods = [x * y for x in a for y in b if not (math.isinf(x) or math.isinf(y))]
+        if len(prods) < 4:
+            return (-math.inf, math.inf)
+        return (min(prods), max(prods))
+    if op in ("//", "%") and b[0] == b[1] and b[0] > 0:
+        d = b[0]
+        if op == "%":
+            return (0, d - 1)
+        lo = a[0] // d if not math.isinf(a[0]) else -math.inf
+        hi = a[1] // d if not math.isinf(a[1]) else math.inf
+        return (lo, hi)
+    return (-math.inf, math.inf)
+
+
+# ---------------------------------------------------------------- conditions
+
+
+@dataclass(frozen=True)
+class Cmp:
+    """``left OP right`` evaluated elementwise."""
+
+    op: str
+    left: Expr
+    right: Expr
+    pos: Pos | None = field(default=None, compare=False, repr=False)
+
+    def exprs(self) -> tuple[Expr, Expr]:
+        return (self.left, self.right)
+
+
+CMP_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+def holds(c: Cmp, env: Env) -> Value:
+    return CMP_OPS[c.op](evaluate(c.left, env), evaluate(c.right, env))
+
+
+# ---------------------------------------------------------------- primitives
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """A region primitive with resolved arguments.
+
+    kinds and meaning (kv allowed for query q):
+      full                      every key
+      causal(offset)            kv <= q + offset
+      window(left, right)       q - left <= kv <= q + right
+      diagonal(period, offset)  kv ≡ q + offset (mod period)
+      chunk(size, offset)       q // size == (kv - offset) // size
+    """
+
+    kind: str
+    args: Mapping[str, Expr]
+    pos: Pos | None = field(default=None, compare=False, repr=False)
+
+    def exprs(self) -> tuple[Expr, ...]:
+        return tuple(self.args.values())
+
+
+# name → (argument names in positional order, defaults; None = required,
+#         names that must be build-time constants)
+SIGNATURES: dict[str, tuple[dict[str, int | None], frozenset[str]]] = {
+    "full": ({}, frozenset()),
+    "causal": ({"offset": 0}, frozenset()),
+    "window": ({"left": None, "right": 0}, frozenset()),
+    "diagonal": ({"period": None, "offset": 0}, frozenset({"period", "offset"})),
+    "chunk": ({"size": None, "offset": 0}, frozenset({"size", "offset"})),
+}
+
+
+def allows(p: Primitive, env: Env) -> Value:
+    """Element-level meaning of a primitive: is key ``kv`` allowed for query ``q``?"""
+    q, kv = env.vars["q"], env.vars["kv"]
+    a = {k: evaluate(v, env) for k, v in p.args.items()}
+    if p.kind == "full":
+        return kv >= 0
+    if p.kind == "causal":
+        return kv <= q + a["offset"]
+    if p.kind == "window":
+        return (kv >= q - a["left"]) & (kv <= q + a["right"])
+    if p.kind == "diagonal":
+        return (kv - q - a["offset"]) % a["period"] == 0
+    if p.kind == "chunk":
+        return q // a["size"] == (kv - a["offset"]) // a["size"]
+    raise ValueError(f"unknown primitive {p.kind}")
+
+
+# ---------------------------------------------------------------- the mask
+
+
+@dataclass(frozen=True)
+class InputDecl:
+    name: str
+    dtype: str  # "int" | "bool"
+    shape: tuple[Expr, ...]
+    range: tuple[Expr, Expr] | None
+    default: Expr | None
+    pos: Pos | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One region with every ``valid`` clause pushed in: prims ∩ conds."""
+
+    name: str
+    prims: tuple[Primitive, ...]
+    conds: tuple[Cmp, ...]
+    pos: Pos | None = field(default=None, compare=False, repr=False)
+
+    def exprs(self) -> Iterator[Expr]:
+        for p in self.prims:
+            yield from p.exprs()
+        for c in self.conds:
+            yield from c.exprs()
+
+
+@dataclass(frozen=True)
+class MaskIR:
+    """mask(b, h, q, kv) = OR over terms of (AND of prims and conds)."""
+
+    name: str
+    terms: tuple[Term, ...]
+    inputs: tuple[InputDecl, ...]
+    params: Mapping[str, int]
+    source: str = ""
+    path: str = "<spec>"
+
+    def exprs(self) -> Iterator[Expr]:
+        for t in self.terms:
+            yield from t.exprs()
+
+    def depends_on(self, var: str) -> bool:
+        """Whether the mask reads variable ``var`` (b or h) anywhere."""
+        return any(uses(e, Var, var) for e in self.exprs())
+
+    def sizes_used(self) -> set[str]:
+        names = {n.name for e in self.exprs() for n in e.walk() if isinstance(n, Size)}
+        for d in self.inputs:
+            for e in (*d.shape, *(d.range or ()), *((d.default,) if d.default else ())):
+                names |= {n.name for n in e.walk() if isinstance(n, Size)}
+        return names
+
+
+def element_mask(ir: MaskIR, env: Env) -> Value:
+    """The meaning of the whole mask at the variables in ``env`` (broadcasting)."""
+    out: Value | None = None
+    for t in ir.terms:
+        ok = allows(t.prims[0], env)
+        for p in t.prims[1:]:
+            ok = ok & allows(p, env)
+        for c in t.conds:
+            ok = ok & holds(c, env)
+        out = ok if out is None else (out | ok)
+    return out

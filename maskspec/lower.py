@@ -1,0 +1,297 @@
+"""IR → row intervals: for every query row, the allowed keys as a union of [lo, hi) intervals.
+
+Each term becomes a family of intervals per row (one per diagonal round and per
+period slot of a ``kv % P`` condition), clipped by its kv bounds and emptied on
+rows its row conditions reject. Nothing here is evaluated per (q, kv) pair:
+the work is O(B·H·Q·K) for K intervals per row.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from maskspec import ir
+from maskspec.model import Pos
+
+_KV = ("kv",)
+
+
+class _NotAffine(Exception):
+    def __init__(self, node: ir.Expr, why: str) -> None:
+        self.node, self.why = node, why
+
+
+@dataclass(frozen=True)
+class RowCond:
+    """A condition without kv: it keeps or drops whole rows."""
+
+    cmp: ir.Cmp
+
+
+@dataclass(frozen=True)
+class KvRange:
+    """kv ∈ [lo, hi) (either end may be open)."""
+
+    lo: ir.Expr | None
+    hi: ir.Expr | None
+
+
+@dataclass(frozen=True)
+class ModRange:
+    """kv % period ∈ [lo, hi)."""
+
+    period: ir.Expr
+    lo: ir.Expr | None
+    hi: ir.Expr | None
+
+
+CondForm = RowCond | KvRange | ModRange
+_Form = tuple[tuple | None, int, ir.Expr]  # (atom, coefficient, rest): coef·atom + rest
+
+
+def _kv_form(e: ir.Expr) -> _Form:
+    """Write e as coef·atom + rest, atom being kv, kv % P or kv // d (or None)."""
+    if isinstance(e, ir.Var) and e.name == "kv":
+        return (_KV, 1, ir.Const(0))
+    if not ir.uses(e, ir.Var, "kv"):
+        return (None, 0, e)
+    if not isinstance(e, ir.Bin):
+        raise _NotAffine(e, "kv appears where it cannot be lowered")
+    if e.op in ("+", "-"):
+        (aa, ac, ar), (ba, bc, br) = _kv_form(e.a), _kv_form(e.b)
+        if aa is not None and ba is not None and aa != ba:
+            raise _NotAffine(e, "two different kv terms (e.g. kv and kv % P) in one comparison")
+        sign = 1 if e.op == "+" else -1
+        rest = ir.add(ar, br) if sign == 1 else ir.sub(ar, br)
+        return (aa or ba, ac + sign * bc, rest)
+    if e.op == "*":
+        for k, other in ((e.a, e.b), (e.b, e.a)):
+            if isinstance(k, ir.Const):
+                atom, c, rest = _kv_form(other)
+                return (atom, c * k.value, ir.mul(k, rest))
+        raise _NotAffine(e, "kv may only be multiplied by a number")
+    if e.op in ("//", "%"):
+        if isinstance(e.a, ir.Var) and e.a.name == "kv":
+            return (("div" if e.op == "//" else "mod", e.b), 1, ir.Const(0))
+        raise _NotAffine(e, f"only `kv {e.op} N` itself can be lowered, not an expression of kv")
+    raise _NotAffine(e, f"kv inside {e.op}() cannot be lowered to intervals")
+
+
+_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
+def _solve(op: str, c: int, rest: ir.Expr) -> tuple[ir.Expr | None, ir.Expr | None]:
+    """Solve c·A + rest OP 0 (c > 0) for A as A ∈ [lo, hi)."""
+    x = ir.neg(rest)  # c·A OP x
+    floor = ir.floordiv(x, ir.Const(c))
+    ceil = ir.neg(ir.floordiv(rest, ir.Const(c)))
+    one = ir.Const(1)
+    return {
+        "<": (None, ceil),
+        "<=": (None, ir.add(floor, one)),
+        ">": (ir.add(floor, one), None),
+        ">=": (ceil, None),
+        "==": (ceil, ir.add(floor, one)),
+    }[op]
+
+
+ErrorFactory = Callable[..., Exception]
+
+
+def analyze_cond(cmp: ir.Cmp, error: ErrorFactory) -> CondForm:
+    """Classify a comparison as a row condition, a kv range or a kv-modulo range.
+
+    Raises ``error(message, pos, hint=...)`` for comparisons that are not affine in kv.
+    """
+    try:
+        atom, c, rest = _kv_form(ir.sub(cmp.left, cmp.right))
+    except _NotAffine as err:
+        raise error(
+            f"condition is not affine in kv: {err.why}", err.node.pos or cmp.pos,
+            hint="compare kv (or kv % N, kv // N) with an expression of b, h, q, sizes, "
+            "params and inputs, e.g. `kv < q + 4`",
+        ) from None
+    if atom is None or c == 0:
+        return RowCond(cmp)
+    op = cmp.op
+    if op == "!=":
+        raise error(
+            "`!=` on kv would split a row's keys in two", cmp.pos,
+            hint="write two regions, one with `<` and one with `>`",
+        )
+    if c < 0:
+        c, rest, op = -c, ir.neg(rest), _FLIP[op]
+    lo, hi = _solve(op, c, rest)
+    if atom == _KV:
+        return KvRange(lo, hi)
+    kind, d = atom
+    if kind == "div":
+        return KvRange(None if lo is None else ir.mul(lo, d), None if hi is None else ir.mul(hi, d))
+    return ModRange(d, lo, hi)
+
+
+def _raise(msg: str, pos: Pos | None = None, hint: str | None = None) -> Exception:
+    return ValueError(msg + (f" ({hint})" if hint else ""))
+
+
+@functools.cache
+def _form(cmp: ir.Cmp) -> CondForm:
+    """analyze_cond for conditions the compiler has already accepted (cached per build)."""
+    return analyze_cond(cmp, _raise)
+
+
+# ---------------------------------------------------------------- row intervals
+
+
+@dataclass
+class Rows:
+    """Per-row intervals: lo, hi of shape (B', H', Q_LEN, K); empty ones are [0, 0)."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+
+def _outer(a: torch.Tensor, b: torch.Tensor, f: Callable) -> torch.Tensor:
+    """Pair every interval of a with every one of b along the last dim."""
+    x, y = torch.broadcast_tensors(a.unsqueeze(-1), b.unsqueeze(-2))
+    return f(x, y).flatten(-2)
+
+
+def _prim_rows(
+    p: ir.Primitive, env: ir.Env
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The primitive's interval(s) per row, with a trailing dim of rounds; None if empty."""
+    q, kv_len, q_len = env.vars["q"], env.sizes["KV_LEN"], env.sizes["Q_LEN"]
+    a = {k: ir.evaluate(v, env) for k, v in p.args.items()}
+    zero = torch.zeros_like(q)
+    if p.kind == "full":
+        return zero, zero + kv_len
+    if p.kind == "causal":
+        return zero, q + a["offset"] + 1
+    if p.kind == "window":
+        return q - a["left"], q + a["right"] + 1
+    if p.kind == "chunk":
+        start = a["offset"] + (q // a["size"]) * a["size"]
+        return start, start + a["size"]
+    if p.kind == "diagonal":
+        period, off = int(a["period"]), int(a["offset"])
+        r0 = -((off + q_len - 1) // period)  # ceil((-off - (Q_LEN - 1)) / period)
+        r1 = (kv_len - 1 - off) // period
+        if r1 < r0:
+            return None
+        r = torch.arange(r0, r1 + 1, device=q.device).view(1, 1, 1, -1)
+        lo = q + off + r * period
+        return lo, lo + 1
+    raise ValueError(f"unknown primitive {p.kind}")
+
+
+def _width_bound(t: ir.Term, forms: list[CondForm], env: ir.Env) -> float:
+    """An upper bound on any of the term's intervals' width, from its structure."""
+    sizes = env.sizes
+    rng = {"q": (0, sizes["Q_LEN"] - 1)}
+    widths = [float(sizes["KV_LEN"])]
+    for p in t.prims:
+        b = {k: ir.bounds(v, rng, sizes, {}) for k, v in p.args.items()}
+        if p.kind == "causal":
+            widths.append(sizes["Q_LEN"] + b["offset"][1])
+        elif p.kind == "window":
+            widths.append(b["left"][1] + b["right"][1] + 1)
+        elif p.kind == "diagonal":
+            widths.append(1)
+        elif p.kind == "chunk":
+            widths.append(b["size"][1])
+    for f in forms:
+        if isinstance(f, KvRange) and f.lo is not None and f.hi is not None:
+            widths.append(ir.bounds(ir.sub(f.hi, f.lo), rng, sizes, {})[1])
+    return min(widths)
+
+
+def _split_by_period(
+    lo: torch.Tensor, hi: torch.Tensor, f: ModRange, env: ir.Env, width: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Intersect each interval with {kv : kv % P ∈ [a, b)}: one piece per period it spans."""
+    period = ir.const_value(f.period, env.sizes)
+    a = 0 if f.lo is None else ir.evaluate(f.lo, env)
+    b = period if f.hi is None else ir.evaluate(f.hi, env)
+    a = torch.as_tensor(a, device=lo.device).clamp(0, period)
+    b = torch.as_tensor(b, device=lo.device).clamp(0, period)
+    spans = 1 if width <= 1 else math.ceil((width - 1) / period) + 1
+    spans = int(min(spans, env.sizes["KV_LEN"] // period + 2))
+    s = torch.arange(spans, device=lo.device)
+    base = ((lo // period).unsqueeze(-1) + s) * period
+    nlo = torch.maximum(lo.unsqueeze(-1), base + a.unsqueeze(-1))
+    nhi = torch.minimum(hi.unsqueeze(-1), base + b.unsqueeze(-1))
+    return nlo.flatten(-2), nhi.flatten(-2)
+
+
+def _term_rows(t: ir.Term, env: ir.Env) -> tuple[torch.Tensor, torch.Tensor] | None:
+    forms = [_form(c) for c in t.conds]
+    lo, hi = None, None
+    for p in t.prims:
+        rows = _prim_rows(p, env)
+        if rows is None:
+            return None
+        if lo is None:
+            lo, hi = rows
+        else:
+            lo, hi = _outer(lo, rows[0], torch.maximum), _outer(hi, rows[1], torch.minimum)
+    assert lo is not None and hi is not None
+    ok = torch.ones((), dtype=torch.bool, device=lo.device)
+    for f in forms:
+        if isinstance(f, RowCond):
+            ok = ok & ir.holds(f.cmp, env)
+        elif isinstance(f, KvRange):
+            lo = lo if f.lo is None else torch.maximum(lo, torch.as_tensor(ir.evaluate(f.lo, env)))
+            hi = hi if f.hi is None else torch.minimum(hi, torch.as_tensor(ir.evaluate(f.hi, env)))
+    lo, hi = lo.clamp(min=0), hi.clamp(max=env.sizes["KV_LEN"])
+    width = _width_bound(t, forms, env)
+    for f in forms:
+        if isinstance(f, ModRange):
+            lo, hi = _split_by_period(lo, hi, f, env, width)
+    keep = ok & (lo < hi)
+    return torch.where(keep, lo, 0), torch.where(keep, hi, 0)
+
+
+def row_env(
+    sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor], device: torch.device
+) -> ir.Env:
+    """Variables for row-wise evaluation: b, h, q as broadcastable aranges (no kv)."""
+    def ar(n: int, dim: int) -> torch.Tensor:
+        shape = [1, 1, 1, 1]
+        shape[dim] = n
+        return torch.arange(n, device=device).view(shape)
+
+    vars_ = {"b": ar(sizes["B"], 0), "h": ar(sizes["H"], 1), "q": ar(sizes["Q_LEN"], 2)}
+    return ir.Env(vars=vars_, sizes=sizes, inputs=inputs)
+
+
+def row_intervals(
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor],
+    device: torch.device,
+) -> Rows:
+    """Every row's allowed keys as K intervals, broadcast to (B', H', Q_LEN, K).
+
+    B' is B when the mask reads ``b`` and 1 otherwise; likewise H'.
+    """
+    env = row_env(sizes, inputs, device)
+    shape = (
+        sizes["B"] if mask.depends_on("b") else 1,
+        sizes["H"] if mask.depends_on("h") else 1,
+        sizes["Q_LEN"],
+    )
+    los, his = [], []
+    for t in mask.terms:
+        rows = _term_rows(t, env)
+        if rows is not None:
+            lo, hi = rows
+            los.append(lo.expand(*shape, lo.shape[-1]))
+            his.append(hi.expand(*shape, hi.shape[-1]))
+    if not los:
+        z = torch.zeros(*shape, 1, dtype=torch.long, device=device)
+        return Rows(z, z)
+    return Rows(torch.cat(los, -1), torch.cat(his, -1))

@@ -1,0 +1,1 @@
+"""Targets: the tensors each attention kernel consumes, built from the shared block grid."""

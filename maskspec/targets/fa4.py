@@ -1,0 +1,79 @@
+"""FlashAttention-4 target: block-sparse tensors for the forward (kv) and backward (q) passes."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from maskspec.blocks import BlockGrid, ordered
+
+
+class BlockSparseTensors(NamedTuple):
+    """Field-compatible stand-in for flash_attn.cute.block_sparsity.BlockSparseTensorsTorch."""
+
+    mask_block_cnt: torch.Tensor
+    mask_block_idx: torch.Tensor
+    full_block_cnt: torch.Tensor | None
+    full_block_idx: torch.Tensor | None
+    block_size: tuple[int, int] | None = None
+
+
+def _tensors_class() -> Any:
+    try:
+        from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+    except Exception:  # flash-attn-4 absent or unusable here: same fields, plain tuple
+        return BlockSparseTensors
+    return BlockSparseTensorsTorch
+
+
+def sm_arch(device: torch.device | str | None, arch: int | None) -> int:
+    """The SM architecture (90, 100 ...) whose block-size rules apply."""
+    if arch is not None:
+        return int(arch)
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(dev)
+        return major * 10 + minor
+    raise ValueError(
+        "FA4 block sizes depend on the GPU architecture; build on a CUDA device or pass "
+        "arch=90 (Hopper) or arch=100 (Blackwell)"
+    )
+
+
+def check_block_size(block_size: tuple[int, int], arch: int) -> None:
+    """Refuse block sizes FA4's kernels cannot tile, saying why."""
+    q_bs, kv_bs = block_size
+    if kv_bs % 128:
+        raise ValueError(
+            f"FA4 needs the KV block size to be a multiple of 128 (its n-tile); got {kv_bs}"
+        )
+    q_tile = 256 if arch >= 100 else 128
+    if q_bs % q_tile:
+        raise ValueError(
+            f"FA4 on sm{arch} processes queries in tiles of {q_tile} rows, so the Q block "
+            f"size must be a multiple of {q_tile}; got {q_bs}"
+        )
+
+
+def _expand(t: torch.Tensor, b: int, h: int) -> torch.Tensor:
+    return t.expand(b, h, *t.shape[2:]).contiguous()
+
+
+def block_sparse(grid: BlockGrid, b: int, h: int, block_size: tuple[int, int]) -> tuple[Any, Any]:
+    """(forward, backward): kv-direction per query block, q-direction per key block."""
+    cls = _tensors_class()
+    out = []
+    for partial, full in ((grid.partial, grid.full), (grid.partial.mT, grid.full.mT)):
+        cnt, idx = ordered(partial)
+        fcnt, fidx = ordered(full)
+        out.append(
+            cls(
+                mask_block_cnt=_expand(cnt, b, h),
+                mask_block_idx=_expand(idx, b, h),
+                full_block_cnt=_expand(fcnt, b, h),
+                full_block_idx=_expand(fidx, b, h),
+                block_size=block_size,
+            )
+        )
+    return out[0], out[1]

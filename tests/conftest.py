@@ -1,0 +1,31 @@
+"""Shared test setup: hypothesis profiles and the shipped specs."""
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+import maskspec
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+settings.register_profile(
+    "ci",
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "thorough", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("MASKSPEC_HYPOTHESIS", "ci"))
+
+
+def spec(name: str, **params: int) -> maskspec.CompiledMask:
+    return maskspec.load(SPECS / f"{name}.mask", **params)
+
+
+@pytest.fixture(scope="session")
+def eagle3() -> maskspec.CompiledMask:
+    return spec("eagle3")
