@@ -18,7 +18,7 @@ from maskspec.targets import fa4, flex
 
 
 def _block_size(bs: int | tuple[int, int]) -> tuple[int, int]:
-    pair = (bs, bs) if isinstance(bs, int) else tuple(bs)
+    pair = tuple(bs) if isinstance(bs, (tuple, list)) else (bs, bs)
     if len(pair) != 2 or any(not isinstance(x, int) or x < 1 for x in pair):
         raise ValueError(f"BLOCK_SIZE must be a positive int or a (Q_BS, KV_BS) pair, got {bs!r}")
     return pair  # type: ignore[return-value]

@@ -59,6 +59,12 @@ def _merged(rows: Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return start, reach, is_last
 
 
+def allowed_per_row(rows: Rows) -> torch.Tensor:
+    """Exact count of allowed keys in every row: the merged intervals' total length."""
+    start, end, is_last = _merged(rows)
+    return torch.where(is_last, end - start, 0).sum(-1)
+
+
 def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> BlockGrid:
     """Exact FULL and PARTIAL blocks from per-row intervals (torch's semantics, ragged edges)."""
     n_q, n_kv = -(-q_len // q_bs), -(-kv_len // kv_bs)

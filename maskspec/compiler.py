@@ -58,7 +58,8 @@ class _Resolver:
                 )
             if e.op == "*" and not (ir.is_constant(a) or ir.is_constant(b)):
                 raise self.error(
-                    "a product needs one constant factor (the mask must stay affine)", pos
+                    "a product needs one constant factor (the mask must stay affine)", pos,
+                    hint="multiply by a number, a param or a size, e.g. `2 * q`",
                 )
             return ir.Bin(e.op, a, b, pos=pos)
         args = [self.expr(a, scope) for a in e.args]  # Func: min/max, left-folded
@@ -162,10 +163,26 @@ def _check_unique(spec: m.Spec) -> None:
         seen[d.name] = kind
 
 
+def _document(r: _Resolver, call: m.Call) -> ir.Primitive:
+    """``document(ids)``: ids names an input int[B, N] of per-position document ids."""
+    arg = call.args[0].value if len(call.args) == 1 else None
+    decl = r.inputs.get(arg.id) if isinstance(arg, m.Name) else None
+    if decl is None or decl.dtype != "int" or len(decl.shape) != 2:
+        raise r.error(
+            "`document` takes one argument: the name of an input declared as int[B, N] "
+            "holding each position's document id", call.pos,
+            hint="e.g. `input doc: int[B, KV_LEN]` then `causal & document(doc)`",
+        )
+    load = ir.Load(decl.name, (ir.Var("b"), ir.Var("q")), pos=arg.pos)
+    return ir.Primitive("document", {"ids": load}, pos=call.pos)
+
+
 def _primitive(r: _Resolver, call: m.Call) -> ir.Primitive:
+    if call.name == "document":
+        return _document(r, call)
     sig = ir.SIGNATURES.get(call.name)
     if sig is None:
-        hint = did_you_mean(call.name, ir.SIGNATURES) or PRIMITIVE_HINTS.get(call.name)
+        hint = PRIMITIVE_HINTS.get(call.name) or did_you_mean(call.name, ir.SIGNATURES)
         hint = hint or "primitives: " + ", ".join(ir.SIGNATURES)
         raise r.error(f"unknown region primitive `{call.name}`", call.pos, hint=hint)
     defaults, constant = sig
@@ -221,8 +238,15 @@ def compile_spec(spec: m.Spec, **params: int) -> ir.MaskIR:
     inputs = tuple(_input(r, d) for d in spec.inputs)
     valid = [_cond(r, c) for v in spec.valid for c in v.conds]
     terms = []
+    regions: dict[str, tuple[tuple[ir.Primitive, ...], tuple[ir.Cmp, ...]]] = {}
     for reg in spec.regions:
-        prims = tuple(_primitive(r, c) for c in reg.calls)
-        conds = tuple(_cond(r, c) for c in reg.where) + tuple(valid)
-        terms.append(ir.Term(reg.name, prims, conds, pos=reg.pos))
+        prims: tuple[ir.Primitive, ...] = ()
+        conds = tuple(_cond(r, c) for c in reg.where)
+        for c in reg.calls:
+            if c.name in regions and not c.args:  # an earlier region: intersect with it
+                prims, conds = prims + regions[c.name][0], conds + regions[c.name][1]
+            else:
+                prims += (_primitive(r, c),)
+        regions[reg.name] = (prims, conds)
+        terms.append(ir.Term(reg.name, prims, conds + tuple(valid), pos=reg.pos))
     return ir.MaskIR(spec.name, tuple(terms), inputs, r.params, spec.source, spec.path)

@@ -33,7 +33,7 @@ def _to_tensor(name: str, value: Any, dtype: str, device: torch.device | None) -
                 f"move it with `.to({str(device)!r})`"
             )
         return value
-    if isinstance(value, (int, bool, Sequence)):
+    if isinstance(value, (int, bool, Sequence)) and not isinstance(value, str):
         t = torch.as_tensor(value, device=device)
         return t.bool() if dtype == "bool" and t.dtype != torch.bool else t
     raise ValueError(f"input `{name}` must be a tensor or a list of numbers, got {type(value)}")
@@ -53,6 +53,18 @@ def _check_range(name: str, t: torch.Tensor, lo: int, hi: int) -> None:
         raise ValueError(
             f"input `{name}` must lie in [{lo}, {hi}] but {name}{list(where)} = "
             f"{int(t[where])}"
+        )
+
+
+def _check_sorted(name: str, t: torch.Tensor) -> None:
+    drops = t[..., 1:] < t[..., :-1]
+    if bool(drops.any()):
+        where = [int(i) for i in drops.nonzero()[0]]
+        where[-1] += 1
+        raise ValueError(
+            f"input `{name}` holds document ids and must be non-decreasing along each "
+            f"sequence (packed documents), but {name}{where} = {int(t[tuple(where)])} "
+            "follows a larger id; build ids from offsets with maskspec.document_ids()"
         )
 
 
@@ -95,6 +107,8 @@ def bind_inputs(
         if check and d.range is not None:
             lo, hi = (ir.const_value(e, sizes) for e in d.range)
             _check_range(name, t, lo, hi)
+        if check and name in mask.document_inputs():
+            _check_sorted(name, t)
         out[name] = t
     check_index_bounds(mask, sizes, out)
     return out

@@ -292,6 +292,8 @@ class Primitive:
       window(left, right)       q - left <= kv <= q + right
       diagonal(period, offset)  kv ≡ q + offset (mod period)
       chunk(size, offset)       q // size == (kv - offset) // size
+      document(ids)             kv < N and ids[b, kv] == ids[b, q], for ids: int[B, N]
+                                holding each position's document (non-decreasing)
     """
 
     kind: str
@@ -310,7 +312,15 @@ SIGNATURES: dict[str, tuple[dict[str, int | None], frozenset[str]]] = {
     "window": ({"left": None, "right": 0}, frozenset()),
     "diagonal": ({"period": None, "offset": 0}, frozenset({"period", "offset"})),
     "chunk": ({"size": None, "offset": 0}, frozenset({"size", "offset"})),
+    "document": ({"ids": None}, frozenset()),
 }
+
+
+def document_ids(p: Primitive) -> Load:
+    """The ``ids[b, q]`` lookup of a ``document`` primitive (its input names the ids)."""
+    ids = p.args["ids"]
+    assert isinstance(ids, Load)
+    return ids
 
 
 def allows(p: Primitive, env: Env) -> Value:
@@ -327,6 +337,11 @@ def allows(p: Primitive, env: Env) -> Value:
         return (kv - q - a["offset"]) % a["period"] == 0
     if p.kind == "chunk":
         return q // a["size"] == (kv - a["offset"]) // a["size"]
+    if p.kind == "document":
+        ids = document_ids(p)
+        at_kv = Load(ids.input, (ids.args[0], Var("kv")))
+        n = env.inputs[ids.input].shape[-1]
+        return (kv < n) & (a["ids"] == evaluate(at_kv, env))
     raise ValueError(f"unknown primitive {p.kind}")
 
 
@@ -377,6 +392,12 @@ class MaskIR:
     def depends_on(self, var: str) -> bool:
         """Whether the mask reads variable ``var`` (b or h) anywhere."""
         return any(uses(e, Var, var) for e in self.exprs())
+
+    def document_inputs(self) -> set[str]:
+        """Inputs used as per-position document ids (they must be non-decreasing)."""
+        return {
+            document_ids(p).input for t in self.terms for p in t.prims if p.kind == "document"
+        }
 
     def sizes_used(self) -> set[str]:
         names = {n.name for e in self.exprs() for n in e.walk() if isinstance(n, Size)}

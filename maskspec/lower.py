@@ -178,6 +178,8 @@ def _prim_rows(
     if p.kind == "chunk":
         start = a["offset"] + (q // a["size"]) * a["size"]
         return start, start + a["size"]
+    if p.kind == "document":
+        return _document_rows(p, env)
     if p.kind == "diagonal":
         period, off = int(a["period"]), int(a["offset"])
         r0 = -((off + q_len - 1) // period)  # ceil((-off - (Q_LEN - 1)) / period)
@@ -188,6 +190,17 @@ def _prim_rows(
         lo = q + off + r * period
         return lo, lo + 1
     raise ValueError(f"unknown primitive {p.kind}")
+
+
+def _document_rows(p: ir.Primitive, env: ir.Env) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row q's document is the run of positions holding ids[b, q]: found by binary search."""
+    ids = env.inputs[ir.document_ids(p).input]
+    q = env.vars["q"]
+    mine = ir.evaluate(ir.document_ids(p), env)  # (B or 1, 1, Q, 1)
+    mine = mine.expand(ids.shape[0], 1, q.shape[2], 1)[:, 0, :, 0].contiguous()
+    lo = torch.searchsorted(ids.contiguous(), mine, right=False)
+    hi = torch.searchsorted(ids.contiguous(), mine, right=True)
+    return lo.view(ids.shape[0], 1, -1, 1), hi.view(ids.shape[0], 1, -1, 1)
 
 
 def _width_bound(t: ir.Term, forms: list[CondForm], env: ir.Env) -> float:

@@ -11,16 +11,19 @@ from lark import (
     Token,
     Transformer,
     UnexpectedCharacters,
-    UnexpectedEOF,
     UnexpectedInput,
+    UnexpectedToken,
     v_args,
 )
+from lark.exceptions import VisitError
 from lark.tree import Meta
 
 from maskspec import model as m
 from maskspec.errors import MaskSpecError
 
-KEYWORDS = ("mask", "param", "input", "region", "valid", "where", "and", "in", "int", "bool")
+KEYWORDS = (
+    "mask", "param", "input", "region", "valid", "where", "and", "in", "int", "bool", "min", "max",
+)
 
 
 @functools.cache
@@ -80,6 +83,9 @@ class _ToModel(Transformer):
         return self._binop("%", meta, c)
 
     def cond(self, meta: Meta, c: list) -> m.Cond:
+        if len(c) == 1:  # a bare flag such as `keep[b, q // block]` means `!= 0`
+            zero = m.Num(pos=c[0].pos, value=0)
+            return m.Cond(pos=_pos(meta), left=c[0], op="!=", right=zero)
         return m.Cond(pos=_pos(meta), left=c[0], op=str(c[1]), right=c[2])
 
     def conds(self, meta: Meta, c: list) -> list[m.Cond]:
@@ -127,23 +133,81 @@ class _ToModel(Transformer):
         )
 
 
+# How lark's terminals read to a person; literal ones (LPAR, COMMA ...) show their text.
+_WORDS = {
+    "NAME": "a name",
+    "INT": "a number",
+    "CMP": "a comparison such as `<`",
+    "FUNC": "`min(...)`",
+    "DTYPE": "`int` or `bool`",
+    "$END": "the end of the spec",
+}
+_OPERATORS = frozenset({"`+`", "`-`", "`*`", "`//`", "`%`"})
+_DECLS = frozenset({"`param`", "`input`", "`region`", "`valid`", _WORDS["$END"]})
+_FIRST = (_WORDS["CMP"], "`)`", "`]`", "`,`", "a name", "a number", "`(`")
+_LAST = ("an operator such as `+`", "`[`", "`and`", "a new declaration", _WORDS["$END"])
+# Tokens people type from other languages: (the terminal that was wanted, the hint).
+_TYPOS = {
+    "=": ("CMP", "to compare, write `==`"),
+    "&": ("AND", "join conditions with `and`"),
+    "|": (None, "regions are unioned: allow more keys with another `region`"),
+}
+
+
+def _typed(term: str) -> str:
+    """A terminal as a person types it: `)` for RPAR, 'a name' for NAME."""
+    return _WORDS.get(term) or f"`{_parser().get_terminal(term).pattern.value}`"
+
+
+def _rank(shown: str) -> tuple[int, int | str]:
+    """Most telling first: comparisons and closers, then values, then ways to go on."""
+    if shown in _FIRST:
+        return (0, _FIRST.index(shown))
+    return (2, _LAST.index(shown)) if shown in _LAST else (1, shown)
+
+
+def _expected(terms: set[str] | frozenset[str]) -> str | None:
+    """'expected `,` or `)`': lark's acceptable terminals, grouped, in a person's words."""
+    shown = {_typed(t) for t in terms}
+    if {"a name", "a number"} <= shown:  # an expression starts here: names and numbers say it
+        shown -= {"`-`", _WORDS["FUNC"]}
+    if len(shown & _OPERATORS) > 1:
+        shown = (shown - _OPERATORS) | {"an operator such as `+`"}
+    if len(shown & _DECLS) > 1:
+        shown = (shown - _DECLS) | {"a new declaration"}
+    items = sorted(shown, key=_rank)
+    if not items:
+        return None
+    return "expected " + (" or ".join(items) if len(items) < 3 else
+                          ", ".join(items[:-1]) + " or " + items[-1])
+
+
+def _token_error(err: UnexpectedToken) -> tuple[m.Pos, str, str | None]:
+    """Where, what and a hint for a token the grammar does not accept there."""
+    tok, accepts = err.token, err.accepts or err.expected
+    if tok.type == "$END":  # the spec stops early: point just past its last token
+        line, col = (tok.end_line, tok.end_column) if tok.end_line else (1, 1)
+        pos = m.Pos(line=line, column=col, end_line=line, end_column=col + 1)
+        return pos, "unexpected end of spec", _expected(accepts)
+    pos = _pos(tok)
+    starts_decl = str(tok) in ("param", "input", "region", "valid") and accepts != {"NAME"}
+    if str(tok) in KEYWORDS and "NAME" in accepts and not starts_decl:
+        return pos, f"`{tok}` is a keyword, not a name", f"rename it, e.g. `{tok}_`"
+    wanted, hint = _TYPOS.get(str(tok), (None, None))
+    if wanted not in accepts:
+        hint = _expected(accepts)
+    return pos, f"unexpected `{tok}`", hint
+
+
 def _syntax_error(err: UnexpectedInput, source: str, path: str) -> MaskSpecError:
-    line, col = max(err.line, 1), max(err.column, 1)
-    if isinstance(err, UnexpectedEOF):
-        lines = source.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
-        msg, hint = "unexpected end of spec", "a declaration or expression is unfinished"
-    elif isinstance(err, UnexpectedCharacters):
-        msg, hint = f"unexpected character {source[err.pos_in_stream]!r}", None
+    """A MaskSpecError for lark's parse failure, in the words of the spec language."""
+    if isinstance(err, UnexpectedCharacters):
+        char = source[err.pos_in_stream]
+        pos = m.Pos(line=err.line, column=err.column, end_line=err.line, end_column=err.column + 1)
+        msg, hint = f"unexpected character `{char}`", _TYPOS.get(char, (None, None))[1]
     else:
-        tok = err.token  # type: ignore[attr-defined]
-        shown = str(tok) if tok.type != "$END" else "end of spec"
-        msg = f"unexpected {shown!r}"
-        if tok.type == "NAME" and str(tok) in KEYWORDS:
-            msg += f" (`{tok}` is a keyword)"
-        expected = sorted(err.expected) if getattr(err, "expected", None) else []  # type: ignore[attr-defined]
-        hint = "expected one of: " + ", ".join(expected[:8]) if expected else None
-    pos = m.Pos(line=line, column=col, end_line=line, end_column=col + 1)
+        assert isinstance(err, UnexpectedToken)  # the only other error an LALR parse raises
+        pos, msg, hint = _token_error(err)
     return MaskSpecError(f"syntax error: {msg}", pos, source=source, path=path, hint=hint)
 
 
@@ -153,7 +217,12 @@ def parse(source: str, path: str = "<spec>") -> m.Spec:
         tree = _parser().parse(source)
     except UnexpectedInput as err:
         raise _syntax_error(err, source, path) from None
-    return _ToModel(source, path).transform(tree)
+    try:
+        return _ToModel(source, path).transform(tree)
+    except VisitError as err:  # a model validator's MaskSpecError, raised mid-transform
+        if isinstance(err.orig_exc, MaskSpecError):
+            raise err.orig_exc from None
+        raise
 
 
 def parse_file(path: str | Path) -> m.Spec:

@@ -11,6 +11,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, crea
 
 from maskspec import ir
 from maskspec.api import CompiledMask, _block_size
+from maskspec.documents import document_ids
 from maskspec.inputs import sizes_of
 
 PAIRS = (
@@ -123,6 +124,9 @@ def random_inputs(mask: CompiledMask, B: int, H: int, Q_LEN: int, KV_LEN: int,
     out = {}
     for d in mask.ir.inputs:
         shape = tuple(ir.const_value(s, sizes) for s in d.shape)
+        if d.name in mask.ir.document_inputs():
+            out[d.name] = _random_documents(shape, gen)
+            continue
         if d.dtype == "bool":
             out[d.name] = torch.rand(shape, generator=gen) < 0.7
             continue
@@ -132,3 +136,14 @@ def random_inputs(mask: CompiledMask, B: int, H: int, Q_LEN: int, KV_LEN: int,
         pick = torch.rand(shape, generator=gen)
         out[d.name] = torch.where(pick < 0.15, lo, torch.where(pick > 0.85, hi, t))
     return out
+
+
+def _random_documents(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Sorted document ids with random boundaries: empty and length-1 documents included."""
+    n = shape[-1]
+    rows = []
+    for _ in range(shape[0]):
+        docs = int(torch.randint(1, max(2, min(64, n)) + 1, (), generator=gen))
+        cuts = torch.randint(0, n + 1, (docs,), generator=gen).sort().values
+        rows.append(document_ids(torch.cat([torch.zeros(1, dtype=cuts.dtype), cuts]), n)[0])
+    return torch.stack(rows)

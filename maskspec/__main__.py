@@ -1,0 +1,7 @@
+"""``python -m maskspec``: the maskspec command line."""
+
+import sys
+
+from maskspec.cli import main
+
+sys.exit(main())

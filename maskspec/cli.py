@@ -1,0 +1,443 @@
+"""The ``maskspec`` command: validate a spec against torch, show its block grid, explain it.
+
+Exit codes: 0 all good, 1 a validation disagreed, 2 a bad spec or bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import maskspec
+from maskspec import blocks, ir, lower, render, verify
+from maskspec.errors import MaskSpecError
+from maskspec.inputs import bind_inputs, sizes_of
+
+# Block sizes --random draws from when none is given: flex's default, FA4's, and smaller ones
+# that put many blocks (and many edge cases) into small shapes.
+RANDOM_BLOCK_SIZES: tuple[tuple[int, int], ...] = (
+    (16, 16), (32, 32), (64, 64), (128, 128), (64, 32), (128, 64), (256, 128),
+)
+
+
+class UsageError(Exception):
+    """A command-line value that cannot be used (exit code 2)."""
+
+
+# ---------------------------------------------------------------- argument types
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _block_size(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected N or Q_BS,KV_BS (e.g. 256,128), got {text!r}")
+    sizes = [_positive(p) for p in parts]
+    return (sizes[0], sizes[-1])
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _param(text: str) -> tuple[str, int]:
+    name, value = _pair(text)
+    try:
+        return name, int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"param `{name}` must be an integer, got {value!r}"
+        ) from None
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _number(token: str, dtype: str, name: str) -> int | bool:
+    t = token.strip().lower()
+    if dtype == "bool" and t in ("true", "false"):
+        return t == "true"
+    try:
+        n = int(t)
+    except ValueError:
+        kind = "a bool" if dtype == "bool" else "an integer"
+        raise UsageError(f"--input {name}: {token!r} is not {kind}") from None
+    if dtype == "bool" and n not in (0, 1):
+        raise UsageError(f"--input {name}: bool values are 0, 1, true or false, got {token!r}")
+    return bool(n) if dtype == "bool" else n
+
+
+def given_inputs(
+    mask: maskspec.CompiledMask, pairs: Sequence[tuple[str, str]], sizes: dict[str, int]
+) -> dict[str, Any]:
+    """--input NAME=v1,v2,... as tensors of the declared shape (one value fills the shape)."""
+    decls = {d.name: d for d in mask.ir.inputs}
+    out: dict[str, Any] = {}
+    for name, text in pairs:
+        decl = decls.get(name)
+        if decl is None:  # the binding step names the spec's inputs and suggests one
+            out[name] = text
+            continue
+        shape = [ir.const_value(s, sizes) for s in decl.shape]
+        values = [_number(tok, decl.dtype, name) for tok in text.split(",")]
+        t = torch.tensor(values, dtype=torch.bool if decl.dtype == "bool" else torch.int64)
+        if t.numel() == 1:
+            t = t.expand(shape).clone()
+        elif t.numel() != math.prod(shape):
+            declared = ", ".join(render.fmt(s) for s in decl.shape)
+            raise UsageError(
+                f"--input {name}: got {t.numel()} values, but `{name}` has shape [{declared}] "
+                f"= {shape} ({math.prod(shape)} values, row-major) at these sizes; give that "
+                "many values, or one value to fill it (and --batch for the batch size)"
+            )
+        out[name] = t.view(shape)
+    return out
+
+
+def complete_inputs(
+    mask: maskspec.CompiledMask, given: dict[str, Any], sizes: dict[str, int], seed: int,
+    randomize_defaults: bool,
+) -> tuple[dict[str, Any], list[str]]:
+    """Given inputs plus random ones (verify.random_inputs) for the rest; also their names.
+
+    Inputs with a declared default keep it unless ``randomize_defaults``.
+    """
+    missing = [
+        d.name for d in mask.ir.inputs
+        if d.name not in given and (randomize_defaults or d.default is None)
+    ]
+    if not missing:
+        return given, []
+    drawn = verify.random_inputs(
+        mask, sizes["B"], sizes["H"], sizes["Q_LEN"], sizes["KV_LEN"], random.Random(seed)
+    )
+    return {**given, **{k: drawn[k] for k in missing}}, missing
+
+
+def _values_text(t: Any) -> str:
+    t = torch.as_tensor(t)
+    if t.numel() <= 16:
+        return str(t.int().tolist())
+    return f"shape {list(t.shape)}, min {int(t.min())}, max {int(t.max())}"
+
+
+def _inputs_lines(
+    mask: maskspec.CompiledMask, inputs: dict[str, Any], randomized: list[str], seed: int
+) -> list[str]:
+    """Where every declared input's values come from: given, random (with seed) or default."""
+    lines = []
+    for d in mask.ir.inputs:
+        if d.name not in inputs:
+            lines.append(f"input {d.name} = its default, {render.fmt(d.default)}")  # type: ignore[arg-type]
+            continue
+        how = f"random, --seed {seed}" if d.name in randomized else "given"
+        lines.append(f"input {d.name} = {_values_text(inputs[d.name])}  ({how})")
+    return lines
+
+
+# ---------------------------------------------------------------- validate
+
+
+@dataclass
+class Case:
+    """One validation: shape, block size and inputs — and how to run it again."""
+
+    B: int
+    H: int
+    Q_LEN: int
+    KV_LEN: int
+    bs: tuple[int, int]
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+    def title(self) -> str:
+        return (f"B={self.B} H={self.H} Q_LEN={self.Q_LEN} KV_LEN={self.KV_LEN} "
+                f"BLOCK_SIZE={self.bs[0]},{self.bs[1]}")
+
+    def command(self, spec: str, params: Sequence[tuple[str, int]]) -> str:
+        """A command line that reruns exactly this case."""
+        argv = ["maskspec", "validate", spec, "--q-len", str(self.Q_LEN),
+                "--kv-len", str(self.KV_LEN), "--batch", str(self.B), "--heads", str(self.H),
+                "--block-size", f"{self.bs[0]},{self.bs[1]}"]
+        for k, v in params:
+            argv += ["--param", f"{k}={v}"]
+        for k, t in self.inputs.items():
+            flat = torch.as_tensor(t).flatten().int().tolist()
+            argv += ["--input", f"{k}=" + ",".join(map(str, flat))]
+        return shlex.join(argv)
+
+
+def random_case(
+    mask: maskspec.CompiledMask, rng: random.Random, q_max: int, kv_max: int, b_max: int,
+    heads: int, bs: tuple[int, int] | None,
+) -> Case:
+    """A random shape (half of them block- and Q_LEN-aligned) with random values of every input."""
+    q_bs, kv_bs = bs or rng.choice(RANDOM_BLOCK_SIZES)
+    if rng.random() < 0.5 and q_max >= q_bs and kv_max >= kv_bs:
+        q = q_bs * rng.randint(1, q_max // q_bs)
+        kv = q * rng.randint(1, kv_max // q) if kv_max >= q else kv_bs * rng.randint(
+            1, kv_max // kv_bs)
+    else:
+        q, kv = rng.randint(1, q_max), rng.randint(1, kv_max)
+    b = rng.randint(1, b_max)
+    inputs = verify.random_inputs(mask, b, heads, q, kv, rng)
+    return Case(b, heads, q, kv, (q_bs, kv_bs), inputs)
+
+
+def _problems(mask: maskspec.CompiledMask, case: Case) -> tuple[verify.Report | None, list[str]]:
+    """Validate one case; an exception is a problem too (with its type, for the reproducer)."""
+    try:
+        rep = verify.validate(mask, case.B, case.H, case.Q_LEN, case.KV_LEN, case.bs,
+                              **case.inputs)
+    except Exception as err:
+        return None, [f"{type(err).__name__}: {err}"]
+    return rep, rep.problems
+
+
+def _report_table(rep: verify.Report) -> Table:
+    total = rep.full + rep.partial + rep.empty
+    table = Table("blocks", "count", "share", title=None, box=None)
+    for name, n in (("FULL", rep.full), ("PARTIAL", rep.partial), ("EMPTY", rep.empty)):
+        table.add_row(name, str(n), f"{n / total:.1%}")
+    return table
+
+
+def cmd_validate(args: argparse.Namespace, out: Console) -> int:
+    mask = _load(args)
+    if args.random:
+        if args.input:
+            raise UsageError("--input cannot be combined with --random: each case draws its own")
+        return _validate_random(mask, args, out)
+    case = Case(args.batch or 1, args.heads, args.q_len, args.kv_len, args.block_size or (128, 128))
+    sizes = sizes_of(case.B, case.H, case.Q_LEN, case.KV_LEN)
+    seed = _seed(args)
+    given = given_inputs(mask, args.input, sizes)
+    case.inputs, randomized = complete_inputs(mask, given, sizes, seed, False)
+    out.print(f"[bold]{mask.name}[/] at {case.title()}", highlight=False)
+    for line in _inputs_lines(mask, case.inputs, randomized, seed):
+        out.print("  " + line, highlight=False)
+    rep = verify.validate(mask, case.B, case.H, case.Q_LEN, case.KV_LEN, case.bs, **case.inputs)
+    out.print(_report_table(rep))
+    out.print(f"allowed (q, kv) pairs: {rep.density:.2%}  (sparsity {1 - rep.density:.2%})")
+    if rep.ok:
+        out.print("[green]OK[/]: BlockMask equals create_block_mask's in all 8 tensors (FULL and "
+                  "PARTIAL, kv and q directions), layout valid, mask_mod equals dense")
+        return 0
+    out.print("[red]DISAGREE[/]:")
+    for p in rep.problems:
+        out.print(f"  {p}", highlight=False, markup=False)
+    return 1
+
+
+def _validate_random(mask: maskspec.CompiledMask, args: argparse.Namespace, out: Console) -> int:
+    seed = _seed(args)
+    rng = random.Random(seed)
+    cases = [
+        random_case(mask, rng, args.q_len, args.kv_len, args.batch or 2, args.heads,
+                    args.block_size)
+        for _ in range(args.random)
+    ]
+    failures: list[tuple[Case, list[str]]] = []
+    start = time.perf_counter()
+    progress = Progress(TextColumn("validating"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("{task.fields[now]}"),
+                        console=Console(stderr=True), transient=True)
+    with progress:
+        task = progress.add_task("", total=len(cases), now="")
+        for case in cases:
+            progress.update(task, now=f"Q_LEN={case.Q_LEN} KV_LEN={case.KV_LEN}")
+            _, problems = _problems(mask, case)
+            if problems:
+                failures.append((case, problems))
+            progress.advance(task)
+    elapsed = time.perf_counter() - start
+    ok = len(cases) - len(failures)
+    out.print(f"{mask.name}: {len(cases)} random cases (--seed {seed}; Q_LEN ≤ {args.q_len}, "
+              f"KV_LEN ≤ {args.kv_len}): {ok} agree, {len(failures)} disagree, "
+              f"in {elapsed:.1f} s", highlight=False)
+    for case, problems in failures:
+        out.print(f"[red]DISAGREE[/] at {case.title()}", highlight=False)
+        for p in problems:
+            out.print(f"  {p}", highlight=False, markup=False)
+        out.print("  reproduce: " + case.command(args.spec, args.param), highlight=False,
+                  markup=False, soft_wrap=True)
+    return 1 if failures else 0
+
+
+# ---------------------------------------------------------------- show and explain
+
+
+def _sized_inputs(
+    mask: maskspec.CompiledMask, args: argparse.Namespace, randomize_defaults: bool
+) -> tuple[dict[str, int], dict[str, Any], list[str], int]:
+    sizes = sizes_of(args.batch or 1, args.heads, args.q_len, args.kv_len)
+    seed = _seed(args)
+    given = given_inputs(mask, args.input, sizes)
+    inputs, randomized = complete_inputs(mask, given, sizes, seed, randomize_defaults)
+    return sizes, inputs, randomized, seed
+
+
+def _header(mask: maskspec.CompiledMask, sizes: dict[str, int], bs: tuple[int, int]) -> str:
+    return (f"{mask.name}  B={sizes['B']} H={sizes['H']} Q_LEN={sizes['Q_LEN']} "
+            f"KV_LEN={sizes['KV_LEN']} BLOCK_SIZE={bs[0]},{bs[1]}")
+
+
+def cmd_show(args: argparse.Namespace, out: Console) -> int:
+    mask = _load(args)
+    bs = args.block_size or (128, 128)
+    sizes, inputs, randomized, seed = _sized_inputs(mask, args, True)
+    grid = mask.grid(sizes["B"], sizes["H"], sizes["Q_LEN"], sizes["KV_LEN"], "cpu", bs,
+                     **inputs)
+    codes = render.classes(grid)
+    out.print(_header(mask, sizes, bs) + f"  grid {codes.shape[0]}×{codes.shape[1]} blocks"
+              + ("  (showing b=0, h=0)" if sizes["B"] * sizes["H"] > 1 else ""), highlight=False)
+    for line in _inputs_lines(mask, inputs, randomized, seed):
+        out.print("  " + line, highlight=False)
+    out.print(render.terminal(codes, out.width))
+    n = render.counts(codes)
+    out.print("  ".join(f"{k} {v}" for k, v in n.items()), highlight=False)
+    if args.png:
+        mm = mask.mask_mod(B=sizes["B"], H=sizes["H"], Q_LEN=sizes["Q_LEN"],
+                           KV_LEN=sizes["KV_LEN"], **inputs)
+        picks = render.zoom_blocks(codes, bs[0], bs[1], sizes["Q_LEN"])
+        lens = (sizes["Q_LEN"], sizes["KV_LEN"])
+        zooms = [render.zoom(mm, "AB"[i], r, c, bs, lens) for i, (r, c) in enumerate(picks)]
+        render.png(args.png, codes, bs, zooms, _header(mask, sizes, bs))
+        out.print(f"wrote {args.png}", highlight=False)
+    return 0
+
+
+def block_stats(
+    mask: maskspec.CompiledMask, sizes: dict[str, int], inputs: dict[str, Any],
+    bs: tuple[int, int],
+) -> dict[str, float]:
+    """Block counts by class, work left and exact density, from the row intervals (no Q×KV)."""
+    cpu = torch.device("cpu")
+    bound = bind_inputs(mask.ir, sizes, inputs, cpu)
+    rows = lower.row_intervals(mask.ir, sizes, bound, cpu)
+    grid = blocks.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], *bs)
+    shape = (sizes["B"], sizes["H"], *grid.full.shape[-2:])
+    full, part = int(grid.full.expand(shape).sum()), int(grid.partial.expand(shape).sum())
+    total = math.prod(shape)
+    allowed = blocks.allowed_per_row(rows).expand(sizes["B"], sizes["H"], -1).sum()
+    return {
+        "FULL": full, "PARTIAL": part, "EMPTY": total - full - part,
+        "work": (full + part) / total,
+        "density": int(allowed) / (sizes["B"] * sizes["H"] * sizes["Q_LEN"] * sizes["KV_LEN"]),
+    }
+
+
+def cmd_explain(args: argparse.Namespace, out: Console) -> int:
+    mask = _load(args)
+    if (args.q_len is None) != (args.kv_len is None):
+        raise UsageError("give both --q-len and --kv-len (or neither)")
+    out.print(f"[bold]mask {mask.name}[/]  ({args.spec})", highlight=False)
+    for line in render.describe(mask.ir):
+        out.print(line, highlight=False, markup=False)
+    if args.q_len is None:
+        return 0
+    bs = args.block_size or (128, 128)
+    sizes, inputs, randomized, seed = _sized_inputs(mask, args, False)
+    out.print()
+    out.print(f"at {_header(mask, sizes, bs)}", highlight=False)
+    for line in _inputs_lines(mask, inputs, randomized, seed):
+        out.print("  " + line, highlight=False)
+    s = block_stats(mask, sizes, inputs, bs)
+    total = s["FULL"] + s["PARTIAL"] + s["EMPTY"]
+    for k in ("FULL", "PARTIAL", "EMPTY"):
+        out.print(f"  {k:<8}{int(s[k]):>10} blocks  {s[k] / total:7.2%}", highlight=False)
+    out.print(f"  block sparsity (EMPTY share): {s['EMPTY'] / total:.2%}", highlight=False)
+    out.print(f"  attention work left (FULL + PARTIAL blocks): {s['work']:.2%}", highlight=False)
+    out.print(f"  allowed (q, kv) pairs, exact: {s['density']:.4%}", highlight=False)
+    return 0
+
+
+# ---------------------------------------------------------------- plumbing
+
+
+def _load(args: argparse.Namespace) -> maskspec.CompiledMask:
+    return maskspec.load(args.spec, **dict(args.param))
+
+
+def _seed(args: argparse.Namespace) -> int:
+    if args.seed is None:
+        args.seed = random.randrange(2**31)
+    return args.seed
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="maskspec",
+        description="Compile .mask attention-mask specs: validate, show, explain.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str, sizes_required: bool) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("spec", help="the .mask file")
+        c.add_argument("--q-len", type=_positive, required=sizes_required, help="Q_LEN")
+        c.add_argument("--kv-len", type=_positive, required=sizes_required, help="KV_LEN")
+        c.add_argument("--batch", type=_positive, help="B (default 1; --random: up to 2)")
+        c.add_argument("--heads", type=_positive, default=1, help="H (default 1)")
+        c.add_argument("--block-size", type=_block_size,
+                       help="N or Q_BS,KV_BS (default 128; --random: drawn per case)")
+        c.add_argument("--param", type=_param, action="append", default=[], metavar="K=V",
+                       help="override a param (repeatable)")
+        c.add_argument("--input", type=_pair, action="append", default=[], metavar="NAME=V,..",
+                       help="input values, row-major, or one value to fill (repeatable)")
+        c.add_argument("--seed", type=int, help="seed for random inputs and cases")
+        return c
+
+    v = command("validate", "Check the analytic BlockMask against create_block_mask and the "
+                "dense mask (exit 0 only if all agree).", True)
+    v.add_argument("--random", type=_positive, metavar="K",
+                   help="check K random shapes (up to --q-len/--kv-len) with random inputs")
+    v.set_defaults(run=cmd_validate)
+    s = command("show", "Draw the FULL/PARTIAL/EMPTY block grid (inputs not given are random).",
+                True)
+    s.add_argument("--png", metavar="FILE", help="also save a PNG with element-level zooms")
+    s.set_defaults(run=cmd_show)
+    e = command("explain", "Say what each region allows and, at given sizes, what is left.",
+                False)
+    e.set_defaults(run=cmd_explain)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``maskspec`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    err = Console(stderr=True)
+    try:
+        return args.run(args, Console(soft_wrap=True))
+    except MaskSpecError as e:
+        err.print(str(e), highlight=False, markup=False)
+    except (UsageError, ValueError, OSError) as e:
+        err.print(f"error: {e}", highlight=False, markup=False)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""How a mask looks and what it means: block-grid pictures (terminal, PNG) and region words.
+
+Block classes are coded by strength, EMPTY < FULL < PARTIAL, so that a downsampled
+cell (max over the blocks it covers) shows PARTIAL if any block in it needs the
+element mask_mod, else FULL if any block is fully computed, else EMPTY.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.text import Text
+
+from maskspec import ir, lower
+from maskspec.blocks import BlockGrid
+from maskspec.mask_mod import MaskMod
+from maskspec.model import Pos
+from maskspec.parse import parse
+
+EMPTY, FULL, PARTIAL = 0, 1, 2
+NAMES = {EMPTY: "EMPTY", FULL: "FULL", PARTIAL: "PARTIAL"}
+PALETTE = {EMPTY: "#e9ecef", FULL: "#2f9e44", PARTIAL: "#f59f00"}
+CHARS = {EMPTY: "··", FULL: "██", PARTIAL: "▒▒"}
+ALLOWED, MASKED = "#1c7ed6", "#ffffff"
+GRID_RECT = (0.06, 0.08, 0.56, 0.80)  # the PNG's block-grid axes, in figure fractions
+MAX_ROWS = 48
+
+
+# ---------------------------------------------------------------- block classes
+
+
+def classes(grid: BlockGrid, b: int = 0, h: int = 0) -> torch.Tensor:
+    """The (Q_blocks, KV_blocks) class codes of one (batch, head), broadcast dims allowed."""
+    def at(t: torch.Tensor) -> torch.Tensor:
+        return t[min(b, t.shape[0] - 1), min(h, t.shape[1] - 1)]
+
+    full, part = at(grid.full), at(grid.partial)
+    codes = torch.full(full.shape, EMPTY, dtype=torch.int8)
+    return codes.masked_fill(full, FULL).masked_fill(part, PARTIAL)
+
+
+def pool(codes: torch.Tensor, factor: int) -> torch.Tensor:
+    """Downsample by ``factor`` in both directions, each cell the strongest class inside."""
+    if factor <= 1:
+        return codes
+    n_q, n_kv = codes.shape
+    rows, cols = -(-n_q // factor), -(-n_kv // factor)
+    padded = torch.full((rows * factor, cols * factor), EMPTY, dtype=codes.dtype)
+    padded[:n_q, :n_kv] = codes
+    return padded.view(rows, factor, cols, factor).amax(dim=(1, 3))
+
+
+def factor_for(shape: tuple[int, int], max_rows: int, max_cols: int) -> int:
+    """The smallest common downsampling factor that fits the grid in max_rows × max_cols."""
+    return max(1, -(-shape[0] // max_rows), -(-shape[1] // max_cols))
+
+
+def counts(codes: torch.Tensor) -> dict[str, int]:
+    """How many blocks of each class."""
+    return {NAMES[c]: int((codes == c).sum()) for c in (FULL, PARTIAL, EMPTY)}
+
+
+# ---------------------------------------------------------------- terminal
+
+
+def terminal(codes: torch.Tensor, width: int) -> Text:
+    """The block grid as colored characters (two per cell), downsampled to ``width``."""
+    label = len(str(codes.shape[0]))
+    f = factor_for(tuple(codes.shape), MAX_ROWS, max(1, (width - label - 1) // 2))
+    cells = pool(codes, f)
+    out = Text()
+    out.append(" " * (label + 1) + "kv →" + (f"  (one cell = {f}×{f} blocks)" if f > 1 else ""))
+    out.append("\n")
+    for i, row in enumerate(cells.tolist()):
+        out.append(f"{i * f:>{label}} ", style="dim")
+        for c in row:
+            out.append(CHARS[c], style=PALETTE[c])
+        out.append("\n")
+    out.append(" " * (label + 1))
+    for c in (FULL, PARTIAL, EMPTY):
+        out.append(CHARS[c], style=PALETTE[c])
+        out.append(f" {NAMES[c]}  ")
+    out.append("\n" + " " * (label + 1) + "rows: q block index" + (
+        "; a cell shows PARTIAL if any block in it is PARTIAL, else FULL if any is FULL"
+        if f > 1 else ""
+    ))
+    return out
+
+
+# ---------------------------------------------------------------- PNG
+
+
+@dataclass(frozen=True)
+class Zoom:
+    """One block shown element by element: its grid position, spans and allowed pairs."""
+
+    label: str
+    row: int
+    col: int
+    q: tuple[int, int]
+    kv: tuple[int, int]
+    allowed: torch.Tensor  # bool (q1 - q0, kv1 - kv0)
+
+
+def zoom_blocks(codes: torch.Tensor, q_bs: int, kv_bs: int, q_len: int) -> list[tuple[int, int]]:
+    """Up to two PARTIAL blocks worth a closer look: one on the diagonal, one beyond Q_LEN."""
+    part = (codes == PARTIAL).nonzero().tolist()
+    if not part:
+        return []
+    mid = codes.shape[0] // 2
+    diag = [(i, j) for i, j in part if j * kv_bs <= i * q_bs < (j + 1) * kv_bs]
+    first = min(diag or part, key=lambda ij: (abs(ij[0] - mid), ij[1]))
+    rest = [(i, j) for i, j in part if (i, j) != first and j * kv_bs >= q_len]
+    picks = [first]
+    if rest:
+        picks.append(min(rest, key=lambda ij: (abs(ij[0] - mid), -ij[1])))
+    return picks
+
+
+def zoom(
+    mm: MaskMod, label: str, row: int, col: int, bs: tuple[int, int], lens: tuple[int, int],
+    b: int = 0, h: int = 0,
+) -> Zoom:
+    """Evaluate the mask_mod on one block's coordinates only (never the whole Q×KV)."""
+    q0, k0 = row * bs[0], col * bs[1]
+    q1, k1 = min(q0 + bs[0], lens[0]), min(k0 + bs[1], lens[1])
+    q = torch.arange(q0, q1).view(-1, 1)
+    kv = torch.arange(k0, k1).view(1, -1)
+    allowed = torch.as_tensor(mm(torch.tensor(b), torch.tensor(h), q, kv))
+    return Zoom(label, row, col, (q0, q1), (k0, k1), allowed.expand(q1 - q0, k1 - k0))
+
+
+def png(
+    path: str | Path, codes: torch.Tensor, bs: tuple[int, int], zooms: list[Zoom], title: str
+) -> None:
+    """Save the block grid (colored by class) and element-level zooms as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch, Rectangle
+
+    n_q, n_kv = codes.shape
+    aspect = (n_q * bs[0]) / (n_kv * bs[1])
+    width = 12.0
+    height = min(12.0, max(4.0, width * GRID_RECT[2] / GRID_RECT[3] * aspect))
+    fig = plt.figure(figsize=(width, height), dpi=100)
+    ax = fig.add_axes(GRID_RECT)
+    f = factor_for((n_q, n_kv), 1000, 1000)
+    cmap = ListedColormap([PALETTE[EMPTY], PALETTE[FULL], PALETTE[PARTIAL]])
+    ax.imshow(pool(codes, f).numpy(), cmap=cmap, vmin=0, vmax=2, interpolation="nearest",
+              aspect="auto", extent=(0, n_kv, n_q, 0))
+    ax.set_xlabel("kv block")
+    ax.set_ylabel("q block")
+    ax.set_title(title + (f"  (cells of {f}×{f} blocks, strongest class)" if f > 1 else ""))
+    legend = [Patch(color=PALETTE[c], label=NAMES[c]) for c in (FULL, PARTIAL, EMPTY)]
+    fig.legend(handles=legend, loc="upper right", ncol=3, frameon=False)
+    for i, z in enumerate(zooms):
+        ax.add_patch(Rectangle((z.col, z.row), 1, 1, fill=False, edgecolor="black", lw=1.5))
+        ax.annotate(z.label, (z.col, z.row), xytext=(-2, 2), textcoords="offset points",
+                    ha="right", va="bottom", fontsize=9, fontweight="bold")
+        zax = fig.add_axes((0.70, 0.08 + (1 - i) * 0.45, 0.27, 0.35))
+        zax.imshow(z.allowed.numpy(), cmap=ListedColormap([MASKED, ALLOWED]), vmin=0, vmax=1,
+                   interpolation="nearest", aspect="auto",
+                   extent=(z.kv[0], z.kv[1], z.q[1], z.q[0]))
+        zax.set_title(f"{z.label}: block ({z.row}, {z.col}), allowed pairs in blue", fontsize=9)
+        zax.set_xlabel("kv")
+        zax.set_ylabel("q")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- words
+
+
+def _affine(e: ir.Expr) -> dict[str, int]:
+    """e as integer coefficients of atoms ('' is the constant), for readable printing."""
+    if isinstance(e, ir.Const):
+        return {"": e.value}
+    if isinstance(e, ir.Bin) and e.op in ("+", "-"):
+        out = dict(_affine(e.a))
+        for k, v in _affine(e.b).items():
+            out[k] = out.get(k, 0) + (v if e.op == "+" else -v)
+        return out
+    if isinstance(e, ir.Bin) and e.op == "*":
+        for k, other in ((e.a, e.b), (e.b, e.a)):
+            if isinstance(k, ir.Const):
+                return {a: k.value * v for a, v in _affine(other).items()}
+    return {_atom(e): 1}
+
+
+def _atom(e: ir.Expr) -> str:
+    if isinstance(e, (ir.Var, ir.Size)):
+        return e.name
+    if isinstance(e, ir.Load):
+        return f"{e.input}[{', '.join(fmt(a) for a in e.args)}]"
+    if isinstance(e, ir.Bin) and e.op in ("min", "max"):
+        return f"{e.op}({fmt(e.a)}, {fmt(e.b)})"
+    if isinstance(e, ir.Bin):
+        return f"{_paren(e.a)} {e.op} {_paren(e.b)}"
+    raise TypeError(f"cannot format {e!r}")
+
+
+def _paren(e: ir.Expr) -> str:
+    s = fmt(e)
+    return f"({s})" if " " in s and not s.startswith(("min(", "max(")) else s
+
+
+def fmt(e: ir.Expr) -> str:
+    """An expression as text, with sums and constant factors folded: ``q + 1``, ``Q_LEN``."""
+    parts = []
+    for atom, c in _affine(e).items():
+        if c == 0:
+            continue
+        mag = abs(c)
+        body = str(mag) if atom == "" else (atom if mag == 1 else f"{mag}*{atom}")
+        parts.append(("-" if c < 0 else "+", body))
+    if not parts:
+        return "0"
+    head = ("-" if parts[0][0] == "-" else "") + parts[0][1]
+    return head + "".join(f" {s} {b}" for s, b in parts[1:])
+
+
+def source_text(source: str, pos: Pos | None) -> str:
+    """The spec text a node was parsed from (one line; spans over lines are joined)."""
+    if pos is None:
+        return ""
+    lines = source.splitlines()[pos.line - 1 : pos.end_line]
+    if len(lines) == 1:
+        return lines[0][pos.column - 1 : pos.end_column - 1]
+    lines[0], lines[-1] = lines[0][pos.column - 1 :], lines[-1][: pos.end_column - 1]
+    return " ".join(s.strip() for s in lines)
+
+
+def primitive_meaning(p: ir.Primitive) -> str:
+    """A primitive's allowed keys for query q, in plain terms."""
+    q, a = ir.Var("q"), p.args
+    if p.kind == "full":
+        return "every key: kv in [0, KV_LEN)"
+    if p.kind == "causal":
+        return f"kv in [0, {fmt(ir.add(q, ir.add(a['offset'], ir.const(1))))})"
+    if p.kind == "window":
+        lo, hi = ir.sub(q, a["left"]), ir.add(q, ir.add(a["right"], ir.const(1)))
+        return f"kv in [{fmt(lo)}, {fmt(hi)})"
+    if p.kind == "diagonal":
+        at = fmt(ir.add(q, a["offset"]))
+        return f"kv = {at} + r·{_paren(a['period'])} for each round r (one key per round)"
+    if p.kind == "chunk":
+        start = ir.add(a["offset"], ir.mul(ir.floordiv(q, a["size"]), a["size"]))
+        return (f"kv in [{fmt(start)}, {fmt(ir.add(start, a['size']))}): "
+                f"q's chunk of {fmt(a['size'])} keys")
+    if p.kind == "document":
+        ids = a["ids"]
+        at_kv = fmt(ir.Load(ids.input, (*ids.args[:-1], ir.Var("kv"))))  # type: ignore[attr-defined]
+        return f"kv in q's document: {at_kv} == {fmt(ids)}"
+    return f"{p.kind}({', '.join(f'{k}={fmt(v)}' for k, v in a.items())})"
+
+
+def _never(msg: str, pos: Pos | None = None, hint: str | None = None) -> Exception:
+    return ValueError(msg)
+
+
+def condition_meaning(c: ir.Cmp) -> str:
+    """What a condition does to each row's keys, from its lowering (lower.analyze_cond)."""
+    form = lower.analyze_cond(c, _never)
+    if isinstance(form, lower.RowCond):
+        return f"whole rows: keeps queries with {fmt(c.left)} {c.op} {fmt(c.right)}"
+    what = "kv" if isinstance(form, lower.KvRange) else f"kv % {_paren(form.period)}"
+    if form.lo is None:
+        return f"key range: {what} < {fmt(form.hi)}"  # type: ignore[arg-type]
+    if form.hi is None:
+        return f"key range: {what} >= {fmt(form.lo)}"
+    return f"key range: {what} in [{fmt(form.lo)}, {fmt(form.hi)})"
+
+
+def describe(mask: ir.MaskIR) -> Iterator[str]:
+    """Lines explaining a compiled spec: inputs, params, each region's keys, the valid clauses."""
+    spec = parse(mask.source, mask.path)
+    valid_at = {c.pos for v in spec.valid for c in v.conds}
+    for d in mask.inputs:
+        shape = ", ".join(fmt(s) for s in d.shape)
+        rng = f" in [{fmt(d.range[0])}, {fmt(d.range[1])}]" if d.range else ""
+        default = f", default {fmt(d.default)}" if d.default is not None else ", required"
+        yield f"input {d.name}: {d.dtype}[{shape}]{rng}{default}"
+    for k, v in mask.params.items():
+        yield f"param {k} = {v}"
+    names = " ∨ ".join(t.name for t in mask.terms)
+    yield f"mask(b, h, q, kv) = ({names})" + (" ∧ valid" if valid_at else "")
+    for t in mask.terms:
+        yield ""
+        yield source_text(mask.source, t.pos) or f"region {t.name}"
+        for p in t.prims:
+            yield f"  {source_text(mask.source, p.pos) or p.kind}  →  {primitive_meaning(p)}"
+        for c in t.conds:
+            if c.pos not in valid_at:
+                yield f"  where {source_text(mask.source, c.pos)}  →  {condition_meaning(c)}"
+    if valid_at and mask.terms:
+        yield ""
+        yield "valid (intersected with every region)"
+        for c in mask.terms[0].conds:
+            if c.pos in valid_at:
+                yield f"  {source_text(mask.source, c.pos)}  →  {condition_meaning(c)}"
