@@ -1,0 +1,111 @@
+"""Every shipped spec: exact blocks against create_block_mask over random shapes and inputs."""
+
+import random
+
+import pytest
+import torch
+from conftest import SPECS, spec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import maskspec
+from maskspec.verify import random_inputs, validate
+
+SHIPPED = sorted(p.stem for p in SPECS.glob("*.mask"))
+LIBRARY = [
+    "causal", "causal_bottom_right", "sliding_window", "prefix_lm", "document_causal",
+    "document_bidirectional", "chunked_causal", "sliding_window_with_sinks", "per_head_window",
+    "dflash", "eagle3_packed", "eagle3",
+]
+# Small params so windows, chunks and blocks land inside the random shapes below.
+PARAMS = {
+    "sliding_window": {"width": 37},
+    "sliding_window_with_sinks": {"width": 45, "sinks": 5},
+    "chunked_causal": {"size": 48},
+    "dflash": {"block": 8},
+}
+BLOCK_SIZES = [8, 16, 32, 64, (64, 32), (32, 64), (16, 8), 128]
+
+
+def test_every_library_spec_ships():
+    assert set(LIBRARY) <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+@settings(max_examples=100)
+@given(
+    q=st.integers(1, 400),
+    kv_mode=st.sampled_from(["same", "multiple", "any"]),
+    kv_any=st.integers(1, 1200),
+    k=st.integers(1, 4),
+    b=st.integers(1, 3),
+    h=st.integers(1, 3),
+    bs=st.sampled_from(BLOCK_SIZES),
+    seed=st.integers(0, 2**31),
+)
+def test_spec_matches_create_block_mask(name, q, kv_mode, kv_any, k, b, h, bs, seed):
+    kv = {"same": q, "multiple": q * k, "any": kv_any}[kv_mode]
+    mask = spec(name, **PARAMS.get(name, {}))
+    inputs = random_inputs(mask, b, h, q, kv, random.Random(seed))
+    rep = validate(mask, b, h, q, kv, bs, **inputs)
+    assert rep.ok, (name, b, h, q, kv, bs, inputs, rep.problems)
+
+
+def _block_is_full(d: torch.Tensor, qb: int, kb: int, bs: int) -> bool:
+    return bool(d[..., qb * bs:(qb + 1) * bs, kb * bs:(kb + 1) * bs].all())
+
+
+def test_two_partial_pieces_make_a_full_block():
+    """Sink [0, 4) and window [q-124, q] each miss part of block (1, 0); together they cover."""
+    mask = spec("sliding_window_with_sinks", width=124, sinks=4)
+    d = mask.dense(1, 1, 256, 256)
+    assert _block_is_full(d, 1, 0, 64)
+    grid = mask.grid(1, 1, 256, 256, "cpu", 64)
+    assert bool(grid.full[0, 0, 1, 0]) and not bool(grid.partial[0, 0, 1, 0])
+    assert validate(mask, 1, 1, 256, 256, 64).ok
+
+
+def test_prefix_boundary_inside_a_block():
+    mask = spec("prefix_lm")
+    d = mask.dense(1, 1, 256, 256, prefix_len=[100])
+    grid = mask.grid(1, 1, 256, 256, "cpu", 64, prefix_len=[100])
+    for qb in range(4):
+        for kb in range(4):
+            full = _block_is_full(d, qb, kb, 64)
+            any_ = bool(d[0, 0, qb * 64:(qb + 1) * 64, kb * 64:(kb + 1) * 64].any())
+            assert bool(grid.full[0, 0, qb, kb]) == full
+            assert bool(grid.partial[0, 0, qb, kb]) == (any_ and not full)
+
+
+def test_per_head_window_gives_one_layout_per_head():
+    mask = spec("per_head_window")
+    bm = mask.block_mask(1, 3, 512, 512, "cpu", 64, window_size=[0, 100, 511])
+    assert bm.kv_num_blocks.shape[:2] == (1, 3)
+    total = (bm.kv_num_blocks + bm.full_kv_num_blocks).sum(-1)[0]
+    assert total[0] < total[1] < total[2]
+
+
+def test_document_ids_from_offsets_with_empty_and_single_documents():
+    ids = maskspec.document_ids(torch.tensor([0, 3, 3, 4, 8]), 10)
+    # docs: [0,3) [3,3) empty, [3,4) length one, [4,8), then trailing padding [8,10)
+    assert ids.tolist() == [[0, 0, 0, 2, 3, 3, 3, 3, 4, 4]]
+    mask = spec("document_causal")
+    d = mask.dense(1, 1, 10, 10, doc=ids)
+    assert d[0, 0, 3].tolist() == [False] * 3 + [True] + [False] * 6
+    assert not d[0, 0, 9, :8].any() and d[0, 0, 9, 8:].all()
+
+
+def test_unsorted_document_ids_are_refused():
+    mask = spec("document_causal")
+    with pytest.raises(ValueError, match=r"`doc`.*non-decreasing"):
+        mask.block_mask(1, 1, 4, 4, "cpu", 16, doc=torch.tensor([[0, 1, 0, 1]]))
+
+
+def test_dflash_dropped_blocks_see_nothing():
+    mask = spec("dflash", block=4)
+    keep = torch.tensor([[True, False, True]])
+    anchor = torch.tensor([[5, 8, 2]])
+    d = mask.dense(1, 1, 12, 22, anchor=anchor, keep=keep)
+    assert not d[0, 0, 4:8].any()
+    assert d[0, 0, 0, :5].all() and not d[0, 0, 0, 5:10].any()  # context up to the anchor
+    assert d[0, 0, 0, 10:14].all() and not d[0, 0, 0, 14:].any()  # its own draft block
