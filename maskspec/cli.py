@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import maskspec
 from maskspec import blocks, ir, lower, render, verify
-from maskspec.errors import MaskSpecError
+from maskspec.errors import MaskSpecError, did_you_mean
 from maskspec.inputs import bind_inputs, sizes_of
 
 # Block sizes --random draws from when none is given: flex's default, FA4's, and smaller ones
@@ -99,9 +100,9 @@ def given_inputs(
     out: dict[str, Any] = {}
     for name, text in pairs:
         decl = decls.get(name)
-        if decl is None:  # the binding step names the spec's inputs and suggests one
-            out[name] = text
-            continue
+        if decl is None:
+            hint = did_you_mean(name, decls) or f"inputs: {', '.join(decls) or 'none'}"
+            raise UsageError(f"spec `{mask.name}` has no input `{name}` ({hint})")
         shape = [ir.const_value(s, sizes) for s in decl.shape]
         values = [_number(tok, decl.dtype, name) for tok in text.split(",")]
         t = torch.tensor(values, dtype=torch.bool if decl.dtype == "bool" else torch.int64)
@@ -198,8 +199,10 @@ def random_case(
     q_bs, kv_bs = bs or rng.choice(RANDOM_BLOCK_SIZES)
     if rng.random() < 0.5 and q_max >= q_bs and kv_max >= kv_bs:
         q = q_bs * rng.randint(1, q_max // q_bs)
-        kv = q * rng.randint(1, kv_max // q) if kv_max >= q else kv_bs * rng.randint(
-            1, kv_max // kv_bs)
+        if kv_max >= q:  # whole rounds of Q_LEN keys
+            kv = q * rng.randint(1, kv_max // q)
+        else:
+            kv = kv_bs * rng.randint(1, kv_max // kv_bs)
     else:
         q, kv = rng.randint(1, q_max), rng.randint(1, kv_max)
     b = rng.randint(1, b_max)
@@ -207,14 +210,14 @@ def random_case(
     return Case(b, heads, q, kv, (q_bs, kv_bs), inputs)
 
 
-def _problems(mask: maskspec.CompiledMask, case: Case) -> tuple[verify.Report | None, list[str]]:
+def _problems(mask: maskspec.CompiledMask, case: Case) -> list[str]:
     """Validate one case; an exception is a problem too (with its type, for the reproducer)."""
     try:
         rep = verify.validate(mask, case.B, case.H, case.Q_LEN, case.KV_LEN, case.bs,
                               **case.inputs)
     except Exception as err:
-        return None, [f"{type(err).__name__}: {err}"]
-    return rep, rep.problems
+        return [f"{type(err).__name__}: {err}"]
+    return rep.problems
 
 
 def _report_table(rep: verify.Report) -> Table:
@@ -269,7 +272,7 @@ def _validate_random(mask: maskspec.CompiledMask, args: argparse.Namespace, out:
         task = progress.add_task("", total=len(cases), now="")
         for case in cases:
             progress.update(task, now=f"Q_LEN={case.Q_LEN} KV_LEN={case.KV_LEN}")
-            _, problems = _problems(mask, case)
+            problems = _problems(mask, case)
             if problems:
                 failures.append((case, problems))
             progress.advance(task)
@@ -354,7 +357,7 @@ def cmd_explain(args: argparse.Namespace, out: Console) -> int:
     mask = _load(args)
     if (args.q_len is None) != (args.kv_len is None):
         raise UsageError("give both --q-len and --kv-len (or neither)")
-    out.print(f"[bold]mask {mask.name}[/]  ({args.spec})", highlight=False)
+    out.print(f"[bold]mask {mask.name}[/]  ({escape(args.spec)})", highlight=False)
     for line in render.describe(mask.ir):
         out.print(line, highlight=False, markup=False)
     if args.q_len is None:
@@ -400,7 +403,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("spec", help="the .mask file")
         c.add_argument("--q-len", type=_positive, required=sizes_required, help="Q_LEN")
         c.add_argument("--kv-len", type=_positive, required=sizes_required, help="KV_LEN")
-        c.add_argument("--batch", type=_positive, help="B (default 1; --random: up to 2)")
+        c.add_argument("--batch", type=_positive,
+                       help="B (default 1; --random draws it from 1..B, B default 2)")
         c.add_argument("--heads", type=_positive, default=1, help="H (default 1)")
         c.add_argument("--block-size", type=_block_size,
                        help="N or Q_BS,KV_BS (default 128; --random: drawn per case)")

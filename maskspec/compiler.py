@@ -10,6 +10,8 @@ from maskspec import model as m
 from maskspec.errors import MaskSpecError, did_you_mean
 from maskspec.lower import analyze_cond
 
+MAX_NUMBER = 2**31 - 1  # integer literals; BlockMask indices are int32 anyway
+
 PRIMITIVE_HINTS = {
     "sliding_window": "write `window(left = N)`",
     "bidirectional": "write `full` (optionally with `where` guards)",
@@ -39,9 +41,18 @@ class _Resolver:
         out = [*scope.vars, *ir.SIZES, *self.params]
         return out + (list(self.inputs) if scope.inputs else [])
 
+    def positive(self, value: ir.Expr, pos: m.Pos, what: str) -> None:
+        """Reject a divisor, period or chunk size known now to be < 1 (sizes are known later)."""
+        if ir.is_constant(value) and not ir.uses(value, ir.Size):
+            v = ir.const_value(value, {})
+            if v < 1:
+                raise self.error(f"{what} must be positive, got {v}", pos)
+
     def expr(self, e: m.Expr, scope: _Scope) -> ir.Expr:
         pos = e.pos
         if isinstance(e, m.Num):
+            if e.value > MAX_NUMBER:
+                raise self.error(f"numbers must be at most {MAX_NUMBER} (2**31 - 1)", pos)
             return ir.Const(e.value, pos=pos)
         if isinstance(e, m.Name):
             return self.name(e, scope)
@@ -56,6 +67,8 @@ class _Resolver:
                     f"`{e.op}` needs a constant divisor (numbers, params, sizes)", e.right.pos,
                     hint="divide by a param or Q_LEN/KV_LEN, not by q, kv or an input",
                 )
+            if e.op in ("//", "%"):
+                self.positive(b, e.right.pos, f"the divisor of `{e.op}`")
             if e.op == "*" and not (ir.is_constant(a) or ir.is_constant(b)):
                 raise self.error(
                     "a product needs one constant factor (the mask must stay affine)", pos,
@@ -174,7 +187,8 @@ def _document(r: _Resolver, call: m.Call) -> ir.Primitive:
             hint="e.g. `input doc: int[B, KV_LEN]` then `causal & document(doc)`",
         )
     load = ir.Load(decl.name, (ir.Var("b"), ir.Var("q")), pos=arg.pos)
-    return ir.Primitive("document", {"ids": load}, pos=call.pos)
+    n = r.expr(decl.shape[1], CONST)
+    return ir.Primitive("document", {"ids": load, "n": n}, pos=call.pos)
 
 
 def _primitive(r: _Resolver, call: m.Call) -> ir.Primitive:
@@ -206,6 +220,8 @@ def _primitive(r: _Resolver, call: m.Call) -> ir.Primitive:
         if key in given:
             raise r.error(f"argument `{key}` given twice", a.pos)
         value = r.expr(a.value, ARG if key not in constant else CONST)
+        if key in ("period", "size"):
+            r.positive(value, a.value.pos, f"the {key} of `{call.name}`")
         given[key] = value
     for key, default in defaults.items():
         if key not in given:

@@ -2,9 +2,10 @@
 
 A mask is a union of terms; a term is an intersection of primitives (``causal``,
 ``diagonal`` ...) restricted by conditions (its region's ``where`` and every
-``valid`` clause). This module gives each construct its element-level meaning
-(``allows``), the definition the dense and mask_mod backends evaluate; the
-row-interval lowering used for block classification lives in ``lower``.
+``valid`` clause). Each primitive has two IR forms: ``meaning``, element-level
+conditions on (q, kv) — the definition that dense, mask_mod and generated kernels
+evaluate — and ``interval``, its keys per query row as [lo, hi), which ``lower``
+evaluates for block classification. Tests hold the two equal.
 """
 
 from __future__ import annotations
@@ -79,6 +80,20 @@ class Bin(Expr):
         return (self.a, self.b)
 
 
+@dataclass(frozen=True)
+class DocEdge(Expr):
+    """Start (or end) of the run of positions holding ``ids[b, q]``: binary search.
+
+    Only the row-interval lowering of ``document`` uses it; ids are non-decreasing.
+    """
+
+    ids: Load
+    side: str  # "start" | "end"
+
+    def children(self) -> tuple[Expr, ...]:
+        return (self.ids,)
+
+
 def _tmin(a: Value, b: Value) -> Value:
     if isinstance(a, int) and isinstance(b, int):
         return min(a, b)
@@ -148,14 +163,6 @@ def floordiv(a: Expr, b: Expr) -> Expr:
     return Bin("//", a, b)
 
 
-def emin(a: Expr | None, b: Expr) -> Expr:
-    return b if a is None else Bin("min", a, b)
-
-
-def emax(a: Expr | None, b: Expr) -> Expr:
-    return b if a is None else Bin("max", a, b)
-
-
 def uses(e: Expr, kind: type, name: str | None = None) -> bool:
     """Whether ``e`` contains a node of ``kind`` (with ``name``, for Var/Size/Load)."""
     for n in e.walk():
@@ -194,6 +201,8 @@ def evaluate(e: Expr, env: Env) -> Value:
         return env.sizes[e.name]
     if isinstance(e, Bin):
         return BIN_OPS[e.op](evaluate(e.a, env), evaluate(e.b, env))
+    if isinstance(e, DocEdge):
+        return _doc_edge(e, env)
     if isinstance(e, Load):
         t = env.inputs[e.input]
         idx = []
@@ -203,6 +212,14 @@ def evaluate(e: Expr, env: Env) -> Value:
             idx.append(v.clamp(0, t.shape[dim] - 1))
         return t[tuple(idx)]
     raise TypeError(f"cannot evaluate {e!r}")
+
+
+def _doc_edge(e: DocEdge, env: Env) -> torch.Tensor:
+    ids = env.inputs[e.ids.input].contiguous()
+    mine = torch.as_tensor(evaluate(e.ids, env))
+    shape = (ids.shape[0], *mine.shape[1:])
+    flat = mine.expand(shape).reshape(ids.shape[0], -1).contiguous()
+    return torch.searchsorted(ids, flat, right=e.side == "end").view(shape)
 
 
 def const_value(e: Expr, sizes: Mapping[str, int]) -> int:
@@ -224,6 +241,8 @@ def bounds(
         return ranges.get(e.name, (-math.inf, math.inf))
     if isinstance(e, Load):
         return input_ranges.get(e.input, (-math.inf, math.inf))
+    if not isinstance(e, Bin):
+        return (-math.inf, math.inf)
     a = bounds(e.a, ranges, sizes, input_ranges)  # type: ignore[attr-defined]
     b = bounds(e.b, ranges, sizes, input_ranges)  # type: ignore[attr-defined]
     op = e.op  # type: ignore[attr-defined]
@@ -292,7 +311,7 @@ class Primitive:
       window(left, right)       q - left <= kv <= q + right
       diagonal(period, offset)  kv ≡ q + offset (mod period)
       chunk(size, offset)       q // size == (kv - offset) // size
-      document(ids)             kv < N and ids[b, kv] == ids[b, q], for ids: int[B, N]
+      document(ids, n)          kv < n and ids[b, kv] == ids[b, q], for ids: int[B, n]
                                 holding each position's document (non-decreasing)
     """
 
@@ -312,7 +331,7 @@ SIGNATURES: dict[str, tuple[dict[str, int | None], frozenset[str]]] = {
     "window": ({"left": None, "right": 0}, frozenset()),
     "diagonal": ({"period": None, "offset": 0}, frozenset({"period", "offset"})),
     "chunk": ({"size": None, "offset": 0}, frozenset({"size", "offset"})),
-    "document": ({"ids": None}, frozenset()),
+    "document": ({"ids": None}, frozenset()),  # built by the compiler: ids and n
 }
 
 
@@ -323,25 +342,49 @@ def document_ids(p: Primitive) -> Load:
     return ids
 
 
-def allows(p: Primitive, env: Env) -> Value:
-    """Element-level meaning of a primitive: is key ``kv`` allowed for query ``q``?"""
-    q, kv = env.vars["q"], env.vars["kv"]
-    a = {k: evaluate(v, env) for k, v in p.args.items()}
+ROUND = Var("r")  # the round index of a diagonal's interval family
+
+
+def meaning(p: Primitive) -> tuple[Cmp, ...]:
+    """The primitive's element-level meaning, as conditions on (q, kv): the definition."""
+    q, kv, a = Var("q"), Var("kv"), p.args
     if p.kind == "full":
-        return kv >= 0
+        return ()
     if p.kind == "causal":
-        return kv <= q + a["offset"]
+        return (Cmp("<=", kv, add(q, a["offset"])),)
     if p.kind == "window":
-        return (kv >= q - a["left"]) & (kv <= q + a["right"])
+        return (Cmp(">=", kv, sub(q, a["left"])), Cmp("<=", kv, add(q, a["right"])))
     if p.kind == "diagonal":
-        return (kv - q - a["offset"]) % a["period"] == 0
+        lag = sub(sub(kv, q), a["offset"])
+        return (Cmp("==", Bin("%", lag, a["period"]), Const(0)),)
     if p.kind == "chunk":
-        return q // a["size"] == (kv - a["offset"]) // a["size"]
+        return (Cmp("==", floordiv(q, a["size"]), floordiv(sub(kv, a["offset"]), a["size"])),)
     if p.kind == "document":
         ids = document_ids(p)
-        at_kv = Load(ids.input, (ids.args[0], Var("kv")))
-        n = env.inputs[ids.input].shape[-1]
-        return (kv < n) & (a["ids"] == evaluate(at_kv, env))
+        at_kv = Load(ids.input, (ids.args[0], kv))
+        return (Cmp("<", kv, a["n"]), Cmp("==", at_kv, ids))
+    raise ValueError(f"unknown primitive {p.kind}")
+
+
+def interval(p: Primitive) -> tuple[Expr, Expr]:
+    """The keys the primitive allows in row q, as [lo, hi): one interval, or one per round
+    ``r`` (diagonal). The lowering of ``meaning``; tests hold the two equal."""
+    q, a = Var("q"), p.args
+    one = Const(1)
+    if p.kind == "full":
+        return Const(0), Size("KV_LEN")
+    if p.kind == "causal":
+        return Const(0), add(add(q, a["offset"]), one)
+    if p.kind == "window":
+        return sub(q, a["left"]), add(add(q, a["right"]), one)
+    if p.kind == "diagonal":
+        lo = add(add(q, a["offset"]), mul(ROUND, a["period"]))
+        return lo, add(lo, one)
+    if p.kind == "chunk":
+        start = add(a["offset"], mul(floordiv(q, a["size"]), a["size"]))
+        return start, add(start, a["size"])
+    if p.kind == "document":
+        return DocEdge(document_ids(p), "start"), DocEdge(document_ids(p), "end")
     raise ValueError(f"unknown primitive {p.kind}")
 
 
@@ -372,6 +415,10 @@ class Term:
             yield from p.exprs()
         for c in self.conds:
             yield from c.exprs()
+
+    def element_conds(self) -> tuple[Cmp, ...]:
+        """Every condition an allowed (q, kv) meets: primitives' meanings, then conds."""
+        return tuple(c for p in self.prims for c in meaning(p)) + self.conds
 
 
 @dataclass(frozen=True)
@@ -411,10 +458,8 @@ def element_mask(ir: MaskIR, env: Env) -> Value:
     """The meaning of the whole mask at the variables in ``env`` (broadcasting)."""
     out: Value | None = None
     for t in ir.terms:
-        ok = allows(t.prims[0], env)
-        for p in t.prims[1:]:
-            ok = ok & allows(p, env)
-        for c in t.conds:
+        ok = env.vars["kv"] >= 0  # true everywhere, with the right shape and device
+        for c in t.element_conds():
             ok = ok & holds(c, env)
         out = ok if out is None else (out | ok)
     return out

@@ -71,7 +71,8 @@ def _kv_form(e: ir.Expr) -> _Form:
         return (aa or ba, ac + sign * bc, rest)
     if e.op == "*":
         for k, other in ((e.a, e.b), (e.b, e.a)):
-            if isinstance(k, ir.Const):
+            if ir.is_constant(k) and not ir.uses(k, ir.Size):  # a number, maybe as -2 or (1 + 2)
+                k = ir.Const(ir.const_value(k, {}))
                 atom, c, rest = _kv_form(other)
                 return (atom, c * k.value, ir.mul(k, rest))
         raise _NotAffine(e, "kv may only be multiplied by a number")
@@ -162,45 +163,32 @@ def _outer(a: torch.Tensor, b: torch.Tensor, f: Callable) -> torch.Tensor:
     return f(x, y).flatten(-2)
 
 
+def _rounds(p: ir.Primitive, env: ir.Env) -> torch.Tensor | None:
+    """A diagonal's rounds r whose keys q + offset + r·period can fall in [0, KV_LEN)."""
+    period = int(ir.evaluate(p.args["period"], env))
+    off = int(ir.evaluate(p.args["offset"], env))
+    r0 = -((off + env.sizes["Q_LEN"] - 1) // period)  # ceil((-off - (Q_LEN - 1)) / period)
+    r1 = (env.sizes["KV_LEN"] - 1 - off) // period
+    if r1 < r0:
+        return None
+    # At least 2 rounds (extra ones lie past KV_LEN and clip to empty): a round dim of
+    # size 1 would specialize under torch.compile and recompile as KV_LEN grows.
+    rounds = torch.sym_max(r1 - r0 + 1, 2)
+    return (torch.arange(rounds, device=env.vars["q"].device) + r0).view(1, 1, 1, -1)
+
+
 def _prim_rows(
     p: ir.Primitive, env: ir.Env
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The primitive's interval(s) per row, with a trailing dim of rounds; None if empty."""
-    q, kv_len, q_len = env.vars["q"], env.sizes["KV_LEN"], env.sizes["Q_LEN"]
-    a = {k: ir.evaluate(v, env) for k, v in p.args.items()}
-    zero = torch.zeros_like(q)
-    if p.kind == "full":
-        return zero, zero + kv_len
-    if p.kind == "causal":
-        return zero, q + a["offset"] + 1
-    if p.kind == "window":
-        return q - a["left"], q + a["right"] + 1
-    if p.kind == "chunk":
-        start = a["offset"] + (q // a["size"]) * a["size"]
-        return start, start + a["size"]
-    if p.kind == "document":
-        return _document_rows(p, env)
     if p.kind == "diagonal":
-        period, off = int(a["period"]), int(a["offset"])
-        r0 = -((off + q_len - 1) // period)  # ceil((-off - (Q_LEN - 1)) / period)
-        r1 = (kv_len - 1 - off) // period
-        if r1 < r0:
+        r = _rounds(p, env)
+        if r is None:
             return None
-        r = torch.arange(r0, r1 + 1, device=q.device).view(1, 1, 1, -1)
-        lo = q + off + r * period
-        return lo, lo + 1
-    raise ValueError(f"unknown primitive {p.kind}")
-
-
-def _document_rows(p: ir.Primitive, env: ir.Env) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row q's document is the run of positions holding ids[b, q]: found by binary search."""
-    ids = env.inputs[ir.document_ids(p).input]
-    q = env.vars["q"]
-    mine = ir.evaluate(ir.document_ids(p), env)  # (B or 1, 1, Q, 1)
-    mine = mine.expand(ids.shape[0], 1, q.shape[2], 1)[:, 0, :, 0].contiguous()
-    lo = torch.searchsorted(ids.contiguous(), mine, right=False)
-    hi = torch.searchsorted(ids.contiguous(), mine, right=True)
-    return lo.view(ids.shape[0], 1, -1, 1), hi.view(ids.shape[0], 1, -1, 1)
+        env = ir.Env(vars={**env.vars, "r": r}, sizes=env.sizes, inputs=env.inputs)
+    zero = torch.zeros_like(env.vars["q"])
+    lo, hi = (zero + ir.evaluate(e, env) for e in ir.interval(p))
+    return lo, hi
 
 
 def _width_bound(t: ir.Term, forms: list[CondForm], env: ir.Env) -> float:
@@ -231,8 +219,8 @@ def _split_by_period(
     period = ir.const_value(f.period, env.sizes)
     a = 0 if f.lo is None else ir.evaluate(f.lo, env)
     b = period if f.hi is None else ir.evaluate(f.hi, env)
-    a = torch.as_tensor(a, device=lo.device).clamp(0, period)
-    b = torch.as_tensor(b, device=lo.device).clamp(0, period)
+    a = (lo.new_zeros(()) + a).clamp(0, period)  # on lo's device without a host copy
+    b = (lo.new_zeros(()) + b).clamp(0, period)
     spans = 1 if width <= 1 else math.ceil((width - 1) / period) + 1
     spans = int(min(spans, env.sizes["KV_LEN"] // period + 2))
     s = torch.arange(spans, device=lo.device)
@@ -259,8 +247,8 @@ def _term_rows(t: ir.Term, env: ir.Env) -> tuple[torch.Tensor, torch.Tensor] | N
         if isinstance(f, RowCond):
             ok = ok & ir.holds(f.cmp, env)
         elif isinstance(f, KvRange):
-            lo = lo if f.lo is None else torch.maximum(lo, torch.as_tensor(ir.evaluate(f.lo, env)))
-            hi = hi if f.hi is None else torch.minimum(hi, torch.as_tensor(ir.evaluate(f.hi, env)))
+            lo = lo if f.lo is None else lo.clamp(min=ir.evaluate(f.lo, env))
+            hi = hi if f.hi is None else hi.clamp(max=ir.evaluate(f.hi, env))
     lo, hi = lo.clamp(min=0), hi.clamp(max=env.sizes["KV_LEN"])
     width = _width_bound(t, forms, env)
     for f in forms:
@@ -271,31 +259,41 @@ def _term_rows(t: ir.Term, env: ir.Env) -> tuple[torch.Tensor, torch.Tensor] | N
 
 
 def row_env(
-    sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor], device: torch.device
+    sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor], device: torch.device,
+    q_positions: torch.Tensor | None = None,
 ) -> ir.Env:
-    """Variables for row-wise evaluation: b, h, q as broadcastable aranges (no kv)."""
+    """Variables for row-wise evaluation: b, h, q as broadcastable aranges (no kv).
+
+    ``q_positions`` ((N,) or (B, N) query positions) evaluates only those rows, in that
+    order, instead of all Q_LEN: a context-parallel rank's shard.
+    """
     def ar(n: int, dim: int) -> torch.Tensor:
         shape = [1, 1, 1, 1]
         shape[dim] = n
         return torch.arange(n, device=device).view(shape)
 
-    vars_ = {"b": ar(sizes["B"], 0), "h": ar(sizes["H"], 1), "q": ar(sizes["Q_LEN"], 2)}
+    q = ar(sizes["Q_LEN"], 2) if q_positions is None else (
+        q_positions.to(device=device, dtype=torch.long).reshape(-1, 1, q_positions.shape[-1], 1)
+    )
+    vars_ = {"b": ar(sizes["B"], 0), "h": ar(sizes["H"], 1), "q": q}
     return ir.Env(vars=vars_, sizes=sizes, inputs=inputs)
 
 
 def row_intervals(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor],
-    device: torch.device,
+    device: torch.device, q_positions: torch.Tensor | None = None,
 ) -> Rows:
     """Every row's allowed keys as K intervals, broadcast to (B', H', Q_LEN, K).
 
-    B' is B when the mask reads ``b`` and 1 otherwise; likewise H'.
+    B' is B when the mask reads ``b`` (or ``q_positions`` differ per batch) and 1
+    otherwise; likewise H'. With ``q_positions`` the rows are those positions (see row_env).
     """
-    env = row_env(sizes, inputs, device)
+    env = row_env(sizes, inputs, device, q_positions)
+    q = env.vars["q"]
     shape = (
-        sizes["B"] if mask.depends_on("b") else 1,
+        sizes["B"] if mask.depends_on("b") or q.shape[0] > 1 else 1,
         sizes["H"] if mask.depends_on("h") else 1,
-        sizes["Q_LEN"],
+        q.shape[2],
     )
     los, his = [], []
     for t in mask.terms:

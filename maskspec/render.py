@@ -25,7 +25,7 @@ NAMES = {EMPTY: "EMPTY", FULL: "FULL", PARTIAL: "PARTIAL"}
 PALETTE = {EMPTY: "#e9ecef", FULL: "#2f9e44", PARTIAL: "#f59f00"}
 CHARS = {EMPTY: "··", FULL: "██", PARTIAL: "▒▒"}
 ALLOWED, MASKED = "#1c7ed6", "#ffffff"
-GRID_RECT = (0.06, 0.08, 0.56, 0.80)  # the PNG's block-grid axes, in figure fractions
+GRID_RECT = (0.06, 0.10, 0.56, 0.76)  # the PNG's block-grid axes, in figure fractions
 MAX_ROWS = 48
 
 
@@ -147,7 +147,7 @@ def png(
     n_q, n_kv = codes.shape
     aspect = (n_q * bs[0]) / (n_kv * bs[1])
     width = 12.0
-    height = min(12.0, max(4.0, width * GRID_RECT[2] / GRID_RECT[3] * aspect))
+    height = min(12.0, max(6.0, width * GRID_RECT[2] / GRID_RECT[3] * aspect))
     fig = plt.figure(figsize=(width, height), dpi=100)
     ax = fig.add_axes(GRID_RECT)
     f = factor_for((n_q, n_kv), 1000, 1000)
@@ -156,14 +156,15 @@ def png(
               aspect="auto", extent=(0, n_kv, n_q, 0))
     ax.set_xlabel("kv block")
     ax.set_ylabel("q block")
-    ax.set_title(title + (f"  (cells of {f}×{f} blocks, strongest class)" if f > 1 else ""))
+    fig.suptitle(title + (f"  (cells of {f}×{f} blocks, strongest class)" if f > 1 else ""))
     legend = [Patch(color=PALETTE[c], label=NAMES[c]) for c in (FULL, PARTIAL, EMPTY)]
-    fig.legend(handles=legend, loc="upper right", ncol=3, frameon=False)
+    fig.legend(handles=legend, loc="lower left", bbox_to_anchor=(GRID_RECT[0], 0.87), ncol=3,
+               frameon=False)
     for i, z in enumerate(zooms):
         ax.add_patch(Rectangle((z.col, z.row), 1, 1, fill=False, edgecolor="black", lw=1.5))
         ax.annotate(z.label, (z.col, z.row), xytext=(-2, 2), textcoords="offset points",
                     ha="right", va="bottom", fontsize=9, fontweight="bold")
-        zax = fig.add_axes((0.70, 0.08 + (1 - i) * 0.45, 0.27, 0.35))
+        zax = fig.add_axes((0.70, 0.10 + (1 - i) * 0.46, 0.27, 0.30))
         zax.imshow(z.allowed.numpy(), cmap=ListedColormap([MASKED, ALLOWED]), vmin=0, vmax=1,
                    interpolation="nearest", aspect="auto",
                    extent=(z.kv[0], z.kv[1], z.q[1], z.q[0]))
@@ -196,6 +197,8 @@ def _affine(e: ir.Expr) -> dict[str, int]:
 def _atom(e: ir.Expr) -> str:
     if isinstance(e, (ir.Var, ir.Size)):
         return e.name
+    if isinstance(e, ir.DocEdge):
+        return f"{e.side}_of_document({_atom(e.ids)})"
     if isinstance(e, ir.Load):
         return f"{e.input}[{', '.join(fmt(a) for a in e.args)}]"
     if isinstance(e, ir.Bin) and e.op in ("min", "max"):
@@ -205,9 +208,12 @@ def _atom(e: ir.Expr) -> str:
     raise TypeError(f"cannot format {e!r}")
 
 
-def _paren(e: ir.Expr) -> str:
-    s = fmt(e)
+def _wrap(s: str) -> str:
     return f"({s})" if " " in s and not s.startswith(("min(", "max(")) else s
+
+
+def _paren(e: ir.Expr) -> str:
+    return _wrap(fmt(e))
 
 
 def fmt(e: ir.Expr) -> str:
@@ -217,7 +223,7 @@ def fmt(e: ir.Expr) -> str:
         if c == 0:
             continue
         mag = abs(c)
-        body = str(mag) if atom == "" else (atom if mag == 1 else f"{mag}*{atom}")
+        body = str(mag) if atom == "" else (atom if mag == 1 else f"{mag}*{_wrap(atom)}")
         parts.append(("-" if c < 0 else "+", body))
     if not parts:
         return "0"
@@ -231,33 +237,22 @@ def source_text(source: str, pos: Pos | None) -> str:
         return ""
     lines = source.splitlines()[pos.line - 1 : pos.end_line]
     if len(lines) == 1:
-        return lines[0][pos.column - 1 : pos.end_column - 1]
-    lines[0], lines[-1] = lines[0][pos.column - 1 :], lines[-1][: pos.end_column - 1]
-    return " ".join(s.strip() for s in lines)
+        lines[0] = lines[0][pos.column - 1 : pos.end_column - 1]
+    else:
+        lines[0], lines[-1] = lines[0][pos.column - 1 :], lines[-1][: pos.end_column - 1]
+    return " ".join(" ".join(lines).split())
 
 
 def primitive_meaning(p: ir.Primitive) -> str:
-    """A primitive's allowed keys for query q, in plain terms."""
-    q, a = ir.Var("q"), p.args
-    if p.kind == "full":
-        return "every key: kv in [0, KV_LEN)"
-    if p.kind == "causal":
-        return f"kv in [0, {fmt(ir.add(q, ir.add(a['offset'], ir.const(1))))})"
-    if p.kind == "window":
-        lo, hi = ir.sub(q, a["left"]), ir.add(q, ir.add(a["right"], ir.const(1)))
-        return f"kv in [{fmt(lo)}, {fmt(hi)})"
+    """A primitive's allowed keys for query q, in plain terms: its row interval (ir.interval)."""
+    lo, hi = ir.interval(p)
+    keys = f"kv in [{fmt(lo)}, {fmt(hi)})"
     if p.kind == "diagonal":
-        at = fmt(ir.add(q, a["offset"]))
-        return f"kv = {at} + r·{_paren(a['period'])} for each round r (one key per round)"
-    if p.kind == "chunk":
-        start = ir.add(a["offset"], ir.mul(ir.floordiv(q, a["size"]), a["size"]))
-        return (f"kv in [{fmt(start)}, {fmt(ir.add(start, a['size']))}): "
-                f"q's chunk of {fmt(a['size'])} keys")
+        return f"{keys} for each round r: kv ≡ {fmt(ir.add(ir.Var('q'), p.args['offset']))} " \
+            f"(mod {fmt(p.args['period'])}), one key per round"
     if p.kind == "document":
-        ids = a["ids"]
-        at_kv = fmt(ir.Load(ids.input, (*ids.args[:-1], ir.Var("kv"))))  # type: ignore[attr-defined]
-        return f"kv in q's document: {at_kv} == {fmt(ids)}"
-    return f"{p.kind}({', '.join(f'{k}={fmt(v)}' for k, v in a.items())})"
+        return f"{keys}: the run of positions whose id equals {fmt(p.args['ids'])}"
+    return keys
 
 
 def _never(msg: str, pos: Pos | None = None, hint: str | None = None) -> Exception:
@@ -289,7 +284,8 @@ def describe(mask: ir.MaskIR) -> Iterator[str]:
     for k, v in mask.params.items():
         yield f"param {k} = {v}"
     names = " ∨ ".join(t.name for t in mask.terms)
-    yield f"mask(b, h, q, kv) = ({names})" + (" ∧ valid" if valid_at else "")
+    names = f"({names})" if len(mask.terms) > 1 and valid_at else names
+    yield f"mask(b, h, q, kv) = {names}" + (" ∧ valid" if valid_at else "")
     for t in mask.terms:
         yield ""
         yield source_text(mask.source, t.pos) or f"region {t.name}"

@@ -1,0 +1,197 @@
+"""The maskspec command, run as a user runs it (a subprocess), plus in-process exit paths."""
+
+import os
+import random
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import SPECS
+from matplotlib import colors
+from matplotlib import image as mpimg
+from torch.nn.attention.flex_attention import create_block_mask
+
+import maskspec
+from maskspec import cli, render, verify
+
+ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "COLUMNS": "120", "NO_COLOR": "1"}
+
+
+def run(*args: object, script: bool = False) -> subprocess.CompletedProcess:
+    """Run the maskspec command: the installed console script, or ``python -m maskspec``."""
+    exe = [shutil.which("maskspec")] if script else [sys.executable, "-m", "maskspec"]
+    assert exe[0], "the `maskspec` console script is not installed (pip install -e .)"
+    return subprocess.run([*exe, *map(str, args)], capture_output=True, text=True, env=ENV,
+                          timeout=300, encoding="utf-8")
+
+
+def test_validate_eagle3_single_and_random():
+    r = run("validate", SPECS / "eagle3.mask", "--q-len", 300, "--kv-len", 1000,
+            "--block-size", "64,32", "--input", "seq_len=250", script=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout and "input seq_len = [250]  (given)" in r.stdout
+    r = run("validate", SPECS / "eagle3.mask", "--q-len", 400, "--kv-len", 1500, "--random", 5,
+            "--seed", 11)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "5 random cases (--seed 11" in r.stdout and "5 agree, 0 disagree" in r.stdout
+
+
+def test_validate_causal_random():
+    r = run("validate", SPECS / "causal.mask", "--q-len", 600, "--kv-len", 600, "--random", 5,
+            "--seed", 3)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "5 agree, 0 disagree" in r.stdout
+
+
+def test_syntax_error_exits_2_with_position(tmp_path):
+    bad = tmp_path / "bad.mask"
+    bad.write_text("mask bad\nregion r = causal(\n  offset = )\n")
+    r = run("validate", bad, "--q-len", 8, "--kv-len", 8)
+    assert r.returncode == 2
+    assert f"{bad}:3:12: error: syntax error" in r.stderr  # the `)` where a value belongs
+    assert "^" in r.stderr and r.stdout == ""
+
+
+def _grid_lines(text: str, n: int) -> list[str]:
+    """The n grid rows a `show` printed: the characters after each row's index label."""
+    rows = re.findall(r"^\s*\d+ ((?:[█▒·]{2})+)$", text, flags=re.M)
+    assert len(rows) == n, text
+    return rows
+
+
+def test_show_prints_grid_and_png_colors(tmp_path):
+    out = tmp_path / "causal.png"
+    r = run("show", SPECS / "causal.mask", "--q-len", 512, "--kv-len", 512, "--block-size", 128,
+            "--png", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    f, p, e = (render.CHARS[c] for c in (render.FULL, render.PARTIAL, render.EMPTY))
+    # Causal, 4×4 blocks of 128: FULL below the diagonal, PARTIAL on it, EMPTY above.
+    assert _grid_lines(r.stdout, 4) == [f * i + p + e * (3 - i) for i in range(4)]
+    assert "FULL" in r.stdout and "PARTIAL" in r.stdout and "EMPTY" in r.stdout
+
+    img = mpimg.imread(out)
+    h, w = img.shape[:2]
+    left, bottom, width, height = render.GRID_RECT
+
+    def pixel(i: int, j: int) -> tuple[float, ...]:
+        x = (left + (j + 0.5) / 4 * width) * w
+        y = (1 - bottom - (1 - (i + 0.5) / 4) * height) * h
+        return tuple(img[int(y), int(x), :3])
+
+    expect = {(0, 3): render.EMPTY, (1, 1): render.PARTIAL, (2, 0): render.FULL,
+              (3, 3): render.PARTIAL, (3, 1): render.FULL, (1, 2): render.EMPTY}
+    for (i, j), cls in expect.items():
+        assert pixel(i, j) == pytest.approx(colors.to_rgb(render.PALETTE[cls]), abs=2 / 255), (
+            (i, j), render.NAMES[cls])
+
+
+def test_show_randomizes_missing_inputs_and_says_so():
+    r = run("show", SPECS / "eagle3.mask", "--q-len", 300, "--kv-len", 900, "--block-size", 64,
+            "--seed", 5, "--batch", 2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"input seq_len = \[\d+, \d+\]  \(random, --seed 5\)", r.stdout)
+    assert len(_grid_lines(r.stdout, 5)) == 5
+
+
+def test_explain_regions_and_numbers():
+    q, kv, bs, seq = 1000, 4500, (256, 128), 900
+    r = run("explain", SPECS / "eagle3.mask", "--q-len", q, "--kv-len", kv,
+            "--block-size", "256,128", "--input", f"seq_len={seq}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for meaning in ("causal  →  kv in [0, q + 1)", "kv ≡ q (mod Q_LEN), one key per round",
+                    "where kv < Q_LEN  →  key range: kv < Q_LEN",
+                    "q < seq_len[b]  →  whole rows", "kv % Q_LEN < seq_len[b]"):
+        assert meaning in r.stdout, meaning
+    # Numbers against torch's own block mask and the dense meaning.
+    mask = maskspec.load(SPECS / "eagle3.mask")
+    seq_len = torch.tensor([seq])
+    ref = create_block_mask(mask.mask_mod(B=1, H=1, Q_LEN=q, KV_LEN=kv, seq_len=seq_len),
+                            1, 1, q, kv, device="cpu", BLOCK_SIZE=bs)
+    full = int(verify.block_set(ref.full_kv_num_blocks, ref.full_kv_indices).sum())
+    part = int(verify.block_set(ref.kv_num_blocks, ref.kv_indices).sum())
+    total = 4 * 36
+    density = float(mask.dense(1, 1, q, kv, seq_len=seq_len).float().mean())
+    assert re.search(rf"FULL\s+{full} blocks", r.stdout)
+    assert re.search(rf"PARTIAL\s+{part} blocks", r.stdout)
+    assert re.search(rf"EMPTY\s+{total - full - part} blocks", r.stdout)
+    assert f"(FULL + PARTIAL blocks): {(full + part) / total:.2%}" in r.stdout
+    assert f"allowed (q, kv) pairs, exact: {density:.4%}" in r.stdout
+
+
+OVERLAPPING = """
+mask overlapping
+input prefix: int[B] in [0, KV_LEN] = 0
+region bidir = full where kv < prefix[b]
+region past = causal
+region sinks = causal where kv < 5
+region near = window(left = 7, right = 3)
+"""
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_block_stats_density_counts_overlaps_once(seed):
+    mask = maskspec.compile(OVERLAPPING)
+    rng = random.Random(seed)
+    b, q, kv = rng.randint(1, 3), rng.randint(1, 300), rng.randint(1, 400)
+    inputs = verify.random_inputs(mask, b, 1, q, kv, rng)
+    stats = cli.block_stats(mask, {"B": b, "H": 1, "Q_LEN": q, "KV_LEN": kv}, inputs, (32, 16))
+    allowed = int(mask.dense(b, 1, q, kv, **inputs).sum())
+    assert round(stats["density"] * b * q * kv) == allowed
+
+
+def _failing_validate(calls: list):
+    def fake(mask, B, H, Q_LEN, KV_LEN, BLOCK_SIZE=128, **inputs):
+        calls.append((B, H, Q_LEN, KV_LEN, BLOCK_SIZE, {k: torch.as_tensor(v) for k, v in
+                                                        inputs.items()}))
+        rep = verify.Report(Q_LEN, KV_LEN, BLOCK_SIZE, full=1, partial=2, empty=3)
+        rep.problems.append("kv_indices[b=0, h=0, q_block=1] block 2: maskspec says PARTIAL, "
+                            "create_block_mask says not PARTIAL")
+        return rep
+    return fake
+
+
+def test_validate_failure_exits_1_and_names_block(monkeypatch, capsys):
+    calls: list = []
+    monkeypatch.setattr(verify, "validate", _failing_validate(calls))
+    code = cli.main(["validate", str(SPECS / "eagle3.mask"), "--q-len", "256", "--kv-len", "512"])
+    assert code == 1 and len(calls) == 1
+    out = capsys.readouterr().out
+    assert "DISAGREE" in out and "q_block=1] block 2" in out
+
+
+def test_random_failure_prints_a_reproducer_that_reruns_the_case(monkeypatch, capsys):
+    calls: list = []
+    monkeypatch.setattr(verify, "validate", _failing_validate(calls))
+    code = cli.main(["validate", str(SPECS / "eagle3.mask"), "--q-len", "300", "--kv-len", "900",
+                     "--random", "2", "--seed", "4", "--batch", "3"])
+    assert code == 1 and len(calls) == 2
+    lines = [x for x in capsys.readouterr().out.splitlines() if "reproduce: " in x]
+    assert len(lines) == 2
+    argv = shlex.split(lines[1].split("reproduce: ", 1)[1])
+    assert argv[:2] == ["maskspec", "validate"]
+    assert cli.main(argv[1:]) == 1
+    (b, h, q, kv, bs, inputs), (b2, h2, q2, kv2, bs2, inputs2) = calls[1], calls[2]
+    assert (b, h, q, kv, tuple(bs)) == (b2, h2, q2, kv2, tuple(bs2))
+    assert inputs.keys() == inputs2.keys()
+    assert all(torch.equal(inputs[k], inputs2[k]) for k in inputs)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--input", "seq_len=1,2,3"], "got 3 values"),
+        (["--input", "seqlen=4"], "did you mean `seq_len`"),
+        (["--input", "seq_len=999"], "must lie in [0, 256]"),
+        (["--input", "seq_len=x"], "'x' is not an integer"),
+        (["--param", "nope=1"], "has no param `nope`"),
+    ],
+)
+def test_bad_arguments_exit_2(argv, needle, capsys):
+    code = cli.main(["validate", str(SPECS / "eagle3.mask"), "--q-len", "256", "--kv-len", "512",
+                     *argv])
+    assert code == 2
+    assert needle in capsys.readouterr().err
