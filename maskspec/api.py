@@ -13,8 +13,8 @@ from maskspec import blocks, dense, ir, lower
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.compiler import compile_spec
 from maskspec.inputs import bind_inputs, sizes_of
-from maskspec.parse import parse, parse_file
-from maskspec.targets import fa4, flex
+from maskspec.parse import data_dir, parse, parse_file
+from maskspec.targets import cp, cute, fa4, flex
 
 
 def _block_size(bs: int | tuple[int, int]) -> tuple[int, int]:
@@ -67,10 +67,7 @@ class CompiledMask:
         """
         bs = _block_size(BLOCK_SIZE)
         sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)
-        rows = lower.row_intervals(self.ir, sizes, bound, dev)
-        grid = blocks.classify(rows, Q_LEN, KV_LEN, *bs)
-        mm = mask_mod_backend.mask_mod(self.ir, sizes, bound)
-        return flex.block_mask(grid, Q_LEN, KV_LEN, bs, mm)
+        return flex.build(self.ir, sizes, bound, dev, bs)
 
     def mask_mod(
         self, *, B: int | None = None, H: int | None = None, Q_LEN: int | None = None,
@@ -95,6 +92,25 @@ class CompiledMask:
         sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs)
         return dense.dense(self.ir, sizes, bound, dev)
 
+    def cp_block_mask(
+        self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, mesh: Any = None, *,
+        rank: int | None = None, world_size: int | None = None,
+        BLOCK_SIZE: int | tuple[int, int] = 128, load_balancer: Any = "head_tail",
+        device: Any = None, check_inputs: bool = True, **inputs: Any,
+    ) -> BlockMask:
+        """This rank's BlockMask under torch context parallelism (flex_attention, K/V gathered).
+
+        Local queries × all keys in torch's load-balanced order, with torch's blocks and
+        mask_mod, at any block size; KV_LEN = R·Q_LEN lays out R key rounds (EAGLE-3), see
+        ``maskspec.targets.cp``. Give ``mesh`` (1-D DeviceMesh) or ``rank`` and ``world_size``.
+        """
+        rank, world_size, device = cp.placement(mesh, rank, world_size, device)
+        bs = _block_size(BLOCK_SIZE)
+        sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)
+        order = cp.sharding(self.ir, load_balancer, Q_LEN, world_size, dev, bound)
+        mm = mask_mod_backend.mask_mod(self.ir, sizes, bound)
+        return cp.block_mask(self.ir, sizes, bound, mm, order, rank, world_size, bs)
+
     def fa4_block_sparse(
         self, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any = None,
         BLOCK_SIZE: int | tuple[int, int] = (128, 128), *, arch: int | None = None,
@@ -106,6 +122,27 @@ class CompiledMask:
         fa4.check_block_size(bs, fa4.sm_arch(dev, arch))
         grid = self.grid(B, H, Q_LEN, KV_LEN, dev, bs, check_inputs=check_inputs, **inputs)
         return fa4.block_sparse(grid, B, H, bs)
+
+    def fa4(
+        self, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any = None,
+        BLOCK_SIZE: int | tuple[int, int] | None = None, *, arch: int | None = None,
+        check_inputs: bool = True, **inputs: Any,
+    ) -> fa4.FA4Args:
+        """FlashAttention-4 arguments: ``flash_attn_func(q, k, v, **m.fa4(...).kwargs())``.
+
+        The generated CuTe mask_mod, the inputs as aux_tensors and forward/backward
+        block-sparse tensors; BLOCK_SIZE defaults to the finest FA4 tiles on the device.
+        """
+        dev = torch.device(device) if device is not None else _device_of(inputs)
+        sm = fa4.sm_arch(dev, arch)
+        bs = fa4.default_block_size(sm) if BLOCK_SIZE is None else BLOCK_SIZE
+        fwd, bwd = self.fa4_block_sparse(
+            B, H, Q_LEN, KV_LEN, dev, bs, arch=sm, check_inputs=check_inputs, **inputs
+        )
+        sizes, bound, _ = self._bind(B, H, Q_LEN, KV_LEN, dev, inputs, check=False)
+        return fa4.FA4Args(
+            cute.mask_mod(self.ir, sizes), cute.aux_tensors(self.ir, bound), fwd, bwd
+        )
 
 
 def _device_of(inputs: dict[str, Any]) -> torch.device:
@@ -120,6 +157,16 @@ def compile(source: str, path: str = "<spec>", **params: int) -> CompiledMask:
     return CompiledMask(compile_spec(parse(source, path), **params))
 
 
+def shipped_specs() -> dict[str, Path]:
+    """The spec library that ships with maskspec, by name."""
+    root = data_dir("specs")
+    return {p.name[: -len(".mask")]: Path(str(p)) for p in root.iterdir()
+            if p.name.endswith(".mask")}
+
+
 def load(path: str | Path, **params: int) -> CompiledMask:
-    """Parse, validate and compile a `.mask` file."""
-    return CompiledMask(compile_spec(parse_file(path), **params))
+    """Parse, validate and compile a `.mask` file, or a shipped spec by name ("eagle3")."""
+    p = Path(path)
+    if not p.exists() and p.suffix == "" and str(path) in shipped_specs():
+        p = shipped_specs()[str(path)]
+    return CompiledMask(compile_spec(parse_file(p), **params))

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import maskspec
-from maskspec import blocks, ir, lower, render, verify
+from maskspec import blocks, ir, lower, render, standalone, verify
 from maskspec.errors import MaskSpecError, did_you_mean
 from maskspec.inputs import bind_inputs, sizes_of
 
@@ -378,6 +379,16 @@ def cmd_explain(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def cmd_compile(args: argparse.Namespace, out: Console) -> int:
+    source = standalone.python_module(_load(args).ir)
+    if args.output is None:
+        sys.stdout.write(source)
+    else:
+        Path(args.output).write_text(source)
+        out.print(f"wrote {args.output}", highlight=False)
+    return 0
+
+
 # ---------------------------------------------------------------- plumbing
 
 
@@ -394,7 +405,7 @@ def _seed(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="maskspec",
-        description="Compile .mask attention-mask specs: validate, show, explain.",
+        description="Compile .mask attention-mask specs: validate, show, explain, compile.",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -427,6 +438,15 @@ def _parser() -> argparse.ArgumentParser:
     e = command("explain", "Say what each region allows and, at given sizes, what is left.",
                 False)
     e.set_defaults(run=cmd_explain)
+    c = sub.add_parser("compile", help="Emit a standalone module (needs only torch).",
+                       description="Emit a standalone Python module, importing only torch, "
+                       "with the spec's mask_mod and its analytic BlockMask builder.")
+    c.add_argument("spec", help="the .mask file")
+    c.add_argument("--emit", choices=["python"], default="python", help="what to emit")
+    c.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    c.add_argument("--param", type=_param, action="append", default=[], metavar="K=V",
+                   help="override a param (repeatable)")
+    c.set_defaults(run=cmd_compile)
     return p
 
 

@@ -25,9 +25,18 @@ def _where(d: ir.InputDecl, mask: ir.MaskIR) -> str:
     return f"{mask.path}:{d.pos.line}" if d.pos else mask.path
 
 
+def _same_device(have: torch.device, want: torch.device) -> bool:
+    """`cuda` means the current CUDA device, so it matches `cuda:0` when that is current."""
+    if have.type != want.type:
+        return False
+    if want.index is None and want.type == "cuda":
+        return have.index in (None, torch.cuda.current_device())
+    return want.index is None or have.index == want.index
+
+
 def _to_tensor(name: str, value: Any, dtype: str, device: torch.device | None) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
-        if device is not None and value.device != torch.device(device):
+        if device is not None and not _same_device(value.device, torch.device(device)):
             raise ValueError(
                 f"input `{name}` is on {value.device} but the mask is built on {device}; "
                 f"move it with `.to({str(device)!r})`"

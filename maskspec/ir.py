@@ -209,7 +209,8 @@ def evaluate(e: Expr, env: Env) -> Value:
         for dim, a in enumerate(e.args):
             v = evaluate(a, env)
             v = torch.as_tensor(v, device=t.device)
-            idx.append(v.clamp(0, t.shape[dim] - 1))
+            top = t.shape[dim] - 1  # where, not clamp: every flex backend can lower it
+            idx.append(torch.where(v < 0, 0, torch.where(v > top, top, v)))
         return t[tuple(idx)]
     raise TypeError(f"cannot evaluate {e!r}")
 

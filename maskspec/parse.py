@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from lark import (
@@ -26,9 +27,17 @@ KEYWORDS = (
 )
 
 
+def data_dir(name: str) -> Traversable:
+    """An installed data package (maskspec.grammars, maskspec.specs), or the checkout's folder."""
+    try:
+        return resources.files(f"maskspec.{name}")
+    except ModuleNotFoundError:  # running from a source tree that was never installed
+        return resources.files("maskspec").joinpath("..", name)
+
+
 @functools.cache
 def _parser() -> Lark:
-    grammar = resources.files("maskspec.grammars").joinpath("maskspec.lark").read_text()
+    grammar = data_dir("grammars").joinpath("maskspec.lark").read_text()
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
 
 
@@ -138,7 +147,7 @@ _WORDS = {
     "NAME": "a name",
     "INT": "a number",
     "CMP": "a comparison such as `<`",
-    "FUNC": "`min(...)`",
+    "FUNC": "`min(...)` or `max(...)`",
     "DTYPE": "`int` or `bool`",
     "$END": "the end of the spec",
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -41,6 +43,16 @@ def sm_arch(device: torch.device | str | None, arch: int | None) -> int:
     )
 
 
+def q_tile(arch: int) -> int:
+    """Query rows FA4's forward takes per sparse block: 2 stages of 128 on sm100+, else 128."""
+    return 256 if arch >= 100 else 128
+
+
+def default_block_size(arch: int) -> tuple[int, int]:
+    """The smallest (Q, KV) block size FA4 tiles on ``arch``: finest sparsity, fewest skips lost."""
+    return (q_tile(arch), 128)
+
+
 def check_block_size(block_size: tuple[int, int], arch: int) -> None:
     """Refuse block sizes FA4's kernels cannot tile, saying why."""
     q_bs, kv_bs = block_size
@@ -48,11 +60,11 @@ def check_block_size(block_size: tuple[int, int], arch: int) -> None:
         raise ValueError(
             f"FA4 needs the KV block size to be a multiple of 128 (its n-tile); got {kv_bs}"
         )
-    q_tile = 256 if arch >= 100 else 128
-    if q_bs % q_tile:
+    tile = q_tile(arch)
+    if q_bs % tile:
         raise ValueError(
-            f"FA4 on sm{arch} processes queries in tiles of {q_tile} rows, so the Q block "
-            f"size must be a multiple of {q_tile}; got {q_bs}"
+            f"FA4 on sm{arch} processes queries in tiles of {tile} rows, so the Q block "
+            f"size must be a multiple of {tile}; got {q_bs}"
         )
 
 
@@ -77,3 +89,21 @@ def block_sparse(grid: BlockGrid, b: int, h: int, block_size: tuple[int, int]) -
             )
         )
     return out[0], out[1]
+
+
+@dataclass(frozen=True)
+class FA4Args:
+    """What ``flash_attn.cute.flash_attn_func`` needs for one mask: ``**args.kwargs()``."""
+
+    mask_mod: Callable[..., Any]
+    aux_tensors: list[torch.Tensor] | None
+    block_sparse_tensors: Any
+    block_sparse_tensors_bwd: Any
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "mask_mod": self.mask_mod,
+            "aux_tensors": self.aux_tensors,
+            "block_sparse_tensors": self.block_sparse_tensors,
+            "block_sparse_tensors_bwd": self.block_sparse_tensors_bwd,
+        }
