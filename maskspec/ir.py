@@ -163,6 +163,39 @@ def floordiv(a: Expr, b: Expr) -> Expr:
     return Bin("//", a, b)
 
 
+def linear(e: Expr) -> dict[Expr | None, int]:
+    """e as a sum of integer multiples of atoms (None: the constant): cancels like terms."""
+    if isinstance(e, Const):
+        return {None: e.value}
+    if isinstance(e, Bin) and e.op in ("+", "-"):
+        out = dict(linear(e.a))
+        for k, v in linear(e.b).items():
+            out[k] = out.get(k, 0) + (v if e.op == "+" else -v)
+        return {k: v for k, v in out.items() if v}
+    if isinstance(e, Bin) and e.op == "*":
+        for k, other in ((e.a, e.b), (e.b, e.a)):
+            if isinstance(k, Const):
+                return {a: k.value * v for a, v in linear(other).items() if k.value * v}
+    return {e: 1}
+
+
+def from_linear(terms: Mapping[Expr | None, int]) -> Expr:
+    """The expression of a ``linear`` decomposition."""
+    out: Expr = Const(terms.get(None, 0))
+    for atom, c in terms.items():
+        if atom is not None:
+            out = add(out, mul(Const(c), atom))
+    return out
+
+
+def difference(a: Expr, b: Expr) -> Expr:
+    """a - b with like terms cancelled: the width of [b, a) without q in it, when possible."""
+    terms = dict(linear(a))
+    for k, v in linear(b).items():
+        terms[k] = terms.get(k, 0) - v
+    return from_linear({k: v for k, v in terms.items() if v})
+
+
 def uses(e: Expr, kind: type, name: str | None = None) -> bool:
     """Whether ``e`` contains a node of ``kind`` (with ``name``, for Var/Size/Load)."""
     for n in e.walk():

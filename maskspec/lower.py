@@ -171,9 +171,9 @@ def _rounds(p: ir.Primitive, env: ir.Env) -> torch.Tensor | None:
     r1 = (env.sizes["KV_LEN"] - 1 - off) // period
     if r1 < r0:
         return None
-    # At least 2 rounds (extra ones lie past KV_LEN and clip to empty): a round dim of
-    # size 1 would specialize under torch.compile and recompile as KV_LEN grows.
-    rounds = torch.sym_max(r1 - r0 + 1, 2)
+    # One extra round, past KV_LEN (it clips to empty): the round dim is never of size 1,
+    # which torch.compile would specialize, recompiling as KV_LEN grows.
+    rounds = r1 - r0 + 2
     return (torch.arange(rounds, device=env.vars["q"].device) + r0).view(1, 1, 1, -1)
 
 
@@ -192,24 +192,13 @@ def _prim_rows(
 
 
 def _width_bound(t: ir.Term, forms: list[CondForm], env: ir.Env) -> float:
-    """An upper bound on any of the term's intervals' width, from its structure."""
+    """An upper bound on the width of any of the term's intervals, from their expressions."""
     sizes = env.sizes
     rng = {"q": (0, sizes["Q_LEN"] - 1)}
-    widths = [float(sizes["KV_LEN"])]
-    for p in t.prims:
-        b = {k: ir.bounds(v, rng, sizes, {}) for k, v in p.args.items()}
-        if p.kind == "causal":
-            widths.append(sizes["Q_LEN"] + b["offset"][1])
-        elif p.kind == "window":
-            widths.append(b["left"][1] + b["right"][1] + 1)
-        elif p.kind == "diagonal":
-            widths.append(1)
-        elif p.kind == "chunk":
-            widths.append(b["size"][1])
-    for f in forms:
-        if isinstance(f, KvRange) and f.lo is not None and f.hi is not None:
-            widths.append(ir.bounds(ir.sub(f.hi, f.lo), rng, sizes, {})[1])
-    return min(widths)
+    pairs = [ir.interval(p) for p in t.prims]
+    pairs += [(f.hi, f.lo) for f in forms if isinstance(f, KvRange) and None not in (f.lo, f.hi)]
+    widths = [ir.bounds(ir.difference(hi, lo), rng, sizes, {})[1] for lo, hi in pairs]
+    return min([float(sizes["KV_LEN"]), *widths])
 
 
 def _split_by_period(

@@ -178,22 +178,6 @@ def png(
 # ---------------------------------------------------------------- words
 
 
-def _affine(e: ir.Expr) -> dict[str, int]:
-    """e as integer coefficients of atoms ('' is the constant), for readable printing."""
-    if isinstance(e, ir.Const):
-        return {"": e.value}
-    if isinstance(e, ir.Bin) and e.op in ("+", "-"):
-        out = dict(_affine(e.a))
-        for k, v in _affine(e.b).items():
-            out[k] = out.get(k, 0) + (v if e.op == "+" else -v)
-        return out
-    if isinstance(e, ir.Bin) and e.op == "*":
-        for k, other in ((e.a, e.b), (e.b, e.a)):
-            if isinstance(k, ir.Const):
-                return {a: k.value * v for a, v in _affine(other).items()}
-    return {_atom(e): 1}
-
-
 def _atom(e: ir.Expr) -> str:
     if isinstance(e, (ir.Var, ir.Size)):
         return e.name
@@ -219,7 +203,8 @@ def _paren(e: ir.Expr) -> str:
 def fmt(e: ir.Expr) -> str:
     """An expression as text, with sums and constant factors folded: ``q + 1``, ``Q_LEN``."""
     parts = []
-    for atom, c in _affine(e).items():
+    for expr, c in ir.linear(e).items():
+        atom = "" if expr is None else _atom(expr)
         if c == 0:
             continue
         mag = abs(c)
