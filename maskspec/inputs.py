@@ -119,6 +119,7 @@ def bind_inputs(
         if check and name in mask.document_inputs():
             _check_sorted(name, t)
         out[name] = t
+    check_divisors(mask, sizes)
     check_index_bounds(mask, sizes, out)
     return out
 
@@ -144,3 +145,21 @@ def check_index_bounds(
                         hint="declare the input's shape to cover every index, e.g. "
                         "`(Q_LEN + block - 1) // block` for `q // block`",
                     )
+
+
+def check_divisors(mask: ir.MaskIR, sizes: Mapping[str, int]) -> None:
+    """Divisors, periods and chunk sizes that depend on sizes are positive at these sizes."""
+    where = f"Q_LEN={sizes['Q_LEN']}, KV_LEN={sizes['KV_LEN']}, B={sizes['B']}, H={sizes['H']}"
+    for t in mask.terms:
+        for c in t.element_conds():
+            for e in c.exprs():
+                for node in e.walk():
+                    if isinstance(node, ir.Bin) and node.op in ("//", "%"):
+                        value = ir.const_value(node.b, sizes)
+                        if value < 1:
+                            raise MaskSpecError(
+                                f"this divisor is {value} at {where}; it must be positive",
+                                node.b.pos or node.pos or c.pos, source=mask.source,
+                                path=mask.path, hint="guard the sizes you build with, or "
+                                "divide by an expression that stays >= 1",
+                            )

@@ -1,0 +1,459 @@
+"""Errors that teach: bad specs point at file:line:col with the line and a caret; bad runtime
+inputs raise ValueError naming the input, before any block is computed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import SPECS
+
+import maskspec
+from maskspec import MaskSpecError
+
+PATH = "bad.mask"
+# lark's terminal names must never reach a person.
+RAW_TERMINALS = re.compile(r"\b(LPAR|RPAR|LSQB|RSQB|COMMA|COLON|NAME|INT|CMP|FUNC|DTYPE)\b|\$END"
+                           r"|__ANON")
+
+
+def _compile(text: str, **params: int) -> maskspec.CompiledMask:
+    return maskspec.compile(text, PATH, **params)
+
+
+def _error(text: str, **params: int) -> MaskSpecError:
+    with pytest.raises(MaskSpecError) as info:
+        _compile(text, **params)
+    return info.value
+
+
+def _line_col(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of a character offset in ``text``."""
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def assert_points_at(err: MaskSpecError, text: str, offset: int, width: int | None = None) -> None:
+    """The message names file:line:col of ``offset``, shows that line and a caret under it."""
+    line, col = _line_col(text, offset)
+    msg = str(err)
+    head, *rest = msg.splitlines()
+    assert head.startswith(f"{PATH}:{line}:{col}: error: "), msg
+    source_line = text.splitlines()[line - 1] if text.splitlines()[line - 1:] else ""
+    assert rest[0] == "  " + source_line, msg
+    caret = rest[1]
+    assert caret.startswith("  " + " " * (col - 1) + "^"), msg
+    assert set(caret.strip()) == {"^"}, msg
+    if width is not None:
+        assert len(caret.strip()) == width, msg
+    assert not RAW_TERMINALS.search(msg), msg
+
+
+def _at(text: str, needle: str, nth: int = 0) -> int:
+    """Offset of the ``nth`` occurrence of ``needle``."""
+    offset = -1
+    for _ in range(nth + 1):
+        offset = text.index(needle, offset + 1)
+    return offset
+
+
+def _hint(err: MaskSpecError) -> str:
+    lines = [ln for ln in str(err).splitlines() if ln.startswith("  hint: ")]
+    assert len(lines) == 1, str(err)
+    return lines[0].removeprefix("  hint: ")
+
+
+# ---------------------------------------------------------------- syntax
+
+
+def test_missing_closing_paren_in_a_guard():
+    text = "mask m\nregion r = causal where (kv < 3\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, "<"), width=1)
+    assert "syntax error: unexpected `<`" in str(err)
+    assert _hint(err) == "expected `)`"
+
+
+def test_missing_closing_paren_before_next_declaration():
+    text = "mask m\nregion r = window(left = 4\nvalid q < 3\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, "valid"), width=5)
+    assert "unexpected `valid`" in str(err)
+    assert _hint(err) == "expected `)` or `,`"
+
+
+def test_stray_character():
+    text = "mask m\nregion r = causal where kv < q $ 3\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, "$"), width=1)
+    assert "unexpected character `$`" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle", "hint"),
+    [
+        ("mask m\nregion r = causal where kv = q\n", "=", "to compare, write `==`"),
+        ("mask m\nregion r = causal where kv < q && q < 9\n", "&", "join conditions with `and`"),
+        ("mask m\nregion r = causal where kv < 3 | q < 9\n", "|", "another `region`"),
+    ],
+)
+def test_operators_from_other_languages(text, needle, hint):
+    err = _error(text)
+    assert_points_at(err, text, _at(text, needle, nth=1 if needle == "=" else 0), width=1)
+    assert hint in _hint(err)
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("mask m\nregion r = window(left = 3", "expected `)` or `,`"),
+        ("mask m\nregion r = causal(\n\n", "expected `)`, a name, a number or `(`"),
+        ("mask m\nparam\n", "expected a name"),
+        ("mask m\nregion r = causal where kv <   # the bound is missing\n", "expected a name"),
+        ("mask m\ninput s: int[B", "expected `]` or `,`"),
+        ("mask m\nregion r = causal &", "expected a name"),
+        ("mask", "expected a name"),
+    ],
+)
+def test_unfinished_declaration_at_end_of_spec(text, hint):
+    err = _error(text)
+    code = text.split("#")[0].rstrip()
+    assert_points_at(err, text, len(code), width=1)  # just past the last token
+    assert "syntax error: unexpected end of spec" in str(err)
+    assert _hint(err).startswith(hint)
+
+
+def test_empty_spec():
+    err = _error("")
+    assert str(err).startswith(f"{PATH}:1:1: error: syntax error: unexpected end of spec")
+    assert _hint(err) == "expected `mask`"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("mask m\nregion where = causal\n", "where ="),
+        ("mask m\nparam in: int = 3\nregion r = causal\n", "in:"),
+        ("mask m\nregion r = causal where kv < and\n", "and"),
+        ("mask m\nparam min: int = 3\nregion r = causal\n", "min"),
+        ("mask valid\nregion r = causal\n", "valid"),
+    ],
+)
+def test_keyword_used_as_a_name(text, needle):
+    word = re.match(r"\w+", needle).group()
+    err = _error(text)
+    assert_points_at(err, text, _at(text, needle), width=len(word))
+    assert f"syntax error: `{word}` is a keyword, not a name" in str(err)
+    assert _hint(err) == f"rename it, e.g. `{word}_`"
+
+
+def test_names_that_start_with_keywords_are_names():
+    """Reserving keywords must not reserve prefixes: `minimum`, `integer`, `wherever` ..."""
+    text = (
+        "mask wherever\n"
+        "param integer: int = 2\nparam minimum: int = 1\nparam max_len: int = 9\n"
+        "input input_len: int[B] in [0, Q_LEN] = Q_LEN\n"
+        "region region_a = window(left = integer + minimum) where kv < max(max_len, 3)\n"
+        "valid q < input_len[b]\n"
+    )
+    d = _compile(text).dense(1, 1, 12, 12, input_len=torch.tensor([10]))
+    q = torch.arange(12).view(-1, 1)
+    kv = torch.arange(12).view(1, -1)
+    expected = (kv >= q - 3) & (kv <= q) & (kv < 9) & (q < 10)
+    assert torch.equal(d[0, 0], expected)
+
+
+# ---------------------------------------------------------------- names and primitives
+
+
+def test_unknown_name_suggests_a_close_one():
+    text = "mask m\nregion r = causal where kv < Q_LN\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, "Q_LN"), width=4)
+    assert "unknown name `Q_LN`" in str(err)
+    assert _hint(err) == "did you mean `Q_LEN`?"
+
+
+def test_unknown_name_far_from_any_has_no_guess():
+    text = "mask m\nparam w: int = 3\nregion r = window(left = zzz)\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, "zzz"), width=3)
+    assert "unknown name `zzz`" in str(err) and "did you mean" not in str(err)
+
+
+def test_unknown_primitive_suggests_a_close_one():
+    text = "mask m\nregion r = causl\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, "causl"))
+    assert "unknown region primitive `causl`" in str(err)
+    assert _hint(err) == "did you mean `causal`?"
+
+
+def test_sliding_window_points_to_window():
+    text = "mask m\nregion r = sliding_window(128)\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, "sliding_window"))
+    assert _hint(err) == "write `window(left = N)`"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle", "nth", "message", "hint"),
+    [
+        ("mask m\nregion r = window(lft = 3)\n", "lft", 0, "`window` has no argument `lft`",
+         "did you mean `left`?"),
+        ("mask m\nregion r = window(right = 2)\n", "window", 0, "`window` needs argument `left`",
+         "e.g. `window(left = ...)`"),
+        ("mask m\nregion r = diagonal\n", "diagonal", 0, "`diagonal` needs argument `period`",
+         None),
+        ("mask m\nregion r = causal(1, 2)\n", "2", 0, "`causal` takes 1 argument(s): offset",
+         None),
+        ("mask m\nregion r = full(3)\n", "3", 0, "`full` takes 0 argument(s)", None),
+        ("mask m\nregion r = causal(offset = 1, offset = 2)\n", "offset", 1,
+         "argument `offset` given twice", None),
+        ("mask m\nregion r = window(left = 1, 2)\n", "2", 0, "`window` takes 2 argument(s)",
+         None),
+    ],
+)
+def test_wrong_arguments(text, needle, nth, message, hint):
+    err = _error(text)
+    assert_points_at(err, text, _at(text, needle, nth))
+    assert message in str(err)
+    if hint:
+        assert _hint(err) == hint
+
+
+def test_constant_argument_cannot_depend_on_q():
+    text = "mask m\nregion r = diagonal(period = q)\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, "q)"), width=1)
+    assert "`q` cannot be used in a constant" in str(err)
+
+
+# ---------------------------------------------------------------- guards
+
+
+@pytest.mark.parametrize(
+    ("guard", "needle", "message"),
+    [
+        ("kv * kv < 3", "kv * kv", "a product needs one constant factor"),
+        ("min(kv, 3) < q", "min(kv, 3)", "condition is not affine in kv"),
+        ("kv != q", "kv != q", "`!=` on kv would split a row's keys in two"),
+        ("kv + kv % 4 < q", "kv + kv % 4", "condition is not affine in kv"),
+        ("(kv + 1) % 4 < 2", "(kv + 1) % 4", "condition is not affine in kv"),
+    ],
+)
+def test_guard_that_is_not_affine(guard, needle, message):
+    text = f"mask m\nregion r = full where {guard}\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, needle))
+    assert message in str(err)
+    assert _hint(err)
+
+
+@pytest.mark.parametrize(("guard", "divisor"), [("q % kv < 3", "kv"), ("kv // q < 2", "q")])
+def test_divisor_must_be_constant(guard, divisor):
+    text = f"mask m\nregion r = causal where {guard}\n"
+    err = _error(text)
+    assert_points_at(err, text, text.rindex(divisor), width=len(divisor))
+    assert "needs a constant divisor" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle", "message"),
+    [
+        ("mask m\nregion r = chunk(size = 0)\n", "0", "the size of `chunk` must be positive"),
+        ("mask m\nregion r = diagonal(-3)\n", "-3", "the period of `diagonal` must be positive"),
+        ("mask m\nregion r = full where kv % 0 < 1\n", "0", "the divisor of `%` must be positive"),
+        ("mask m\nparam d: int = 2\nregion r = full where kv // (d - 2) < 1\n", "d - 2",
+         "the divisor of `//` must be positive, got 0"),
+        ("mask m\nregion r = causal(99999999999)\n", "9", "numbers must be at most 2147483647"),
+    ],
+)
+def test_divisors_periods_and_numbers_out_of_range(text, needle, message):
+    err = _error(text)
+    assert_points_at(err, text, _at(text, needle))
+    assert message in str(err)
+
+
+def test_param_override_that_makes_a_chunk_empty():
+    text = "mask m\nparam s: int = 4\nregion r = chunk(size = s)\n"
+    assert_points_at(_error(text, s=0), text, text.rindex("s)"), width=1)
+
+
+def test_divisor_that_is_zero_at_the_given_sizes():
+    text = "mask m\nregion r = full where kv % (Q_LEN - 50) < 3\n"
+    mask = _compile(text)
+    with pytest.raises(MaskSpecError, match="divisor is 0 at Q_LEN=50") as err:
+        mask.grid(1, 1, 50, 70, "cpu", 16)
+    assert f":2:{text.splitlines()[1].index('Q_LEN - 50') + 1}:" in str(err.value)
+    period = _compile("mask m\nregion r = diagonal(period = Q_LEN - 50)\n")
+    with pytest.raises(MaskSpecError, match="divisor is 0"):
+        period.block_mask(1, 1, 50, 70, "cpu", 16)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+DECL = "mask m\ninput lens: int[B] in [0, Q_LEN] = Q_LEN\n"
+
+
+def test_input_used_without_index():
+    text = DECL + "region r = causal where q < lens\n"
+    err = _error(text)
+    assert_points_at(err, text, text.rindex("lens"), width=4)
+    assert "input `lens` must be indexed" in str(err)
+    assert _hint(err).startswith("write `lens[b]`")
+
+
+def test_input_indexed_by_kv():
+    text = DECL + "region r = causal where q < lens[kv]\n"
+    err = _error(text)
+    assert_points_at(err, text, text.rindex("kv"), width=2)
+    assert "inputs cannot be indexed by `kv`" in str(err)
+
+
+def test_input_with_wrong_number_of_indices():
+    text = DECL + "region r = causal where q < lens[b, q]\n"
+    err = _error(text)
+    assert_points_at(err, text, text.rindex("lens"), width=len("lens[b, q]"))
+    assert "input `lens` has 1 dimension(s) but is indexed with 2" in str(err)
+
+
+def test_undeclared_input_suggests_a_close_one():
+    text = DECL + "region r = causal where q < len[b]\n"
+    err = _error(text)
+    assert_points_at(err, text, text.rindex("len[b]"))
+    assert "unknown input `len`" in str(err)
+    assert _hint(err) == "did you mean `lens`?"
+
+
+def test_undeclared_input_says_how_to_declare():
+    text = "mask m\nregion r = causal where q < seq_len[b]\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, "seq_len"))
+    assert _hint(err) == "declare it with `input`"
+
+
+# ---------------------------------------------------------------- declarations
+
+
+def test_param_without_value():
+    text = "mask m\nparam w: int\nregion r = window(left = w)\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, "param"))
+    assert "param `w` has no default and no value was given" in str(err)
+    assert _hint(err) == "pass it when loading: maskspec.load(path, w=...)"
+    assert _compile(text, w=2).ir.params == {"w": 2}
+
+
+@pytest.mark.parametrize(
+    ("text", "needle", "message"),
+    [
+        ("mask m\nparam w: int = 3\nparam w: int = 4\nregion r = causal\n", "param w: int = 4",
+         "`w` is already declared as a param"),
+        ("mask m\nregion r = causal\nregion r = full\n", "region r = full",
+         "`r` is already declared as a region"),
+        ("mask m\nparam n: int = 3\ninput n: int[B]\nregion r = causal\n", "input n",
+         "`n` is already declared as a param"),
+        ("mask m\nparam q: int = 3\nregion r = causal\n", "param q",
+         "`q` is a built-in name and cannot name a param"),
+        ("mask m\nregion causal = causal\n", "region causal",
+         "`causal` is a built-in name and cannot name a region"),
+    ],
+)
+def test_duplicate_or_reserved_declarations(text, needle, message):
+    err = _error(text)
+    assert_points_at(err, text, _at(text, needle))
+    assert message in str(err)
+
+
+def test_spec_without_region():
+    text = "mask m\nparam w: int = 3\nvalid q < w\n"
+    err = _error(text)
+    assert_points_at(err, text, 0)
+    assert "mask `m` declares no region" in str(err)
+    assert _hint(err) == "add one, e.g. `region all = causal`"
+
+
+def test_load_names_the_file(tmp_path):
+    path = tmp_path / "typo.mask"
+    path.write_text("mask m\nregion r = causl\n")
+    with pytest.raises(MaskSpecError, match=re.escape(f"{path}:2:12: error: unknown region")):
+        maskspec.load(path)
+
+
+# ---------------------------------------------------------------- runtime inputs
+
+
+@pytest.fixture
+def no_lowering(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail if the build gets as far as lowering: input errors must come first."""
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("lowering ran before the inputs were checked")
+
+    monkeypatch.setattr(maskspec.api.lower, "row_intervals", boom)
+
+
+@pytest.mark.parametrize(
+    ("B", "seq_len", "pattern"),
+    [
+        (2, torch.tensor([5]), r"input `seq_len` must have shape \[2\].*got \[1\]"),
+        (1, torch.tensor([[5]]), r"input `seq_len` must have shape \[1\].*got \[1, 1\]"),
+        (1, torch.tensor([101]), r"input `seq_len` must lie in \[0, 100\] but seq_len\[0\] = 101"),
+        (2, torch.tensor([3, -1]), r"input `seq_len` must lie in \[0, 100\] but seq_len\[1\] = -1"),
+        (1, torch.tensor([5.0]), r"input `seq_len` must be an integer tensor, got torch.float32"),
+        (1, torch.tensor([True]), r"input `seq_len` must be an integer tensor, got torch.bool"),
+        (1, torch.tensor([5], device="meta"), r"input `seq_len` is on meta .* built on cpu"),
+        (1, "5", r"input `seq_len` must be a tensor or a list of numbers"),
+    ],
+)
+def test_bad_eagle3_seq_len(eagle3, no_lowering, B, seq_len, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        eagle3.block_mask(B, 1, 100, 300, "cpu", 32, seq_len=seq_len)
+
+
+@pytest.mark.parametrize("method", ["dense", "mask_mod", "grid"])
+def test_every_entry_point_checks_inputs(eagle3, method):
+    bad = torch.tensor([101])
+    with pytest.raises(ValueError, match="input `seq_len` must lie in"):
+        if method == "mask_mod":
+            eagle3.mask_mod(B=1, Q_LEN=100, KV_LEN=300, seq_len=bad)
+        else:
+            getattr(eagle3, method)(1, 1, 100, 300, "cpu", seq_len=bad)
+
+
+def test_unknown_input_name(eagle3, no_lowering):
+    with pytest.raises(ValueError, match=r"spec `eagle3` has no input `seq_lens`; did you mean "
+                                         r"`seq_len`\?"):
+        eagle3.block_mask(1, 1, 100, 300, "cpu", 32, seq_lens=torch.tensor([5]))
+
+
+def test_unknown_param_override():
+    text = "mask m\nparam width: int = 8\nregion r = window(left = width)\n"
+    with pytest.raises(ValueError, match=r"spec `m` has no param `widht`; did you mean `width`"):
+        _compile(text, widht=4)
+    with pytest.raises(ValueError, match=r"spec `eagle3` has no param `period` \(params: none\)"):
+        maskspec.load(SPECS / "eagle3.mask", period=4)
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        ((0, 1, 100, 300), "B"),
+        ((1, -1, 100, 300), "H"),
+        ((1, 1, 100.0, 300), "Q_LEN"),
+        ((1, 1, 100, True), "KV_LEN"),
+        ((1, 1, "100", 300), "Q_LEN"),
+    ],
+)
+def test_sizes_must_be_positive_ints(eagle3, no_lowering, args, name):
+    with pytest.raises(ValueError, match=rf"{name} must be a positive int"):
+        eagle3.block_mask(*args, "cpu", 32)
+
+
+@pytest.mark.parametrize("bs", [0, -8, (64,), (64, 0), 16.0, "64"])
+def test_block_size_must_be_positive(eagle3, no_lowering, bs):
+    with pytest.raises(ValueError, match="BLOCK_SIZE must be a positive int"):
+        eagle3.block_mask(1, 1, 100, 300, "cpu", bs)

@@ -1,0 +1,274 @@
+"""Grammar-driven fuzzing: random valid specs must build exactly; mutated specs must compile or
+raise MaskSpecError, nothing else.
+
+By default 300 generated specs and 900 mutations (1,200 cases); MASKSPEC_FUZZ_EXAMPLES=N runs
+N generated specs and 3·N mutations.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass
+
+import pytest
+from conftest import SPECS
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import maskspec
+from maskspec.verify import random_inputs, validate
+
+EXAMPLES = int(os.environ.get("MASKSPEC_FUZZ_EXAMPLES", "300"))
+# A message names its spot (file:line:col) unless it is about the whole file.
+LOCATED = re.compile(r"^fuzz\.mask(:\d+:\d+)?: error: ")
+RAW_TERMINALS = re.compile(r"\b(LPAR|RPAR|LSQB|RSQB|COMMA|COLON|NAME|INT|CMP|FUNC|DTYPE)\b|\$END"
+                           r"|__ANON")
+
+
+# ---------------------------------------------------------------- valid specs
+
+
+@dataclass
+class Ctx:
+    """What a generated expression may name."""
+
+    params: dict[str, int]
+    seq_len: bool
+
+
+def _offset(draw: st.DrawFn, base: str) -> str:
+    """``base`` shifted by a small random constant."""
+    c = draw(st.integers(-20, 20))
+    return base if c == 0 else f"{base} + {c}" if c > 0 else f"{base} - {-c}"
+
+
+def _row_bases(ctx: Ctx) -> list[str]:
+    """Expressions of the row a key bound is taken from: q, sizes, params, the input."""
+    bases = ["q", "q", "q", "2 * q", "q // 2", "Q_LEN - q", "KV_LEN - Q_LEN + q", "Q_LEN // 2",
+             "KV_LEN // 3", "q % 5", "b", "h"]
+    bases += list(ctx.params)
+    return bases + (["seq_len[b]", "seq_len[b]"] if ctx.seq_len else [])
+
+
+@st.composite
+def positive(draw: st.DrawFn, ctx: Ctx) -> str:
+    """A build-time constant ≥ 1: a period, chunk size or divisor."""
+    options = [str(draw(st.integers(1, 40))), "Q_LEN", "KV_LEN", "Q_LEN // 2 + 1",
+               "(KV_LEN + 3) // 4"]
+    options += [f"{p} + 1" for p in ctx.params]
+    return draw(st.sampled_from(options))
+
+
+@st.composite
+def constant(draw: st.DrawFn, ctx: Ctx) -> str:
+    """A build-time constant of either sign: an offset."""
+    options = [str(draw(st.integers(-30, 30))), "Q_LEN", "-Q_LEN", "KV_LEN - Q_LEN", "Q_LEN // 3"]
+    options += list(ctx.params) + [f"-{p}" for p in ctx.params]
+    return draw(st.sampled_from(options))
+
+
+@st.composite
+def row_value(draw: st.DrawFn, ctx: Ctx) -> str:
+    """A value that may vary with the row: a window width or a causal offset."""
+    if draw(st.integers(0, 3)):
+        return draw(constant(ctx))
+    return draw(st.sampled_from(["q // 4", "q % 7", "Q_LEN - q", "b + 2"]
+                                + (["seq_len[b] // 2"] if ctx.seq_len else [])))
+
+
+def _call(draw: st.DrawFn, name: str, args: list[tuple[str, str]]) -> str:
+    """`name(a, key = b)`: a random number of leading arguments positionally."""
+    if not args:
+        return name
+    n_pos = draw(st.integers(0, len(args)))
+    parts = [v if i < n_pos else f"{k} = {v}" for i, (k, v) in enumerate(args)]
+    return f"{name}({', '.join(parts)})"
+
+
+@st.composite
+def primitive(draw: st.DrawFn, ctx: Ctx) -> str:
+    kind = draw(st.sampled_from(["full", "causal", "window", "diagonal", "chunk"]))
+    args: list[tuple[str, str]] = []
+    if kind == "causal" and draw(st.booleans()):
+        args = [("offset", draw(row_value(ctx)))]
+    elif kind == "window":
+        args = [("left", draw(row_value(ctx)))]
+        args += [("right", draw(row_value(ctx)))] if draw(st.booleans()) else []
+    elif kind in ("diagonal", "chunk"):
+        first = "period" if kind == "diagonal" else "size"
+        args = [(first, draw(positive(ctx)))]
+        args += [("offset", draw(constant(ctx)))] if draw(st.booleans()) else []
+    return _call(draw, kind, args)
+
+
+@st.composite
+def guard(draw: st.DrawFn, ctx: Ctx) -> str:
+    """An affine comparison: c·atom (atom = kv, kv % N or kv // N) against a row expression."""
+    ops = ["<", "<=", ">", ">=", "=="]
+    kind = draw(st.sampled_from(["kv"] * 5 + ["mod", "div", "row", "row"]))
+    if kind == "row":  # no kv: keeps or drops whole rows
+        lhs = draw(st.sampled_from(["q", "q", "b", "h", "q % 3", "2 * q"]))
+        op = draw(st.sampled_from([*ops, "!="]))
+        return f"{lhs} {op} {_offset(draw, draw(st.sampled_from(_row_bases(ctx))))}"
+    rhs = _offset(draw, draw(st.sampled_from(_row_bases(ctx))))
+    if kind == "kv":
+        atom = "kv"
+    else:
+        n = draw(positive(ctx))
+        atom = f"(kv {'%' if kind == 'mod' else '//'} ({n}))"
+        if draw(st.booleans()):  # compare like with like: kv // N against q // N ...
+            rhs = _offset(draw, f"q {'%' if kind == 'mod' else '//'} ({n})")
+    coef = draw(st.sampled_from([1] * 6 + [2, 3, -1, -2]))
+    if coef != 1:
+        atom = f"-{atom}" if coef == -1 else f"{coef} * {atom}"
+        rhs = f"{coef} * ({rhs})" if draw(st.booleans()) else rhs
+    op = draw(st.sampled_from(ops))
+    if draw(st.booleans()):
+        return f"{atom} {op} {rhs}"
+    flipped = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "=="}[op]
+    return f"{rhs} {flipped} {atom}"
+
+
+def _conds(draw: st.DrawFn, ctx: Ctx, most: int) -> str:
+    return " and ".join(draw(st.lists(guard(ctx), min_size=1, max_size=most)))
+
+
+PADDING = ["q < seq_len[b]", "kv < seq_len[b]", "q < seq_len[b] and kv < seq_len[b]",
+           "q < seq_len[b] and kv % Q_LEN < seq_len[b]"]
+
+
+@st.composite
+def valid_specs(draw: st.DrawFn) -> tuple[str, dict[str, int]]:
+    """Spec text from the language's constructs, and the params to load it with."""
+    params = {f"p{i}": draw(st.integers(0, 40)) for i in range(draw(st.integers(0, 2)))}
+    ctx = Ctx(params, draw(st.booleans()))
+    lines = ["mask fuzz"]
+    load: dict[str, int] = {}
+    for name, value in params.items():
+        how = draw(st.sampled_from(["default", "override", "required"]))
+        lines.append(f"param {name}: int" + ("" if how == "required" else f" = {value}"))
+        if how != "default":
+            load[name] = value
+            if how == "override":
+                lines[-1] = f"param {name}: int = {draw(st.integers(0, 40))}"
+    if ctx.seq_len:
+        lines.append("input seq_len: int[B] in [0, Q_LEN] = Q_LEN")
+    for i in range(draw(st.integers(1, 3))):
+        calls = " & ".join(draw(st.lists(primitive(ctx), min_size=1, max_size=2)))
+        where = f" where {_conds(draw, ctx, 2)}" if draw(st.integers(0, 2)) == 0 else ""
+        lines.append(f"region r{i} = {calls}{where}")
+    if ctx.seq_len and draw(st.booleans()):  # padding, as eagle3 writes it
+        lines.append(f"valid {draw(st.sampled_from(PADDING))}")
+    if draw(st.integers(0, 2)) == 0:
+        lines.append(f"valid {_conds(draw, ctx, 1)}")
+    return "\n".join(lines) + "\n", load
+
+
+@st.composite
+def shapes(draw: st.DrawFn) -> tuple[int, int, int, int, tuple[int, int]]:
+    q_bs = draw(st.integers(8, 64))
+    kv_bs = q_bs if draw(st.booleans()) else draw(st.integers(8, 64))
+    return (draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 200)),
+            draw(st.integers(1, 200)), (q_bs, kv_bs))
+
+
+@settings(max_examples=EXAMPLES)
+@given(valid_specs(), shapes(), st.integers(0, 2**31))
+def test_generated_specs_build_exactly(spec, shape, seed):
+    text, params = spec
+    B, H, q, kv, bs = shape
+    mask = maskspec.compile(text, "fuzz.mask", **params)
+    inputs = random_inputs(mask, B, H, q, kv, random.Random(seed))
+    rep = validate(mask, B, H, q, kv, bs, **inputs)
+    assert rep.ok, (text, params, shape, rep.inputs, rep.problems)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mask m\nregion r = full\nvalid 0 > -2 * kv - 9 + q\n",  # a negated coefficient
+        "mask m\nregion r = causal where (1 + 2) * kv <= 2 * q + 5\n",  # an unfolded one
+    ],
+)
+def test_found_by_fuzzing(text):
+    """Constant factors of kv that are not plain numbers once failed to lower."""
+    rep = validate(maskspec.compile(text, "fuzz.mask"), 1, 1, 70, 90, (16, 32))
+    assert rep.ok and rep.partial, rep.problems
+
+
+# ---------------------------------------------------------------- mutations
+
+SHIPPED = sorted(p.read_text() for p in SPECS.glob("*.mask"))
+TOKEN = re.compile(r"#[^\n]*|[A-Za-z_]\w*|\d+|//|[<>=!]=|\s+|.")
+VOCABULARY = [
+    "mask", "param", "input", "region", "valid", "where", "and", "in", "int", "bool", "min",
+    "max", "full", "causal", "window", "diagonal", "chunk", "document", "q", "kv", "b", "h",
+    "Q_LEN", "KV_LEN", "B", "0", "1", "-1", "7", "(", ")", "[", "]", ",", ":", "=", "==", "!=",
+    "<", "<=", ">", "+", "-", "*", "//", "%", "&", "|", "$", "\n", " ", "#", "min(",
+]
+CHARS = "()[],:=<>!+-*/%&#_ \nqkvQ019aé\t\\\"'"
+
+
+@st.composite
+def char_mutants(draw: st.DrawFn) -> str:
+    """A shipped spec with 1-3 characters deleted, inserted or replaced."""
+    text = draw(st.sampled_from(SHIPPED))
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(text)))
+        op = draw(st.sampled_from(["delete", "insert", "replace"]))
+        c = "" if op == "delete" else draw(st.sampled_from(CHARS))
+        text = text[:i] + c + text[i + (op != "insert"):]
+    return text
+
+
+@st.composite
+def token_mutants(draw: st.DrawFn) -> str:
+    """A shipped spec with 1-3 tokens deleted, duplicated, swapped or replaced."""
+    toks = TOKEN.findall(draw(st.sampled_from(SHIPPED)))
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(toks) - 1))
+        op = draw(st.sampled_from(["delete", "duplicate", "swap", "replace", "insert"]))
+        if op == "delete":
+            del toks[i]
+        elif op == "duplicate":
+            toks.insert(i, toks[i])
+        elif op == "swap" and i + 1 < len(toks):
+            toks[i], toks[i + 1] = toks[i + 1], toks[i]
+        elif op in ("replace", "insert"):
+            toks[i:i + (op == "replace")] = [draw(st.sampled_from(VOCABULARY))]
+    return "".join(toks)
+
+
+def _compiles_or_explains(text: str) -> None:
+    """Compile; the only failure allowed is a MaskSpecError that points into the text."""
+    try:
+        maskspec.compile(text, "fuzz.mask")
+    except maskspec.MaskSpecError as err:
+        msg = str(err)
+        assert LOCATED.match(msg), msg
+        assert not RAW_TERMINALS.search(msg), msg
+        if err.pos is not None:
+            lines = text.splitlines() or [""]
+            assert 1 <= err.pos.line <= max(1, len(lines)), msg
+            assert 1 <= err.pos.column <= len(lines[err.pos.line - 1]) + 1, msg
+
+
+@settings(max_examples=EXAMPLES * 3 // 2)
+@given(char_mutants())
+def test_character_mutations_compile_or_raise_mask_spec_error(text):
+    _compiles_or_explains(text)
+
+
+@settings(max_examples=EXAMPLES * 3 // 2)
+@given(token_mutants())
+def test_token_mutations_compile_or_raise_mask_spec_error(text):
+    _compiles_or_explains(text)
+
+
+@pytest.mark.parametrize("text", SHIPPED, ids=[t.split("\nmask ")[-1].split()[0]
+                                               for t in SHIPPED])
+def test_shipped_specs_compile(text):
+    """The mutation seeds themselves are valid (else the fuzzing above proves little)."""
+    maskspec.compile(text, "fuzz.mask")
