@@ -73,7 +73,7 @@ def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> Bloc
     touched = _count(lo // kv_bs, -(-hi // kv_bs), nonempty, q_bs, n_q, n_kv) > 0
     start, end, is_last = _merged(rows)
     f0 = -(-start // kv_bs)
-    f1 = torch.minimum(end // kv_bs, torch.tensor(kv_len // kv_bs, device=end.device))
+    f1 = (end // kv_bs).clamp(max=kv_len // kv_bs)  # no host-made tensor: graph-capturable
     covering = is_last & (f0 < f1)
     f0, f1 = torch.where(covering, f0, 0), torch.where(covering, f1, 0)
     full = _count(f0, f1, covering, q_bs, n_q, n_kv) == q_bs
@@ -81,11 +81,16 @@ def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> Bloc
 
 
 def ordered(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(counts, indices) along the last dim: set columns first, ascending; padding is 0."""
+    """(counts, indices) along the last dim: set columns first, ascending, then the unset ones.
+
+    Each row of indices is a permutation of the columns, so padding entries are valid block
+    indices and the scatter writes the output in place (no spill column, no copy).
+    """
     n = grid.shape[-1]
-    counts = grid.sum(-1, dtype=torch.int32)
-    slot = torch.where(grid, grid.cumsum(-1) - 1, n)
-    cols = torch.arange(n, dtype=torch.int32, device=grid.device).expand_as(slot)
-    out = torch.zeros(*grid.shape[:-1], n + 1, dtype=torch.int32, device=grid.device)
-    out.scatter_(-1, slot, cols)
-    return counts, out[..., :n].contiguous()
+    seen = grid.cumsum(-1, dtype=torch.int32)  # set columns up to and including each one
+    counts = seen[..., -1].contiguous()
+    cols = torch.arange(n, dtype=torch.int32, device=grid.device)
+    slot = torch.where(grid, seen - 1, counts.unsqueeze(-1) + cols - seen)
+    out = torch.empty_like(seen)
+    out.scatter_(-1, slot.long(), cols.expand_as(slot))
+    return counts, out

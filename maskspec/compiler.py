@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from maskspec import ir
 from maskspec import model as m
 from maskspec.errors import MaskSpecError, did_you_mean
-from maskspec.lower import analyze_cond
+from maskspec.lower import analyze_cond, width_exprs
 
 MAX_NUMBER = 2**31 - 1  # integer literals; BlockMask indices are int32 anyway
 
@@ -264,5 +264,6 @@ def compile_spec(spec: m.Spec, **params: int) -> ir.MaskIR:
             else:
                 prims += (_primitive(r, c),)
         regions[reg.name] = (prims, conds)
-        terms.append(ir.Term(reg.name, prims, conds + tuple(valid), pos=reg.pos))
+        every = conds + tuple(valid)
+        terms.append(ir.Term(reg.name, prims, every, width_exprs(prims, every), pos=reg.pos))
     return ir.MaskIR(spec.name, tuple(terms), inputs, r.params, spec.source, spec.path)

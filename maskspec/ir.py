@@ -442,6 +442,7 @@ class Term:
     name: str
     prims: tuple[Primitive, ...]
     conds: tuple[Cmp, ...]
+    widths: tuple[Expr, ...] = ()  # bounds on its intervals' widths (see lower.width_exprs)
     pos: Pos | None = field(default=None, compare=False, repr=False)
 
     def exprs(self) -> Iterator[Expr]:

@@ -8,7 +8,6 @@ the work is O(B·H·Q·K) for K intervals per row.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -140,9 +139,8 @@ def _raise(msg: str, pos: Pos | None = None, hint: str | None = None) -> Excepti
     return ValueError(msg + (f" ({hint})" if hint else ""))
 
 
-@functools.cache
 def _form(cmp: ir.Cmp) -> CondForm:
-    """analyze_cond for conditions the compiler has already accepted (cached per build)."""
+    """analyze_cond for conditions the compiler has already accepted (they cannot fail)."""
     return analyze_cond(cmp, _raise)
 
 
@@ -191,14 +189,20 @@ def _prim_rows(
     return lo, hi
 
 
-def _width_bound(t: ir.Term, forms: list[CondForm], env: ir.Env) -> float:
-    """An upper bound on the width of any of the term's intervals, from their expressions."""
-    sizes = env.sizes
-    rng = {"q": (0, sizes["Q_LEN"] - 1)}
-    pairs = [ir.interval(p) for p in t.prims]
-    pairs += [(f.hi, f.lo) for f in forms if isinstance(f, KvRange) and None not in (f.lo, f.hi)]
-    widths = [ir.bounds(ir.difference(hi, lo), rng, sizes, {})[1] for lo, hi in pairs]
-    return min([float(sizes["KV_LEN"]), *widths])
+def width_exprs(prims: tuple[ir.Primitive, ...], conds: tuple[ir.Cmp, ...]) -> tuple[ir.Expr, ...]:
+    """Expressions that bound a term's interval widths (q cancelled): found once, at compile
+    time, so building only evaluates them."""
+    pairs = [ir.interval(p) for p in prims]
+    ranges = [_form(c) for c in conds]
+    pairs += [(f.lo, f.hi) for f in ranges if isinstance(f, KvRange) and None not in (f.lo, f.hi)]
+    return tuple(ir.difference(hi, lo) for lo, hi in pairs)
+
+
+def _width_bound(t: ir.Term, env: ir.Env) -> float:
+    """An upper bound on the width of any of the term's intervals at these sizes."""
+    rng = {"q": (0, env.sizes["Q_LEN"] - 1)}
+    widths = [ir.bounds(w, rng, env.sizes, {})[1] for w in t.widths]
+    return min([float(env.sizes["KV_LEN"]), *widths])
 
 
 def _split_by_period(
@@ -239,7 +243,7 @@ def _term_rows(t: ir.Term, env: ir.Env) -> tuple[torch.Tensor, torch.Tensor] | N
             lo = lo if f.lo is None else lo.clamp(min=ir.evaluate(f.lo, env))
             hi = hi if f.hi is None else hi.clamp(max=ir.evaluate(f.hi, env))
     lo, hi = lo.clamp(min=0), hi.clamp(max=env.sizes["KV_LEN"])
-    width = _width_bound(t, forms, env)
+    width = _width_bound(t, env)
     for f in forms:
         if isinstance(f, ModRange):
             lo, hi = _split_by_period(lo, hi, f, env, width)

@@ -1,50 +1,28 @@
-"""Scale on CPU: long-context builds stay in the output's memory, measured in a subprocess."""
+"""Scale on CPU: long-context builds stay in the output's memory (benchmarks/bench_cpu_scale.py).
 
-import json
-import subprocess
-import sys
-import textwrap
+The numbers for BENCHMARKS.md come from the same script; here the bounds are generous
+enough for a loaded 2-core CI machine, and still far from create_block_mask's Q×KV.
+"""
 
-from conftest import SPECS
+import importlib.util
+from pathlib import Path
 
-PROBE = textwrap.dedent(
-    """
-    import json, resource, sys, time, torch, maskspec
-    name, q, kv, bs, docs = sys.argv[1], *map(int, sys.argv[2:6])
-    mask = maskspec.load(sys.argv[6])
-    def inputs(n):
-        if not docs:
-            return {}
-        return {"doc": maskspec.document_ids(torch.linspace(0, n, docs + 1).long(), n)}
-    mask.block_mask(1, 1, 256, 256 * (kv // q), "cpu", bs, **inputs(256 * (kv // q)))
-    big = inputs(max(q, kv))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t = time.perf_counter()
-    bm = mask.block_mask(1, 1, q, kv, "cpu", bs, **big)
-    dt = time.perf_counter() - t
-    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    print(json.dumps({"seconds": dt, "mb": grown, "blocks": int(bm.kv_num_blocks.sum())}))
-    """
-)
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_cpu_scale.py"
 
 
-def _probe(name: str, q: int, kv: int, bs: int, docs: int = 0) -> dict:
-    args = [sys.executable, "-c", PROBE, name, str(q), str(kv), str(bs), str(docs),
-            str(SPECS / f"{name}.mask")]
-    out = subprocess.run(args, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _bench():
+    loader = importlib.util.spec_from_file_location("bench_cpu_scale", SCRIPT)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module
 
 
-def test_eagle3_at_long_context_fits_in_megabytes():
-    """create_block_mask would need ~112 GB here (it materializes Q×KV)."""
-    r = _probe("eagle3", 49152, 245760, 128)
-    assert r["blocks"] > 0
+@pytest.mark.parametrize("case", ["eagle3", "document_causal"])
+def test_long_context_build_fits_in_megabytes(case):
+    """eagle3 at Q=49152, KV=245760 (create_block_mask: ~112 GB); 64 documents over 131072."""
+    r = _bench().run(case, repeat=1)
+    assert r["partial_blocks"] > 0 and r["full_blocks"] > 0
     assert r["seconds"] < 5, r
-    assert r["mb"] < 100, r
-
-
-def test_document_causal_at_131k_tokens():
-    r = _probe("document_causal", 131072, 131072, 128, docs=64)
-    assert r["blocks"] > 0
-    assert r["seconds"] < 5, r
-    assert r["mb"] < 100, r
+    assert r["peak_growth_MB"] < 100, r

@@ -1,0 +1,317 @@
+"""BlockMask build time and memory: maskspec's builders beside torch's create_block_mask.
+
+    python benchmarks/bench_build.py                # the GPU table (BENCHMARKS.md)
+    python benchmarks/bench_build.py --device cpu   # a smaller CPU table
+
+Every case is built by each method in the same process: maskspec eager
+(``CompiledMask.block_mask``), maskspec compiled (``fast.Builder``), maskspec CUDA graph
+(``fast.Builder(cuda_graph=True)``), create_block_mask eager and torch.compile'd. Times are
+medians of many runs, each timed with CUDA events around the whole build (a TTT case builds
+all its steps); memory is the peak allocated above what was live before one build. Also
+measured: the first call in a fresh process (cold and warm compile caches) and
+flex_attention forward+backward with either BlockMask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+import maskspec
+from maskspec.fast import Builder
+from maskspec.verify import PAIRS, first_difference
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+TENSORS = [name for pair in PAIRS for name in pair]
+
+
+@dataclass
+class Case:
+    """One benchmark: a spec at B, Q_LEN and one or more KV_LENs built back to back."""
+
+    name: str
+    spec: str
+    B: int
+    q: int
+    kvs: list[int]
+    inputs: Callable[[torch.device], dict[str, torch.Tensor]] = field(default=lambda d: {})
+
+
+def _seq_lens(b: int, q: int) -> Callable[[torch.device], dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    lens = torch.randint(q // 2, q + 1, (b,), generator=gen)
+    return lambda dev: {"seq_len": lens.to(dev)}
+
+
+def _docs(b: int, n: int) -> Callable[[torch.device], dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    starts = torch.rand(b, n, generator=gen) < 1 / 2048  # documents of ~2K tokens
+    ids = starts.cumsum(-1)
+    return lambda dev: {"doc": ids.to(dev)}
+
+
+def cases(device: str) -> list[Case]:
+    """The table's rows; sizes shrink on CPU."""
+    if device == "cpu":
+        return [
+            Case("eagle3 Q=8K KV=5Q", "eagle3", 1, 8192, [40960]),
+            Case("eagle3 TTT Q=1K, 7 steps", "eagle3", 1, 1024, [1024 * s for s in range(1, 8)]),
+            Case("causal 16K", "causal", 1, 16384, [16384]),
+        ]
+    out = [
+        Case("eagle3 Q=48K KV=5Q", "eagle3", 1, 49152, [245760]),
+        Case("eagle3 TTT Q=4K, 7 steps", "eagle3", 1, 4096, [4096 * s for s in range(1, 8)]),
+        Case("eagle3 B=8 Q=16K KV=5Q seq_len", "eagle3", 8, 16384, [81920], _seq_lens(8, 16384)),
+        Case("causal 128K", "causal", 1, 131072, [131072]),
+    ]
+    if (SPECS / "document_causal.mask").exists():
+        out.append(Case("document_causal 128K", "document_causal", 1, 131072, [131072],
+                        _docs(1, 131072)))
+    if (SPECS / "sliding_window.mask").exists():
+        out.append(Case("sliding_window 128K", "sliding_window", 1, 131072, [131072]))
+    return out
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _time_ms(fn: Callable[[], Any], dev: torch.device, budget_ms: float = 1500.0) -> float:
+    """Median of repeated runs (CUDA events on GPU, perf_counter on CPU) after a warm-up."""
+    fn()
+    _sync(dev)
+    t0 = time.perf_counter()
+    fn()
+    _sync(dev)
+    reps = int(min(200, max(5, budget_ms / max((time.perf_counter() - t0) * 1e3, 1e-3))))
+    times = []
+    for _ in range(reps):
+        if dev.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _own_bytes(bm: BlockMask) -> int:
+    return sum(getattr(bm, n).numel() * getattr(bm, n).element_size() for n in TENSORS)
+
+
+def _peak_extra(fn: Callable[[], Any], dev: torch.device) -> tuple[int | None, Any]:
+    """(peak bytes allocated above the live baseline during fn, fn's result)."""
+    if dev.type != "cuda":
+        return None, fn()
+    gc.collect()
+    _sync(dev)
+    base = torch.cuda.memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    out = fn()
+    _sync(dev)
+    return torch.cuda.max_memory_allocated(dev) - base, out
+
+
+def _methods(mask: maskspec.CompiledMask, case: Case, dev: torch.device) -> dict[str, Callable]:
+    """name → build(kv) for every method; each closes over its own state (compiled fns)."""
+    inputs = case.inputs(dev)
+    b = case.B if mask.ir.depends_on("b") else 1
+    mods = {kv: mask.mask_mod(B=case.B, Q_LEN=case.q, KV_LEN=kv, device=dev, **inputs)
+            for kv in case.kvs}
+    fast, graph = Builder(mask), Builder(mask, cuda_graph=True)
+    cbm_compiled = torch.compile(create_block_mask)
+    out = {
+        "maskspec eager": lambda kv: mask.block_mask(
+            case.B, 1, case.q, kv, dev, check_inputs=False, **inputs),
+        "maskspec compiled": lambda kv: fast(case.B, 1, case.q, kv, dev, **inputs),
+        "torch eager": lambda kv: create_block_mask(mods[kv], b, 1, case.q, kv, device=dev),
+        "torch compiled": lambda kv: cbm_compiled(mods[kv], b, 1, case.q, kv, device=dev),
+    }
+    if dev.type != "cuda":  # inductor's CPU code is no faster than eager here: GPU rows only
+        del out["maskspec compiled"]
+    else:
+        out["maskspec graph"] = lambda kv: graph(case.B, 1, case.q, kv, dev, **inputs)
+    return out
+
+
+def run_case(case: Case, dev: torch.device) -> dict[str, Any]:
+    """Every method on one case: first call, steady time, peak memory, exactness."""
+    mask = maskspec.load(SPECS / f"{case.spec}.mask")
+    res: dict[str, Any] = {"case": case.name, "methods": {}}
+    built: dict[str, BlockMask] = {}
+    for name, build in _methods(mask, case, dev).items():
+        row: dict[str, Any] = {}
+        try:
+            t0 = time.perf_counter()
+            for kv in case.kvs:
+                build(kv)
+            _sync(dev)
+            row["first_s"] = time.perf_counter() - t0
+            row["ms"] = _time_ms(lambda b=build: [b(kv) for kv in case.kvs], dev)
+            peak, bm = _peak_extra(lambda b=build: b(case.kvs[-1]), dev)
+            row["own_MB"] = _own_bytes(bm) / 2**20
+            row["peak_MB"] = None if peak is None else peak / 2**20
+            built[name] = bm
+        except torch.OutOfMemoryError:
+            row["error"] = "OOM"
+        except Exception as err:  # a failing method is a result, not a crash of the table
+            row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        res["methods"][name] = row
+        print(f"  {case.name:34s} {name:18s} {_fmt_row(row)}", flush=True)
+    ref = built.get("torch compiled") or built.get("torch eager")
+    res["exact"] = {
+        n: (first_difference(bm, ref) or "exact") if ref is not None else "no reference"
+        for n, bm in built.items() if n.startswith("maskspec")
+    }
+    return res
+
+
+def _fmt_row(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return row["error"]
+    peak = "" if row["peak_MB"] is None else f"peak {row['peak_MB']:.1f} MB"
+    return f"{row['ms']:.4f} ms  first {row['first_s']:.2f} s  own {row['own_MB']:.1f} MB {peak}"
+
+
+def first_call_child() -> None:
+    """In a fresh process: the first and second graph-Builder call (eagle3, Q=4K, CUDA)."""
+    t0 = time.perf_counter()
+    mask = maskspec.load(SPECS / "eagle3.mask")
+    fast = Builder(mask, cuda_graph=True)
+    dev = torch.device("cuda")
+    torch.zeros(1, device=dev)
+    t1 = time.perf_counter()
+    fast(1, 1, 4096, 8192, dev)
+    torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    fast(1, 1, 4096, 12288, dev)
+    torch.cuda.synchronize()
+    t3 = time.perf_counter()
+    print(json.dumps({"setup_s": t1 - t0, "first_s": t2 - t1, "next_kv_s": t3 - t2}))
+
+
+def first_call() -> dict[str, Any]:
+    """Two fresh processes sharing one empty compile cache: cold, then warm."""
+    import tempfile
+
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix="inductor-"))
+    out = {}
+    for label in ("cold cache", "warm cache"):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--first-call-child"], env=env, capture_output=True,
+            text=True, check=False,
+        )
+        line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+        out[label] = json.loads(line) if line.startswith("{") else {"error": line}
+        print(f"  first call, {label}: {out[label]}", flush=True)
+    return out
+
+
+def flex_fwd_bwd(dev: torch.device, q_len: int = 8192, heads: int = 8, dim: int = 128) -> dict:
+    """flex_attention forward+backward (bf16) with maskspec's and create_block_mask's masks."""
+    mask = maskspec.load(SPECS / "eagle3.mask")
+    kv_len = 5 * q_len
+    ours = mask.block_mask(1, 1, q_len, kv_len, dev, check_inputs=False)
+    ref = torch.compile(create_block_mask)(ours.mask_mod, 1, 1, q_len, kv_len, device=dev)
+    gen = torch.Generator(dev).manual_seed(0)
+    q, k, v = (
+        torch.randn(1, heads, n, dim, device=dev, dtype=torch.bfloat16, generator=gen)
+        .requires_grad_() for n in (q_len, kv_len, kv_len)
+    )
+    grad = torch.randn(1, heads, q_len, dim, device=dev, dtype=torch.bfloat16, generator=gen)
+    flex = torch.compile(flex_attention)
+
+    def step(bm: BlockMask) -> torch.Tensor:
+        q.grad = k.grad = v.grad = None
+        out = flex(q, k, v, block_mask=bm)
+        out.backward(grad)
+        return out
+
+    same = torch.equal(step(ours), step(ref))
+    times: dict[str, list[float]] = {"maskspec": [], "create_block_mask": []}
+    for _ in range(3):  # interleaved, so drift hits both alike
+        for name, bm in (("maskspec", ours), ("create_block_mask", ref)):
+            times[name].append(_time_ms(lambda bm=bm: step(bm), dev, budget_ms=600))
+    res = {k: statistics.median(v) for k, v in times.items()}
+    res["ratio"] = res["maskspec"] / res["create_block_mask"]
+    res["outputs_equal"] = same
+    print(f"  flex fwd+bwd: {res}", flush=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--only", default=None, help="run the cases whose name contains this")
+    ap.add_argument("--first-call-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.first_call_child:
+        return first_call_child()
+    # Each case adds compiled entries (create_block_mask's per shape, Builder's per spec):
+    # more than dynamo's default limit of 8 in one process.
+    torch._dynamo.config.recompile_limit = 64
+    dev = torch.device(args.device)
+    info = {"torch": torch.__version__, "device": torch.cuda.get_device_name(dev)
+            if dev.type == "cuda" else "cpu", "date": time.strftime("%Y-%m-%d")}
+    print(info, flush=True)
+    results: dict[str, Any] = {"info": info, "cases": []}
+    if dev.type == "cuda" and not args.only:
+        results["first_call"] = first_call()
+    for case in cases(args.device):
+        if args.only and args.only not in case.name:
+            continue
+        results["cases"].append(run_case(case, dev))
+    if dev.type == "cuda" and not args.only:
+        results["flex"] = flex_fwd_bwd(dev)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    print_table(results)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    """Markdown tables: time (and ratio to create_block_mask), memory, exactness."""
+    print(f"\n{results['info']}\n")
+    print("| case | method | build ms | torch compiled ÷ this | torch eager ÷ this | peak extra MB "
+          "| peak / own | first call s | exact |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for c in results["cases"]:
+        m = c["methods"]
+        tc, te = m.get("torch compiled", {}).get("ms"), m.get("torch eager", {}).get("ms")
+        for name, row in m.items():
+            if "error" in row:
+                print(f"| {c['case']} | {name} | {row['error']} | | | | | | |")
+                continue
+            ratio_c = f"{tc / row['ms']:.2f}×" if tc else ""
+            ratio_e = f"{te / row['ms']:.2f}×" if te else ""
+            peak = "" if row["peak_MB"] is None else f"{row['peak_MB']:.1f}"
+            rel = "" if row["peak_MB"] is None else f"{row['peak_MB'] / row['own_MB']:.2f}"
+            exact = c["exact"].get(name, "")
+            print(f"| {c['case']} | {name} | {row['ms']:.3f} | {ratio_c} | {ratio_e} | {peak} "
+                  f"| {rel} | {row['first_s']:.2f} | {exact} |")
+
+
+if __name__ == "__main__":
+    main()

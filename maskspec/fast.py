@@ -1,0 +1,126 @@
+"""Fast BlockMask builds: the same pipeline compiled once for all KV lengths, optionally
+replayed as one CUDA graph per shape.
+
+``lower.row_intervals → blocks.classify → flex.index_tensors`` is traced by torch.compile
+with dynamic sizes, so KV_LEN growing across TTT steps and new input values reuse one
+compiled graph (a new Q_LEN, B or H may compile once more: the diagonal's period is Q_LEN
+and sizes 1 are specialized). Nothing here re-derives the pipeline; it only runs it faster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask
+
+from maskspec import blocks, lower
+from maskspec import mask_mod as mask_mod_backend
+from maskspec.api import CompiledMask, _block_size
+from maskspec.targets import flex
+
+
+@dataclass
+class _Captured:
+    """One shape's CUDA graph: static input buffers and the BlockMask over its outputs."""
+
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[str, torch.Tensor]
+    block_mask: BlockMask
+
+
+class Builder:
+    """BlockMasks of one spec and block size from the compiled pipeline.
+
+    Call it like ``CompiledMask.block_mask`` (input values are not range-checked: that would
+    sync the device). With ``cuda_graph=True`` the first call at a shape captures a CUDA
+    graph and later calls copy the inputs in and replay it: the returned BlockMask wraps the
+    graph's static outputs, which the next call at the same shape overwrites in place
+    (``clone`` what must outlive it). ``backend`` is torch.compile's (``"eager"`` traces only).
+    """
+
+    def __init__(
+        self, mask: CompiledMask, BLOCK_SIZE: int | tuple[int, int] = 128, *,
+        cuda_graph: bool = False, backend: str = "inductor",
+    ) -> None:
+        self.mask = mask
+        self.block_size = _block_size(BLOCK_SIZE)
+        self.cuda_graph = cuda_graph
+        self.compiled = torch.compile(self._tensors, dynamic=False, backend=backend)
+        self._graphs: dict[tuple, _Captured] = {}
+        self._pool: Any = None
+
+    def _tensors(
+        self, sizes: dict[str, int], kv: torch.Tensor, inputs: dict[str, torch.Tensor],
+        device: torch.device,
+    ) -> tuple[torch.Tensor, ...]:
+        """The eight BlockMask tensors: the part torch.compile traces (KV_LEN = len(kv))."""
+        sizes = {**sizes, "KV_LEN": kv.shape[0]}
+        rows = lower.row_intervals(self.mask.ir, sizes, inputs, device)
+        grid = blocks.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], *self.block_size)
+        return flex.index_tensors(grid)
+
+    def __call__(
+        self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
+        **inputs: Any,
+    ) -> BlockMask:
+        """A BlockMask equal to ``CompiledMask.block_mask``'s for the same arguments."""
+        sizes, bound, dev = self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, check=False)
+        if self.cuda_graph:
+            return self._replay(sizes, bound, dev)
+        mm = mask_mod_backend.mask_mod(self.mask.ir, sizes, bound)
+        tensors = self._run(sizes, bound, dev)
+        return flex.from_tensors(tensors, Q_LEN, KV_LEN, self.block_size, mm)
+
+    def _run(
+        self, sizes: dict[str, int], inputs: dict[str, torch.Tensor], device: torch.device,
+        compiled: bool = True,
+    ) -> tuple[torch.Tensor, ...]:
+        """Call the pipeline, compiled with KV_LEN alone symbolic (or eagerly).
+
+        KV_LEN travels as the length of an empty tensor marked dynamic: every other size
+        stays a constant, which keeps tracing short (symbolic sizes cost seconds there).
+        """
+        kv = torch.empty(sizes["KV_LEN"], 0)
+        torch._dynamo.maybe_mark_dynamic(kv, 0)
+        fixed = {k: v for k, v in sizes.items() if k != "KV_LEN"}
+        return (self.compiled if compiled else self._tensors)(fixed, kv, inputs, device)
+
+    def _replay(
+        self, sizes: dict[str, int], bound: dict[str, torch.Tensor], dev: torch.device
+    ) -> BlockMask:
+        """Copy the inputs into the shape's graph (captured on first use) and replay it."""
+        key = (*sizes.values(), dev, *((k, t.shape, t.dtype) for k, t in bound.items()))
+        cap = self._graphs.get(key)
+        if cap is None:
+            cap = self._graphs[key] = self._capture(sizes, bound, dev)
+        for name, t in bound.items():
+            cap.inputs[name].copy_(t)
+        cap.graph.replay()
+        return cap.block_mask
+
+    def _capture(
+        self, sizes: dict[str, int], bound: dict[str, torch.Tensor], dev: torch.device
+    ) -> _Captured:
+        """Warm up on a side stream, then capture the eager pipeline into the shared pool.
+
+        Replay removes the launch overhead that compiling would otherwise fight, so the
+        graph holds the plain kernels: capture costs one build, never a compile.
+        """
+        if dev.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}")
+        static = {k: t.clone() for k, t in bound.items()}
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            self._run(sizes, static, dev, compiled=False)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            tensors = self._run(sizes, static, dev, compiled=False)
+        mm = mask_mod_backend.mask_mod(self.mask.ir, sizes, static)
+        bm = flex.from_tensors(tensors, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, mm)
+        return _Captured(graph, static, bm)

@@ -1,0 +1,93 @@
+"""On a CUDA device: exactness at large sizes, no recompiles as KV_LEN grows, CUDA graphs."""
+
+import pytest
+import torch
+from conftest import spec
+from torch._dynamo.utils import counters
+from torch.nn.attention.flex_attention import create_block_mask
+
+from maskspec.fast import Builder
+from maskspec.verify import first_difference, structure_problems
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+DEV = torch.device("cuda")
+
+
+def _seq_len(b: int, q: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    lens = torch.randint(0, q + 1, (b,), generator=gen)
+    lens[0] = q  # one full sample, one at the other extreme when b > 1
+    if b > 1:
+        lens[1] = 0
+    return lens.to(DEV)
+
+
+def _assert_same(ours, ref) -> None:
+    assert structure_problems(ours) == []
+    assert first_difference(ours, ref) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "b", "q", "kv", "bs"),
+    [("eagle3", 3, 16384, 5 * 16384, 128), ("eagle3", 1, 10000, 47123, (128, 64)),
+     ("causal", 1, 16384, 16384, 128)],
+)
+def test_large_shapes_match_create_block_mask(name, b, q, kv, bs):
+    mask = spec(name)
+    inputs = {"seq_len": _seq_len(b, q, 1)} if name == "eagle3" else {}
+    mm = mask.mask_mod(B=b, Q_LEN=q, KV_LEN=kv, device=DEV, **inputs)
+    rb = b if mask.ir.depends_on("b") else 1
+    ref = torch.compile(create_block_mask)(mm, rb, 1, q, kv, device=DEV, BLOCK_SIZE=bs)
+    _assert_same(mask.block_mask(b, 1, q, kv, DEV, bs, check_inputs=False, **inputs), ref)
+    _assert_same(Builder(mask, bs, cuda_graph=True)(b, 1, q, kv, DEV, **inputs), ref)
+
+
+def test_kv_growth_and_new_inputs_do_not_recompile(eagle3):
+    fast, q = Builder(eagle3, backend="aot_eager"), 4096  # inductor 2.11 trips on eagle3
+    before = counters["stats"]["unique_graphs"]
+    for step in range(1, 8):
+        for seed in (step, step + 100):
+            lens = _seq_len(2, q, seed)
+            ours = fast(2, 1, q, q * step + (step % 3) * 100, DEV, seq_len=lens)
+            ref = eagle3.block_mask(2, 1, q, q * step + (step % 3) * 100, DEV, seq_len=lens)
+            _assert_same(ours, ref)
+    assert counters["stats"]["unique_graphs"] - before == 1
+
+
+def _check_capture(build, eagle3, q: int, kv: int) -> None:
+    """Capture build(seq_len) in a CUDA graph, change seq_len in place, replay, compare."""
+    lens = _seq_len(2, q, 5)
+    build(lens)  # warm up (compile) outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        bm = build(lens)
+    for seed in (6, 7):
+        lens.copy_(_seq_len(2, q, seed))
+        graph.replay()
+        torch.cuda.synchronize()
+        _assert_same(bm, eagle3.block_mask(2, 1, q, kv, DEV, seq_len=lens.clone()))
+
+
+def test_compiled_build_inside_cuda_graph(eagle3):
+    fast = Builder(eagle3, backend="aot_eager")
+    _check_capture(lambda lens: fast(2, 1, 2048, 9000, DEV, seq_len=lens), eagle3, 2048, 9000)
+
+
+def test_eager_build_inside_cuda_graph(eagle3):
+    def build(lens):
+        return eagle3.block_mask(2, 1, 2048, 9000, DEV, check_inputs=False, seq_len=lens)
+
+    _check_capture(build, eagle3, 2048, 9000)
+
+
+def test_builder_cuda_graph_replays_with_new_inputs(eagle3):
+    graphs, q = Builder(eagle3, cuda_graph=True), 2048
+    for kv in (q, 3 * q, 3 * q + 5, q):
+        for seed in (kv, kv + 1):
+            lens = _seq_len(2, q, seed)
+            _assert_same(graphs(2, 1, q, kv, DEV, seq_len=lens),
+                         eagle3.block_mask(2, 1, q, kv, DEV, seq_len=lens))
