@@ -77,7 +77,8 @@ def main() -> None:
     meta = {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
     print(meta)
-    print("| case | Q × KV | build s (median) | first build s | peak RSS growth MB | BlockMask MB |")
+    print("| case | Q × KV | build s (median) | first build s | peak RSS growth MB "
+          "| BlockMask MB |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['q']} × {r['kv']} | {r['seconds']:.3f} | "
