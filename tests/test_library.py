@@ -109,3 +109,15 @@ def test_dflash_dropped_blocks_see_nothing():
     assert not d[0, 0, 4:8].any()
     assert d[0, 0, 0, :5].all() and not d[0, 0, 0, 5:10].any()  # context up to the anchor
     assert d[0, 0, 0, 10:14].all() and not d[0, 0, 0, 14:].any()  # its own draft block
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_cli_validate_random_passes_on_every_spec(name, capsys):
+    from maskspec.cli import main
+
+    params = [f"--param={k}={v}" for k, v in PARAMS.get(name, {}).items()]
+    rc = main(["validate", str(SPECS / f"{name}.mask"), "--q-len", "300", "--kv-len", "900",
+               "--random", "4", "--seed", "0", *params])
+    out = capsys.readouterr()
+    assert rc == 0, out.out + out.err
+    assert "4 agree, 0 disagree" in out.out + out.err
