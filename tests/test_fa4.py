@@ -60,7 +60,7 @@ def test_cute_source_structure(name):
     for t in mask.ir.terms:
         assert f"    # region {t.name}" in body
         mine = [x for x in body if x.startswith(f"    in_{t.name} = ")]
-        assert len(mine) >= len(t.prims) + len(t.conds)  # one line per prim (or more) and cond
+        assert len(mine) == max(1, len(t.element_conds()))  # one line per element condition
     ret = fn.body[-1]
     assert isinstance(ret, ast.Return)
     assert sorted(ast.unparse(ret.value).split(" | ")) == sorted(

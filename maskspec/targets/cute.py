@@ -133,31 +133,6 @@ class _Emitter:
     def cond(self, c: ir.Cmp) -> str:
         return f"{self.expr(c.left)} {c.op} {self.expr(c.right)}"
 
-    def prim(self, p: ir.Primitive) -> list[str]:
-        """The primitive's meaning (``ir.allows``) as conditions, one source line each."""
-        q, kv, a = ir.Var("q"), ir.Var("kv"), p.args
-        if p.kind == "full":
-            conds = [ir.Cmp(">=", kv, ir.const(0))]
-        elif p.kind == "causal":
-            conds = [ir.Cmp("<=", kv, ir.add(q, a["offset"]))]
-        elif p.kind == "window":
-            conds = [ir.Cmp(">=", kv, ir.sub(q, a["left"])),
-                     ir.Cmp("<=", kv, ir.add(q, a["right"]))]
-        elif p.kind == "diagonal":
-            off = ir.Bin("%", ir.sub(ir.sub(kv, q), a["offset"]), a["period"])
-            conds = [ir.Cmp("==", off, ir.const(0))]
-        elif p.kind == "chunk":
-            conds = [ir.Cmp("==", ir.floordiv(q, a["size"]),
-                            ir.floordiv(ir.sub(kv, a["offset"]), a["size"]))]
-        elif p.kind == "document":
-            ids = ir.document_ids(p)
-            n = self.dims[ids.input][-1]
-            at_kv = ir.Load(ids.input, (*ids.args[:-1], kv))
-            conds = [ir.Cmp("<", kv, ir.const(n)), ir.Cmp("==", ids, at_kv)]
-        else:
-            raise ValueError(f"the cute target cannot translate primitive `{p.kind}`")
-        return [self.cond(c) for c in conds]
-
 
 def function_name(mask: ir.MaskIR) -> str:
     return f"{mask.name}_mask_mod"
@@ -169,7 +144,7 @@ def _body(mask: ir.MaskIR, em: _Emitter) -> list[str]:
     for t in mask.terms:
         var = f"in_{t.name}"
         lines.append(f"# region {t.name}")
-        parts = [x for p in t.prims for x in em.prim(p)] + [em.cond(c) for c in t.conds]
+        parts = [em.cond(c) for c in t.element_conds()] or ["kv >= 0"]  # `full`: every key
         lines.append(f"{var} = {parts[0]}")
         lines += [f"{var} = {var} & ({x})" for x in parts[1:]]
     lines.append("return " + " | ".join(f"in_{t.name}" for t in mask.terms))
