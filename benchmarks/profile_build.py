@@ -1,0 +1,53 @@
+"""Where a BlockMask build spends its GPU time: kernels by CUDA time (torch.profiler).
+
+    python benchmarks/profile_build.py [--spec eagle3] [--q-len 49152] [--rounds 5]
+
+Profiles the eager build (``CompiledMask.block_mask(..., check_inputs=False)``) after a
+warm-up and prints the kernels that take the most device time, plus the graph-replay time.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import maskspec
+from maskspec.fast import Builder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", default="eagle3")
+    ap.add_argument("--q-len", type=int, default=49152)
+    ap.add_argument("--rounds", type=int, default=5, help="KV_LEN = rounds · Q_LEN")
+    ap.add_argument("--rows", type=int, default=15)
+    args = ap.parse_args()
+    mask, dev = maskspec.load(args.spec), torch.device("cuda")
+    q, kv = args.q_len, args.q_len * args.rounds
+
+    def build() -> None:
+        mask.block_mask(1, 1, q, kv, dev, 128, check_inputs=False)
+
+    for _ in range(3):
+        build()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            build()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows))
+    graph = Builder(mask, 128, cuda_graph=True)
+    graph(1, 1, q, kv, dev)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        graph(1, 1, q, kv, dev)
+    end.record()
+    torch.cuda.synchronize()
+    print(f"graph replay: {start.elapsed_time(end) / 20:.3f} ms per build")
+
+
+if __name__ == "__main__":
+    main()
