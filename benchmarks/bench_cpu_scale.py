@@ -5,14 +5,16 @@
 
 A child process loads the spec, warms up at a small size (imports, allocator), records
 its peak RSS, then builds the BlockMask ``--repeat`` times at full size: the reported
-memory is the growth of the peak RSS, the time the median build. create_block_mask would
-materialize Q×KV booleans here (e.g. ~112 GB for EAGLE-3 at 49K × 245K).
+memory is the growth of the peak RSS (measured in a second child whose glibc mmap threshold
+is fixed at 64 KiB, so that freed tensors leave RSS), the time the median build.
+create_block_mask would materialize Q×KV booleans here (~112 GB for EAGLE-3 at 49K × 245K).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -56,11 +58,19 @@ def child(case: str, repeat: int) -> dict:
             "full_blocks": int(bm.full_kv_num_blocks.sum())}
 
 
-def run(case: str, repeat: int = 3) -> dict:
-    """One case in a fresh Python process (so peak RSS is this build's alone)."""
+def _child(case: str, repeat: int, env: dict[str, str]) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", case, "--repeat", str(repeat)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(case: str, repeat: int = 3) -> dict:
+    """One case in fresh Python processes: times as they come, memory with a fixed glibc
+    mmap threshold (otherwise glibc keeps freed tensors in per-thread heaps, its threshold
+    grows after frees, and peak RSS varies from run to run with allocation order)."""
+    timed = _child(case, repeat, dict(os.environ))
+    sized = _child(case, 1, {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    return {**timed, "peak_growth_MB": sized["peak_growth_MB"]}
 
 
 def main() -> None:
