@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import blocks, dense, ir, lower
+from maskspec import blocks, dense, ir
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.compiler import compile_spec
 from maskspec.inputs import bind_inputs, sizes_of
@@ -51,10 +51,9 @@ class CompiledMask:
         BLOCK_SIZE: int | tuple[int, int] = 128, *, check_inputs: bool = True, **inputs: Any,
     ) -> blocks.BlockGrid:
         """The FULL/PARTIAL block grid, (B', H', Q_blocks, KV_blocks) bool each."""
-        q_bs, kv_bs = _block_size(BLOCK_SIZE)
+        bs = _block_size(BLOCK_SIZE)
         sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)
-        rows = lower.row_intervals(self.ir, sizes, bound, dev)
-        return blocks.classify(rows, Q_LEN, KV_LEN, q_bs, kv_bs)
+        return blocks.build_grid(self.ir, sizes, bound, dev, bs)
 
     def block_mask(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from maskspec import ir, lower
 from maskspec.lower import Rows
 
 
@@ -100,3 +101,12 @@ def ordered(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty_like(seen)
     out.scatter_(-1, slot.long(), cols.expand_as(slot))
     return counts, out
+
+
+def build_grid(
+    mask: ir.MaskIR, sizes: dict[str, int], inputs: dict[str, torch.Tensor],
+    device: torch.device, block_size: tuple[int, int],
+) -> BlockGrid:
+    """The spec's block grid at these sizes and bound inputs: row intervals, then classes."""
+    rows = lower.row_intervals(mask, sizes, inputs, device)
+    return classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], *block_size)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import blocks, lower
+from maskspec import blocks
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.api import CompiledMask, _block_size
 from maskspec.targets import flex
@@ -57,8 +57,7 @@ class Builder:
     ) -> tuple[torch.Tensor, ...]:
         """The eight BlockMask tensors: the part torch.compile traces (KV_LEN = len(kv))."""
         sizes = {**sizes, "KV_LEN": kv.shape[0]}
-        rows = lower.row_intervals(self.mask.ir, sizes, inputs, device)
-        grid = blocks.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], *self.block_size)
+        grid = blocks.build_grid(self.mask.ir, sizes, inputs, device, self.block_size)
         return flex.index_tensors(grid)
 
     def __call__(

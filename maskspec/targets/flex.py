@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import blocks, ir, lower
+from maskspec import blocks, ir
 from maskspec import mask_mod as element
 from maskspec.blocks import BlockGrid, ordered
 from maskspec.mask_mod import MaskMod
@@ -44,7 +44,6 @@ def build(
     block_size: tuple[int, int],
 ) -> BlockMask:
     """The spec's BlockMask at these sizes and bound inputs: lower, classify, index."""
-    rows = lower.row_intervals(mask, sizes, inputs, device)
-    grid = blocks.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], *block_size)
+    grid = blocks.build_grid(mask, sizes, inputs, device, block_size)
     mm = element.mask_mod(mask, sizes, inputs)
     return block_mask(grid, sizes["Q_LEN"], sizes["KV_LEN"], block_size, mm)
