@@ -10,6 +10,7 @@ import torch
 from conftest import SPECS
 
 import maskspec
+import maskspec.lower
 from maskspec import MaskSpecError
 
 PATH = "bad.mask"
@@ -393,7 +394,7 @@ def no_lowering(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("lowering ran before the inputs were checked")
 
-    monkeypatch.setattr(maskspec.api.lower, "row_intervals", boom)
+    monkeypatch.setattr(maskspec.lower, "row_intervals", boom)
 
 
 @pytest.mark.parametrize(
