@@ -12,16 +12,9 @@ from torch.nn.attention.flex_attention import BlockMask
 from maskspec import blocks, dense, ir
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.compiler import compile_spec
-from maskspec.inputs import bind_inputs, sizes_of
+from maskspec.inputs import bind_inputs, block_size_of, sizes_of
 from maskspec.parse import data_dir, parse, parse_file
 from maskspec.targets import cp, cute, fa4, flex
-
-
-def _block_size(bs: int | tuple[int, int]) -> tuple[int, int]:
-    pair = tuple(bs) if isinstance(bs, (tuple, list)) else (bs, bs)
-    if len(pair) != 2 or any(not isinstance(x, int) or x < 1 for x in pair):
-        raise ValueError(f"BLOCK_SIZE must be a positive int or a (Q_BS, KV_BS) pair, got {bs!r}")
-    return pair  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -51,7 +44,7 @@ class CompiledMask:
         BLOCK_SIZE: int | tuple[int, int] = 128, *, check_inputs: bool = True, **inputs: Any,
     ) -> blocks.BlockGrid:
         """The FULL/PARTIAL block grid, (B', H', Q_blocks, KV_blocks) bool each."""
-        bs = _block_size(BLOCK_SIZE)
+        bs = block_size_of(BLOCK_SIZE)
         sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)
         return blocks.build_grid(self.ir, sizes, bound, dev, bs)
 
@@ -64,7 +57,7 @@ class CompiledMask:
         B' (H') is 1 when the mask does not depend on the batch (head): flex_attention
         broadcasts it. ``check_inputs=False`` skips value-range checks (no device sync).
         """
-        bs = _block_size(BLOCK_SIZE)
+        bs = block_size_of(BLOCK_SIZE)
         sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)
         return flex.build(self.ir, sizes, bound, dev, bs)
 
@@ -104,7 +97,7 @@ class CompiledMask:
         ``maskspec.targets.cp``. Give ``mesh`` (1-D DeviceMesh) or ``rank`` and ``world_size``.
         """
         rank, world_size, device = cp.placement(mesh, rank, world_size, device)
-        bs = _block_size(BLOCK_SIZE)
+        bs = block_size_of(BLOCK_SIZE)
         sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)
         order = cp.sharding(self.ir, load_balancer, Q_LEN, world_size, dev, bound)
         mm = mask_mod_backend.mask_mod(self.ir, sizes, bound)
@@ -116,7 +109,7 @@ class CompiledMask:
         check_inputs: bool = True, **inputs: Any,
     ) -> tuple[Any, Any]:
         """FlashAttention-4 (forward, backward) block-sparse tensors, FA4's block-size rules."""
-        bs = _block_size(BLOCK_SIZE)
+        bs = block_size_of(BLOCK_SIZE)
         dev = torch.device(device) if device is not None else _device_of(inputs)
         fa4.check_block_size(bs, fa4.sm_arch(dev, arch))
         grid = self.grid(B, H, Q_LEN, KV_LEN, dev, bs, check_inputs=check_inputs, **inputs)

@@ -17,7 +17,8 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from maskspec import blocks
 from maskspec import mask_mod as mask_mod_backend
-from maskspec.api import CompiledMask, _block_size
+from maskspec.api import CompiledMask
+from maskspec.inputs import block_size_of
 from maskspec.targets import flex
 
 
@@ -45,7 +46,7 @@ class Builder:
         cuda_graph: bool = False, backend: str = "inductor",
     ) -> None:
         self.mask = mask
-        self.block_size = _block_size(BLOCK_SIZE)
+        self.block_size = block_size_of(BLOCK_SIZE)
         self.cuda_graph = cuda_graph
         self.compiled = torch.compile(self._tensors, dynamic=False, backend=backend)
         self._graphs: dict[tuple, _Captured] = {}

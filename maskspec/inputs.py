@@ -25,6 +25,14 @@ def _where(d: ir.InputDecl, mask: ir.MaskIR) -> str:
     return f"{mask.path}:{d.pos.line}" if d.pos else mask.path
 
 
+def block_size_of(bs: int | tuple[int, int]) -> tuple[int, int]:
+    """BLOCK_SIZE as a (Q_BS, KV_BS) pair of positive ints, as create_block_mask takes it."""
+    pair = tuple(bs) if isinstance(bs, (tuple, list)) else (bs, bs)
+    if len(pair) != 2 or any(not isinstance(x, int) or x < 1 for x in pair):
+        raise ValueError(f"BLOCK_SIZE must be a positive int or a (Q_BS, KV_BS) pair, got {bs!r}")
+    return pair  # type: ignore[return-value]
+
+
 def _same_device(have: torch.device, want: torch.device) -> bool:
     """`cuda` means the current CUDA device, so it matches `cuda:0` when that is current."""
     if have.type != want.type:

@@ -139,7 +139,7 @@ def _raise(msg: str, pos: Pos | None = None, hint: str | None = None) -> Excepti
     return ValueError(msg + (f" ({hint})" if hint else ""))
 
 
-def _form(cmp: ir.Cmp) -> CondForm:
+def cond_form(cmp: ir.Cmp) -> CondForm:
     """analyze_cond for conditions the compiler has already accepted (they cannot fail)."""
     return analyze_cond(cmp, _raise)
 
@@ -193,7 +193,7 @@ def width_exprs(prims: tuple[ir.Primitive, ...], conds: tuple[ir.Cmp, ...]) -> t
     """Expressions that bound a term's interval widths (q cancelled): found once, at compile
     time, so building only evaluates them."""
     pairs = [ir.interval(p) for p in prims]
-    ranges = [_form(c) for c in conds]
+    ranges = [cond_form(c) for c in conds]
     pairs += [(f.lo, f.hi) for f in ranges if isinstance(f, KvRange) and None not in (f.lo, f.hi)]
     return tuple(ir.difference(hi, lo) for lo, hi in pairs)
 
@@ -224,7 +224,7 @@ def _split_by_period(
 
 
 def _term_rows(t: ir.Term, env: ir.Env) -> tuple[torch.Tensor, torch.Tensor] | None:
-    forms = [_form(c) for c in t.conds]
+    forms = [cond_form(c) for c in t.conds]
     lo, hi = None, None
     for p in t.prims:
         rows = _prim_rows(p, env)

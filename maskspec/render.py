@@ -240,13 +240,9 @@ def primitive_meaning(p: ir.Primitive) -> str:
     return keys
 
 
-def _never(msg: str, pos: Pos | None = None, hint: str | None = None) -> Exception:
-    return ValueError(msg)
-
-
 def condition_meaning(c: ir.Cmp) -> str:
-    """What a condition does to each row's keys, from its lowering (lower.analyze_cond)."""
-    form = lower.analyze_cond(c, _never)
+    """What a condition does to each row's keys, from its lowering (lower.cond_form)."""
+    form = lower.cond_form(c)
     if isinstance(form, lower.RowCond):
         return f"whole rows: keeps queries with {fmt(c.left)} {c.op} {fmt(c.right)}"
     what = "kv" if isinstance(form, lower.KvRange) else f"kv % {_paren(form.period)}"

@@ -25,7 +25,7 @@ MASK = {ir_literal}
 def make_block_mask(B, H, Q_LEN, KV_LEN, device=None, BLOCK_SIZE=128, *, check_inputs=True,
                     **inputs):
     """The {name} BlockMask: create_block_mask's arguments, minus the mask_mod."""
-    bs = (BLOCK_SIZE, BLOCK_SIZE) if isinstance(BLOCK_SIZE, int) else tuple(BLOCK_SIZE)
+    bs = block_size_of(BLOCK_SIZE)
     device = torch.device(device if device is not None else "cpu")
     sizes = sizes_of(B or 1, H or 1, Q_LEN, KV_LEN)
     bound = bind_inputs(MASK, sizes, inputs, device, check_inputs)

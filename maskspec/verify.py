@@ -10,9 +10,9 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, create_mask
 
 from maskspec import ir
-from maskspec.api import CompiledMask, _block_size
+from maskspec.api import CompiledMask
 from maskspec.documents import document_ids
-from maskspec.inputs import sizes_of
+from maskspec.inputs import block_size_of, sizes_of
 
 PAIRS = (
     ("kv_num_blocks", "kv_indices"),
@@ -96,7 +96,7 @@ def validate(
     BLOCK_SIZE: int | tuple[int, int] = 128, **inputs: Any,
 ) -> Report:
     """Build analytically, densely and with create_block_mask on CPU; compare all three."""
-    bs = _block_size(BLOCK_SIZE)
+    bs = block_size_of(BLOCK_SIZE)
     rep = Report(Q_LEN, KV_LEN, bs, {k: torch.as_tensor(v).tolist() for k, v in inputs.items()})
     ours = mask.block_mask(B, H, Q_LEN, KV_LEN, "cpu", bs, **inputs)
     mm = mask.mask_mod(B=B, H=H, Q_LEN=Q_LEN, KV_LEN=KV_LEN, **inputs)
