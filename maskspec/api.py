@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import blocks, dense, ir
+from maskspec import blocks, dense, fused, ir
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.compiler import compile_spec
 from maskspec.inputs import bind_inputs, block_size_of, sizes_of
@@ -59,7 +59,9 @@ class CompiledMask:
         """
         bs = block_size_of(BLOCK_SIZE)
         sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)
-        return flex.build(self.ir, sizes, bound, dev, bs)
+        tensors = fused.tensors(self.ir, sizes, bound, dev, bs)
+        mm = mask_mod_backend.mask_mod(self.ir, sizes, bound)
+        return flex.from_tensors(tensors, Q_LEN, KV_LEN, bs, mm)
 
     def mask_mod(
         self, *, B: int | None = None, H: int | None = None, Q_LEN: int | None = None,

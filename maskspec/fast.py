@@ -1,10 +1,11 @@
-"""Fast BlockMask builds: the same pipeline compiled once for all KV lengths, optionally
-replayed as one CUDA graph per shape.
+"""Fast BlockMask builds: the same pipeline with its row stage compiled once for all KV
+lengths, or replayed as one CUDA graph per shape.
 
-``lower.row_intervals → blocks.classify → flex.index_tensors`` is traced by torch.compile
-with dynamic sizes, so KV_LEN growing across TTT steps and new input values reuse one
-compiled graph (a new Q_LEN, B or H may compile once more: the diagonal's period is Q_LEN
-and sizes 1 are specialized). Nothing here re-derives the pipeline; it only runs it faster.
+``lower.row_intervals`` is traced by torch.compile with KV_LEN symbolic, so KV_LEN growing
+across TTT steps and new input values reuse one compiled graph (a new Q_LEN, B or H may
+compile once more: the diagonal's period is Q_LEN and sizes 1 are specialized); the rows are
+then classified by ``fused.classify`` (two Triton kernels on CUDA). Nothing here re-derives
+the pipeline; it only runs it faster.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import blocks
+from maskspec import fused, lower
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.api import CompiledMask
 from maskspec.inputs import block_size_of
+from maskspec.lower import Rows
 from maskspec.targets import flex
 
 
@@ -48,18 +50,17 @@ class Builder:
         self.mask = mask
         self.block_size = block_size_of(BLOCK_SIZE)
         self.cuda_graph = cuda_graph
-        self.compiled = torch.compile(self._tensors, dynamic=False, backend=backend)
+        self.compiled = torch.compile(self._rows, dynamic=False, backend=backend)
         self._graphs: dict[tuple, _Captured] = {}
         self._pool: Any = None
 
-    def _tensors(
+    def _rows(
         self, sizes: dict[str, int], kv: torch.Tensor, inputs: dict[str, torch.Tensor],
         device: torch.device,
-    ) -> tuple[torch.Tensor, ...]:
-        """The eight BlockMask tensors: the part torch.compile traces (KV_LEN = len(kv))."""
-        sizes = {**sizes, "KV_LEN": kv.shape[0]}
-        grid = blocks.build_grid(self.mask.ir, sizes, inputs, device, self.block_size)
-        return flex.index_tensors(grid)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row intervals (lo, hi): the part torch.compile traces (KV_LEN = len(kv))."""
+        rows = lower.row_intervals(self.mask.ir, {**sizes, "KV_LEN": kv.shape[0]}, inputs, device)
+        return rows.lo, rows.hi
 
     def __call__(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
@@ -77,7 +78,8 @@ class Builder:
         self, sizes: dict[str, int], inputs: dict[str, torch.Tensor], device: torch.device,
         compiled: bool = True,
     ) -> tuple[torch.Tensor, ...]:
-        """Call the pipeline, compiled with KV_LEN alone symbolic (or eagerly).
+        """Call the pipeline: row stage compiled with KV_LEN alone symbolic (or eager), then
+        the classification.
 
         KV_LEN travels as the length of an empty tensor marked dynamic: every other size
         stays a constant, which keeps tracing short (symbolic sizes cost seconds there).
@@ -85,7 +87,8 @@ class Builder:
         kv = torch.empty(sizes["KV_LEN"], 0)
         torch._dynamo.maybe_mark_dynamic(kv, 0)
         fixed = {k: v for k, v in sizes.items() if k != "KV_LEN"}
-        return (self.compiled if compiled else self._tensors)(fixed, kv, inputs, device)
+        lo, hi = (self.compiled if compiled else self._rows)(fixed, kv, inputs, device)
+        return fused.classify(Rows(lo, hi), sizes["Q_LEN"], sizes["KV_LEN"], self.block_size)
 
     def _replay(
         self, sizes: dict[str, int], bound: dict[str, torch.Tensor], dev: torch.device

@@ -298,4 +298,15 @@ def row_intervals(
     if not los:
         z = torch.zeros(*shape, 1, dtype=torch.long, device=device)
         return Rows(z, z)
-    return Rows(torch.cat(los, -1), torch.cat(his, -1))
+    return Rows(_concat(los), _concat(his))
+
+
+def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat along the last dim, written into one buffer: torch 2.11's inductor fails to
+    compile a pointwise cat of these clamped pieces (``'…*((0))' is not comparable``)."""
+    out = parts[0].new_empty(*parts[0].shape[:-1], sum(p.shape[-1] for p in parts))
+    at = 0
+    for p in parts:
+        out[..., at:at + p.shape[-1]] = p
+        at += p.shape[-1]
+    return out
