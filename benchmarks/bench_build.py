@@ -5,11 +5,11 @@
 
 Every case is built by each method in the same process: maskspec eager
 (``CompiledMask.block_mask``), maskspec compiled (``fast.Builder``), maskspec CUDA graph
-(``fast.Builder(cuda_graph=True)``), create_block_mask eager and torch.compile'd. Times are
-medians of many runs, each timed with CUDA events around the whole build (a TTT case builds
-all its steps); memory is the peak allocated above what was live before one build. Also
-measured: the first call in a fresh process (cold and warm compile caches) and
-flex_attention forward+backward with either BlockMask.
+(``fast.Builder(cuda_graph=True)``, its row stage eager or compiled), create_block_mask
+eager and torch.compile'd. Times are medians of many runs, each timed with CUDA events
+around the whole build (a TTT case builds all its steps); memory is the peak allocated
+above what was live before one build. Also measured: the first call in a fresh process
+(cold and warm compile caches) and flex_attention forward+backward with either BlockMask.
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ def _methods(mask: maskspec.CompiledMask, case: Case, dev: torch.device) -> dict
     mods = {kv: mask.mask_mod(B=case.B, Q_LEN=case.q, KV_LEN=kv, device=dev, **inputs)
             for kv in case.kvs}
     fast, graph = Builder(mask), Builder(mask, cuda_graph=True)
+    graph_compiled = Builder(mask, cuda_graph=True, compiled=True)
     cbm_compiled = torch.compile(create_block_mask)
     out = {
         "maskspec eager": lambda kv: mask.block_mask(
@@ -150,6 +151,8 @@ def _methods(mask: maskspec.CompiledMask, case: Case, dev: torch.device) -> dict
         del out["maskspec compiled"]
     else:
         out["maskspec graph"] = lambda kv: graph(case.B, 1, case.q, kv, dev, **inputs)
+        out["maskspec graph+compiled"] = lambda kv: graph_compiled(
+            case.B, 1, case.q, kv, dev, **inputs)
     return out
 
 

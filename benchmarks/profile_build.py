@@ -38,15 +38,17 @@ def main() -> None:
             build()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows))
-    graph = Builder(mask, 128, cuda_graph=True)
-    graph(1, 1, q, kv, dev)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(20):
+    for compiled in (False, True):
+        graph = Builder(mask, 128, cuda_graph=True, compiled=compiled)
         graph(1, 1, q, kv, dev)
-    end.record()
-    torch.cuda.synchronize()
-    print(f"graph replay: {start.elapsed_time(end) / 20:.3f} ms per build")
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            graph(1, 1, q, kv, dev)
+        end.record()
+        torch.cuda.synchronize()
+        label = "compiled row stage" if compiled else "eager row stage"
+        print(f"graph replay, {label}: {start.elapsed_time(end) / 20:.3f} ms per build")
 
 
 if __name__ == "__main__":

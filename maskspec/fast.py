@@ -40,16 +40,19 @@ class Builder:
     sync the device). With ``cuda_graph=True`` the first call at a shape captures a CUDA
     graph and later calls copy the inputs in and replay it: the returned BlockMask wraps the
     graph's static outputs, which the next call at the same shape overwrites in place
-    (``clone`` what must outlive it). ``backend`` is torch.compile's (``"eager"`` traces only).
+    (``clone`` what must outlive it). ``compiled`` traces the row stage with torch.compile
+    (default: unless capturing, where replay already removes launch overhead and capture
+    then costs no compile); ``backend`` is torch.compile's (``"eager"`` traces only).
     """
 
     def __init__(
         self, mask: CompiledMask, BLOCK_SIZE: int | tuple[int, int] = 128, *,
-        cuda_graph: bool = False, backend: str = "inductor",
+        cuda_graph: bool = False, compiled: bool | None = None, backend: str = "inductor",
     ) -> None:
         self.mask = mask
         self.block_size = block_size_of(BLOCK_SIZE)
         self.cuda_graph = cuda_graph
+        self.use_compiled = not cuda_graph if compiled is None else compiled
         self.compiled = torch.compile(self._rows, dynamic=False, backend=backend)
         self._graphs: dict[tuple, _Captured] = {}
         self._pool: Any = None
@@ -71,12 +74,12 @@ class Builder:
         if self.cuda_graph:
             return self._replay(sizes, bound, dev)
         mm = mask_mod_backend.mask_mod(self.mask.ir, sizes, bound)
-        tensors = self._run(sizes, bound, dev)
+        tensors = self._run(sizes, bound, dev, self.use_compiled)
         return flex.from_tensors(tensors, Q_LEN, KV_LEN, self.block_size, mm)
 
     def _run(
         self, sizes: dict[str, int], inputs: dict[str, torch.Tensor], device: torch.device,
-        compiled: bool = True,
+        compiled: bool,
     ) -> tuple[torch.Tensor, ...]:
         """Call the pipeline: row stage compiled with KV_LEN alone symbolic (or eager), then
         the classification.
@@ -106,24 +109,21 @@ class Builder:
     def _capture(
         self, sizes: dict[str, int], bound: dict[str, torch.Tensor], dev: torch.device
     ) -> _Captured:
-        """Warm up on a side stream, then capture the eager pipeline into the shared pool.
-
-        Replay removes the launch overhead that compiling would otherwise fight, so the
-        graph holds the plain kernels: capture costs one build, never a compile.
-        """
+        """Warm up on a side stream (compiling, if compiled), then capture the pipeline into
+        the shared pool."""
         if dev.type != "cuda":
             raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}")
         static = {k: t.clone() for k, t in bound.items()}
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
-            self._run(sizes, static, dev, compiled=False)
+            self._run(sizes, static, dev, self.use_compiled)
         torch.cuda.current_stream(dev).wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            tensors = self._run(sizes, static, dev, compiled=False)
+            tensors = self._run(sizes, static, dev, self.use_compiled)
         mm = mask_mod_backend.mask_mod(self.mask.ir, sizes, static)
         bm = flex.from_tensors(tensors, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, mm)
         return _Captured(graph, static, bm)

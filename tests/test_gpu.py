@@ -1,13 +1,18 @@
 """On a CUDA device: exactness at large sizes, no recompiles as KV_LEN grows, CUDA graphs."""
 
+import random
+
 import pytest
 import torch
 from conftest import spec
 from torch._dynamo.utils import counters
 from torch.nn.attention.flex_attention import create_block_mask
 
+from maskspec import blocks, fused, lower
+from maskspec.api import shipped_specs
 from maskspec.fast import Builder
-from maskspec.verify import first_difference, structure_problems
+from maskspec.targets import flex
+from maskspec.verify import first_difference, random_inputs, structure_problems
 
 pytestmark = [
     pytest.mark.gpu,
@@ -45,8 +50,25 @@ def test_large_shapes_match_create_block_mask(name, b, q, kv, bs):
     _assert_same(Builder(mask, bs, cuda_graph=True)(b, 1, q, kv, DEV, **inputs), ref)
 
 
-def test_kv_growth_and_new_inputs_do_not_recompile(eagle3):
-    fast, q = Builder(eagle3, backend="aot_eager"), 4096  # inductor 2.11 trips on eagle3
+@pytest.mark.parametrize("name", sorted(shipped_specs()))
+def test_fused_kernels_match_torch_classification(name):
+    """The Triton kernels on CUDA against the torch path, tensor for tensor, at Q=16K."""
+    mask, q = spec(name), 16384
+    kv = 3 * q + 77 if name.startswith("eagle3") or name == "dflash" else q
+    for seed, bs in ((0, (128, 128)), (1, (64, 128)), (2, (128, 48))):
+        inputs = {k: t.to(DEV) for k, t in
+                  random_inputs(mask, 2, 2, q, kv, random.Random(seed)).items()}
+        sizes, bound, dev = mask._bind(2, 2, q, kv, DEV, inputs)
+        rows = lower.row_intervals(mask.ir, sizes, bound, dev)
+        assert fused.fits(rows, q, kv, bs)
+        got = fused.classify_rows(rows, q, kv, bs)
+        want = flex.index_tensors(blocks.classify(rows, q, kv, *bs))
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_kv_growth_and_new_inputs_do_not_recompile(eagle3, backend):
+    fast, q = Builder(eagle3, backend=backend), 4096
     before = counters["stats"]["unique_graphs"]
     for step in range(1, 8):
         for seed in (step, step + 100):
@@ -84,8 +106,9 @@ def test_eager_build_inside_cuda_graph(eagle3):
     _check_capture(build, eagle3, 2048, 9000)
 
 
-def test_builder_cuda_graph_replays_with_new_inputs(eagle3):
-    graphs, q = Builder(eagle3, cuda_graph=True), 2048
+@pytest.mark.parametrize("compiled", [False, True])
+def test_builder_cuda_graph_replays_with_new_inputs(eagle3, compiled):
+    graphs, q = Builder(eagle3, cuda_graph=True, compiled=compiled), 2048
     for kv in (q, 3 * q, 3 * q + 5, q):
         for seed in (kv, kv + 1):
             lens = _seq_len(2, q, seed)
