@@ -73,7 +73,8 @@ if triton is not None:
         hi = tl.load(hi_ptr + offs, mask=ok, other=0).to(tl.int64)
         # Sort each row's intervals by start (end as tie-break), packed in one key.
         key = tl.sort((lo << 32) | hi, dim=1)
-        lo, hi = (key >> 32).to(tl.int32), (key & 0xFFFFFFFF).to(tl.int32)
+        lo64 = key >> 32
+        lo, hi = lo64.to(tl.int32), (key - (lo64 << 32)).to(tl.int32)
         reach = tl.associative_scan(hi, 1, _maximum)
         jj = tl.broadcast_to(j, (QP, KP))
         before = tl.where(jj == 0, -1, tl.gather(reach, tl.maximum(jj - 1, 0), 1))
