@@ -2,11 +2,12 @@
 
 The same classification as ``blocks.classify`` followed by ``flex.index_tensors``, fused so a
 build is a handful of kernels instead of a hundred. One program per row block merges its rows'
-intervals, counts the key blocks each row covers or touches with histograms of the range ends
-(a difference array held in registers), and writes the kv-direction indices plus one byte per
-block. One program per strip of key blocks reads those bytes down the columns and writes the
-q-direction indices. The byte grid is the only scratch. ``classify`` picks this path on CUDA when
-Triton is importable and the shape fits in registers, the torch path otherwise.
+intervals, counts the key blocks each row covers or touches with difference arrays (atomic
+adds into its own zeroed output rows, read back after a barrier), and writes the kv-direction
+indices plus one byte per block. One program per strip of key blocks reads those bytes down
+the columns and writes the q-direction indices. The byte grid is the only scratch.
+``classify`` picks this path on CUDA when Triton is importable and the shape fits in
+registers, the torch path otherwise.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ try:
 except ImportError:  # CPU-only installs: the torch path serves every build
     triton = None
 
-MAX_BINS = 16384  # key blocks + 2, rounded up to a power of two, held per program
+MAX_BINS = 16384  # key blocks, rounded up to a power of two, held per program
 MAX_ROW_BLOCKS = 8192  # row blocks per column strip, held per program
 if triton is not None:
     _PARTIAL, _FULL = tl.constexpr(1), tl.constexpr(2)  # block classes in the byte grid
@@ -36,12 +37,11 @@ if triton is not None:
         return tl.maximum(a, b)
 
     @triton.jit
-    def _block_counts(first, last, ok, N: tl.constexpr, NB: tl.constexpr):
-        """Per key block: how many of the N [first, last) block ranges (where ok) contain it."""
-        trash = NB - 1  # never a real key block: n_kv + 1 < NB
-        starts = tl.histogram(tl.reshape(tl.where(ok, first, trash), (N,)), NB)
-        ends = tl.histogram(tl.reshape(tl.where(ok, last, trash), (N,)), NB)
-        return tl.cumsum(starts - ends, 0)
+    def _add_ranges(row_ptr, first, last, ok, n_kv):
+        """Add the difference array of the [first, last) block ranges (where ok) into the
+        zeroed row (ends at n_kv are dropped: no block lies past it)."""
+        tl.atomic_add(row_ptr + first, 1, mask=ok & (first < n_kv), sem="relaxed")
+        tl.atomic_add(row_ptr + last, -1, mask=ok & (last < n_kv), sem="relaxed")
 
     @triton.jit
     def _store_ordered(flag, pos, real, num_ptrs, idx_ptrs, num_ok, AXIS: tl.constexpr):
@@ -84,14 +84,23 @@ if triton is not None:
         closes = (jj == KP - 1) | (after != 0)  # the group's last interval: [start, reach)
         f0 = (start + KV_BS - 1) // KV_BS
         f1 = tl.minimum(reach // KV_BS, kv_len // KV_BS)
-        covered = _block_counts(f0, f1, closes & (f0 < f1), QP * KP, NB)
-        touched = _block_counts(lo // KV_BS, (hi + KV_BS - 1) // KV_BS, lo < hi, QP * KP, NB)
+        # Difference arrays, accumulated in this block's own (zeroed) index rows: the
+        # output doubles as scratch, read back after a barrier and overwritten after another.
+        out = (bh * n_q + qb) * n_kv
+        _add_ranges(full_kv_idx_ptr + out, f0, f1, closes & (f0 < f1), n_kv)
+        _add_ranges(kv_idx_ptr + out, lo // KV_BS, (hi + KV_BS - 1) // KV_BS, lo < hi, n_kv)
+        tl.debug_barrier()
+        cols = tl.arange(0, NB)
+        covered = tl.cumsum(tl.load(full_kv_idx_ptr + out + cols, mask=cols < n_kv, other=0,
+                                    cache_modifier=".cg"), 0)
+        touched = tl.cumsum(tl.load(kv_idx_ptr + out + cols, mask=cols < n_kv, other=0,
+                                    cache_modifier=".cg"), 0)
+        tl.debug_barrier()
 
         cols = tl.arange(0, NB)[None, :]
         real = cols < n_kv
         full = (covered[None, :] == Q_BS) & real
         partial = (touched[None, :] > 0) & ~full & real
-        out = (bh * n_q + qb) * n_kv
         cls = tl.where(full, _FULL, tl.where(partial, _PARTIAL, 0)).to(tl.int8)
         tl.store(cls_ptr + out + cols, cls, mask=real)
         num = bh * n_q + qb + tl.zeros((1, 1), tl.int64)
@@ -122,7 +131,7 @@ def fits(rows: Rows, q_len: int, kv_len: int, block_size: tuple[int, int]) -> bo
     """Whether the fused kernels can classify these rows (else use the torch path)."""
     n_q, n_kv = -(-q_len // block_size[0]), -(-kv_len // block_size[1])
     return (
-        triton is not None and _pow2(n_kv + 2) <= MAX_BINS and _pow2(n_q) <= MAX_ROW_BLOCKS
+        triton is not None and _pow2(n_kv) <= MAX_BINS and _pow2(n_q) <= MAX_ROW_BLOCKS
         and kv_len < 2**31 and _pow2(block_size[0]) * _pow2(rows.lo.shape[-1]) <= 2**16
     )
 
@@ -138,12 +147,11 @@ def classify_rows(
     lo, hi = rows.lo.contiguous(), rows.hi.contiguous()
     new = lo.new_empty
     kv_num, full_kv_num = new(*lead, n_q, dtype=torch.int32), new(*lead, n_q, dtype=torch.int32)
-    kv_idx = new(*lead, n_q, n_kv, dtype=torch.int32)
-    full_kv_idx = torch.empty_like(kv_idx)
+    kv_idx, full_kv_idx = torch.zeros(2, *lead, n_q, n_kv, dtype=torch.int32, device=lo.device)
     cls = new(*lead, n_q, n_kv, dtype=torch.int8)
     _row_block_kernel[(n_q, bh)](
         lo, hi, kv_num, kv_idx, full_kv_num, full_kv_idx, cls, q_len, kv_len, n_q, n_kv,
-        K=k, KP=_pow2(k), Q_BS=q_bs, QP=_pow2(q_bs), KV_BS=kv_bs, NB=_pow2(n_kv + 2),
+        K=k, KP=_pow2(k), Q_BS=q_bs, QP=_pow2(q_bs), KV_BS=kv_bs, NB=_pow2(n_kv),
         num_warps=8,
     )
     q_num, full_q_num = new(*lead, n_kv, dtype=torch.int32), new(*lead, n_kv, dtype=torch.int32)

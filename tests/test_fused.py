@@ -75,7 +75,7 @@ def test_dispatch_falls_back_off_cuda(eagle3):
     sizes, bound, dev = eagle3._bind(1, 1, 64, 200, "cpu", {})
     rows = lower.row_intervals(eagle3.ir, sizes, bound, dev)
     assert fused.fits(rows, 64, 200, (16, 16))
-    assert not fused.fits(rows, 64, 16 * fused.MAX_BINS, (16, 16))
+    assert not fused.fits(rows, 64, 16 * fused.MAX_BINS + 1, (16, 16))
     got = fused.classify(rows, 64, 200, (16, 16))  # CPU tensors: the torch path
     want = flex.index_tensors(blocks.classify(rows, 64, 200, 16, 16))
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
