@@ -70,9 +70,9 @@ class Builder:
         **inputs: Any,
     ) -> BlockMask:
         """A BlockMask equal to ``CompiledMask.block_mask``'s for the same arguments."""
-        sizes, bound, dev = self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, check=False)
         if self.cuda_graph:
-            return self._replay(sizes, bound, dev)
+            return self._replay(B, H, Q_LEN, KV_LEN, device, inputs)
+        sizes, bound, dev = self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, check=False)
         mm = mask_mod_backend.mask_mod(self.mask.ir, sizes, bound)
         tensors = self._run(sizes, bound, dev, self.use_compiled)
         return flex.from_tensors(tensors, Q_LEN, KV_LEN, self.block_size, mm)
@@ -94,14 +94,27 @@ class Builder:
         return fused.classify(Rows(lo, hi), sizes["Q_LEN"], sizes["KV_LEN"], self.block_size)
 
     def _replay(
-        self, sizes: dict[str, int], bound: dict[str, torch.Tensor], dev: torch.device
+        self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any,
+        inputs: dict[str, Any],
     ) -> BlockMask:
-        """Copy the inputs into the shape's graph (captured on first use) and replay it."""
-        key = (*sizes.values(), dev, *((k, t.shape, t.dtype) for k, t in bound.items()))
+        """Copy the given inputs into the call's graph (captured on first use) and replay it.
+
+        Graphs are keyed by the call itself (sizes, device, each given tensor's shape, dtype
+        and device), so a repeated call skips binding: its shapes were checked at capture,
+        and the inputs it omits still hold the defaults captured with it. Inputs given as
+        lists or numbers are bound on every call and copied in whole.
+        """
+        tensors = all(isinstance(t, torch.Tensor) for t in inputs.values())
+        key = (B, H, Q_LEN, KV_LEN, str(device), tensors, *(
+            (k, t.shape, t.dtype, t.device) if tensors else k for k, t in sorted(inputs.items())
+        ))
         cap = self._graphs.get(key)
-        if cap is None:
-            cap = self._graphs[key] = self._capture(sizes, bound, dev)
-        for name, t in bound.items():
+        if cap is None or not tensors:
+            sizes, bound, dev = self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, False)
+            if cap is None:
+                cap = self._graphs[key] = self._capture(sizes, bound, dev)
+            inputs = bound
+        for name, t in inputs.items():
             cap.inputs[name].copy_(t)
         cap.graph.replay()
         return cap.block_mask

@@ -114,3 +114,14 @@ def test_builder_cuda_graph_replays_with_new_inputs(eagle3, compiled):
             lens = _seq_len(2, q, seed)
             _assert_same(graphs(2, 1, q, kv, DEV, seq_len=lens),
                          eagle3.block_mask(2, 1, q, kv, DEV, seq_len=lens))
+
+
+def test_builder_cuda_graph_restores_omitted_defaults(eagle3):
+    """A call that omits seq_len after one that gave it sees the default, not the last value."""
+    graphs, q = Builder(eagle3, cuda_graph=True), 1024
+    for lens in (_seq_len(2, q, 3), None, _seq_len(2, q, 4), None):
+        given = {} if lens is None else {"seq_len": lens}
+        _assert_same(graphs(2, 1, q, 3 * q, DEV, **given),
+                     eagle3.block_mask(2, 1, q, 3 * q, DEV, **given))
+    lists = graphs(2, 1, q, 3 * q, DEV, seq_len=[5, 7])  # bound and copied on every call
+    _assert_same(lists, eagle3.block_mask(2, 1, q, 3 * q, DEV, seq_len=[5, 7]))
