@@ -2,8 +2,9 @@
 
     python benchmarks/profile_build.py [--spec eagle3] [--q-len 49152] [--rounds 5]
 
-Profiles the eager build (``CompiledMask.block_mask(..., check_inputs=False)``) after a
-warm-up and prints the kernels that take the most device time, plus the graph-replay time.
+Profiles the eager build (``CompiledMask.block_mask(..., check_inputs=False)``) and the
+compiled one (``fast.Builder``) after a warm-up, printing the kernels that take the most
+device time, then the graph-replay time of both.
 """
 
 from __future__ import annotations
@@ -27,17 +28,22 @@ def main() -> None:
     mask, dev = maskspec.load(args.spec), torch.device("cuda")
     q, kv = args.q_len, args.q_len * args.rounds
 
-    def build() -> None:
-        mask.block_mask(1, 1, q, kv, dev, 128, check_inputs=False)
-
-    for _ in range(3):
-        build()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
+    compiled_builder = Builder(mask, 128)
+    builds = {
+        "eager build (CompiledMask.block_mask)":
+            lambda: mask.block_mask(1, 1, q, kv, dev, 128, check_inputs=False),
+        "compiled row stage (fast.Builder)": lambda: compiled_builder(1, 1, q, kv, dev),
+    }
+    for label, build in builds.items():
+        for _ in range(3):
             build()
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows))
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                build()
+            torch.cuda.synchronize()
+        print(f"{label}, 5 builds:")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows))
     for compiled in (False, True):
         graph = Builder(mask, 128, cuda_graph=True, compiled=compiled)
         graph(1, 1, q, kv, dev)
