@@ -61,8 +61,11 @@ class Builder:
         self, sizes: dict[str, int], kv: torch.Tensor, inputs: dict[str, torch.Tensor],
         device: torch.device,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row intervals (lo, hi): the part torch.compile traces (KV_LEN = len(kv))."""
+        """Row intervals (lo, hi): the part torch.compile traces (KV_LEN = len(kv)). Compiled,
+        they are written as int32 (KV_LEN < 2**31 is checked), halving the build's scratch."""
         rows = lower.row_intervals(self.mask.ir, {**sizes, "KV_LEN": kv.shape[0]}, inputs, device)
+        if torch.compiler.is_compiling():
+            return rows.lo.to(torch.int32), rows.hi.to(torch.int32)
         return rows.lo, rows.hi
 
     def __call__(
@@ -90,8 +93,8 @@ class Builder:
         kv = torch.empty(sizes["KV_LEN"], 0)
         torch._dynamo.maybe_mark_dynamic(kv, 0)
         fixed = {k: v for k, v in sizes.items() if k != "KV_LEN"}
-        lo, hi = (self.compiled if compiled else self._rows)(fixed, kv, inputs, device)
-        return fused.classify(Rows(lo, hi), sizes["Q_LEN"], sizes["KV_LEN"], self.block_size)
+        rows = Rows(*(self.compiled if compiled else self._rows)(fixed, kv, inputs, device))
+        return fused.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, True)
 
     def _replay(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any,

@@ -137,9 +137,13 @@ def fits(rows: Rows, q_len: int, kv_len: int, block_size: tuple[int, int]) -> bo
 
 
 def classify_rows(
-    rows: Rows, q_len: int, kv_len: int, block_size: tuple[int, int]
+    rows: Rows, q_len: int, kv_len: int, block_size: tuple[int, int], release: bool = False
 ) -> tuple[Tensor, ...]:
-    """``flex.index_tensors(blocks.classify(rows, ...))``, equal tensor for tensor, fused."""
+    """``flex.index_tensors(blocks.classify(rows, ...))``, equal tensor for tensor, fused.
+
+    ``release=True`` empties ``rows`` once the first kernel has read them, so the q-direction
+    outputs can take their memory (the build's peak is then about its own output).
+    """
     q_bs, kv_bs = block_size
     n_q, n_kv = -(-q_len // q_bs), -(-kv_len // kv_bs)
     lead, k = rows.lo.shape[:-2], rows.lo.shape[-1]
@@ -154,6 +158,9 @@ def classify_rows(
         K=k, KP=_pow2(k), Q_BS=q_bs, QP=_pow2(q_bs), KV_BS=kv_bs, NB=_pow2(n_kv),
         num_warps=8,
     )
+    if release:
+        del lo, hi
+        rows.lo = rows.hi = rows.lo.new_empty(0)
     q_num, full_q_num = new(*lead, n_kv, dtype=torch.int32), new(*lead, n_kv, dtype=torch.int32)
     q_idx = new(*lead, n_kv, n_q, dtype=torch.int32)
     full_q_idx = torch.empty_like(q_idx)
@@ -167,12 +174,12 @@ def classify_rows(
 
 
 def classify(
-    rows: Rows, q_len: int, kv_len: int, block_size: tuple[int, int]
+    rows: Rows, q_len: int, kv_len: int, block_size: tuple[int, int], release: bool = False
 ) -> tuple[Tensor, ...]:
     """The eight BlockMask tensors of these rows: fused kernels on CUDA where they fit, else
-    ``blocks.classify`` and ``flex.index_tensors``."""
+    ``blocks.classify`` and ``flex.index_tensors`` (``release`` as in ``classify_rows``)."""
     if rows.lo.device.type == "cuda" and fits(rows, q_len, kv_len, block_size):
-        return classify_rows(rows, q_len, kv_len, block_size)
+        return classify_rows(rows, q_len, kv_len, block_size, release)
     return flex.index_tensors(blocks.classify(rows, q_len, kv_len, *block_size))
 
 
@@ -182,4 +189,4 @@ def tensors(
 ) -> tuple[Tensor, ...]:
     """The spec's eight BlockMask tensors at these sizes and bound inputs."""
     rows = lower.row_intervals(mask, sizes, inputs, device)
-    return classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], block_size)
+    return classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], block_size, release=True)

@@ -18,6 +18,8 @@ def sizes_of(B: int, H: int, Q_LEN: int, KV_LEN: int) -> dict[str, int]:
     for k, v in sizes.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{k} must be a positive int, got {v!r}")
+        if v >= 2**31:
+            raise ValueError(f"{k} must be below 2**31 (BlockMask indices are int32), got {v}")
     return sizes
 
 

@@ -454,6 +454,11 @@ def test_sizes_must_be_positive_ints(eagle3, no_lowering, args, name):
         eagle3.block_mask(*args, "cpu", 32)
 
 
+def test_lengths_must_fit_int32_indices(eagle3, no_lowering):
+    with pytest.raises(ValueError, match=r"KV_LEN must be below 2\*\*31"):
+        eagle3.block_mask(1, 1, 100, 2**31, "cpu", 32)
+
+
 @pytest.mark.parametrize("bs", [0, -8, (64,), (64, 0), 16.0, "64"])
 def test_block_size_must_be_positive(eagle3, no_lowering, bs):
     with pytest.raises(ValueError, match="BLOCK_SIZE must be a positive int"):
