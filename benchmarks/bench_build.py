@@ -197,11 +197,11 @@ def _fmt_row(row: dict[str, Any]) -> str:
     return f"{row['ms']:.4f} ms  first {row['first_s']:.2f} s  own {row['own_MB']:.1f} MB {peak}"
 
 
-def first_call_child() -> None:
+def first_call_child(compiled: bool) -> None:
     """In a fresh process: the first and second graph-Builder call (eagle3, Q=4K, CUDA)."""
     t0 = time.perf_counter()
     mask = maskspec.load(SPECS / "eagle3.mask")
-    fast = Builder(mask, cuda_graph=True)
+    fast = Builder(mask, cuda_graph=True, compiled=compiled)
     dev = torch.device("cuda")
     torch.zeros(1, device=dev)
     t1 = time.perf_counter()
@@ -215,19 +215,23 @@ def first_call_child() -> None:
 
 
 def first_call() -> dict[str, Any]:
-    """Two fresh processes sharing one empty compile cache: cold, then warm."""
+    """For the graph builder with its row stage eager, then compiled: two fresh processes
+    sharing one empty compile cache, cold, then warm."""
     import tempfile
 
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix="inductor-"))
     out = {}
-    for label in ("cold cache", "warm cache"):
-        proc = subprocess.run(
-            [sys.executable, __file__, "--first-call-child"], env=env, capture_output=True,
-            text=True, check=False,
-        )
-        line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
-        out[label] = json.loads(line) if line.startswith("{") else {"error": line}
-        print(f"  first call, {label}: {out[label]}", flush=True)
+    for mode in ("eager", "compiled"):
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix="inductor-"))
+        for cache in ("cold cache", "warm cache"):
+            label = f"{mode} row stage, {cache}"
+            proc = subprocess.run(
+                [sys.executable, __file__, "--first-call-child", mode], env=env,
+                capture_output=True, text=True, check=False,
+            )
+            text = proc.stdout.strip()
+            line = text.splitlines()[-1] if text else proc.stderr[-300:]
+            out[label] = json.loads(line) if line.startswith("{") else {"error": line}
+            print(f"  first call, {label}: {out[label]}", flush=True)
     return out
 
 
@@ -268,10 +272,14 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--only", default=None, help="run the cases whose name contains this")
-    ap.add_argument("--first-call-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--first-call", action="store_true", help="only the first-call table")
+    ap.add_argument("--first-call-child", choices=["eager", "compiled"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.first_call_child:
-        return first_call_child()
+        return first_call_child(args.first_call_child == "compiled")
+    if args.first_call:
+        print(json.dumps(first_call(), indent=1))
+        return None
     # Each case adds compiled entries (create_block_mask's per shape, Builder's per spec):
     # more than dynamo's default limit of 8 in one process.
     torch._dynamo.config.recompile_limit = 64
