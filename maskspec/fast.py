@@ -1,11 +1,12 @@
-"""Fast BlockMask builds: the same pipeline with its row stage compiled once for all KV
-lengths, or replayed as one CUDA graph per shape.
+"""Fast BlockMask builds: the same pipeline replayed as one CUDA graph per shape, or with its
+row stage compiled once for all KV lengths.
 
-``lower.row_intervals`` is traced by torch.compile with KV_LEN symbolic, so KV_LEN growing
-across TTT steps and new input values reuse one compiled graph (a new Q_LEN, B or H may
-compile once more: the diagonal's period is Q_LEN and sizes 1 are specialized); the rows are
-then classified by ``fused.classify`` (two Triton kernels on CUDA). Nothing here re-derives
-the pipeline; it only runs it faster.
+On CUDA a build is the spec's generated Triton kernel and the column-strip kernel
+(``fused.tensors``); a CUDA graph removes what is left, the Python and launch overhead.
+``compiled=True`` instead traces ``lower.row_intervals`` with torch.compile, KV_LEN symbolic, so
+KV_LEN growing across TTT steps and new input values reuse one compiled graph (a new Q_LEN, B
+or H may compile once more), and classifies the rows with ``fused.classify``: the route for
+devices without Triton. Nothing here re-derives the pipeline; it only runs it faster.
 """
 
 from __future__ import annotations
@@ -40,22 +41,22 @@ class Builder:
     sync the device). With ``cuda_graph=True`` the first call at a shape captures a CUDA
     graph and later calls copy the inputs in and replay it: the returned BlockMask wraps the
     graph's static outputs, which the next call at the same shape overwrites in place
-    (``clone`` what must outlive it). ``compiled`` traces the row stage with torch.compile
-    (default: unless capturing, where replay already removes launch overhead and capture
-    then costs no compile); ``backend`` is torch.compile's (``"eager"`` traces only).
+    (``clone`` what must outlive it); each shape's graph has its own memory pool, so graphs
+    replayed in any order leave each other's masks intact. ``compiled=True`` traces the row
+    stage with torch.compile instead of running the generated kernel; ``backend`` is
+    torch.compile's (``"eager"`` traces only).
     """
 
     def __init__(
         self, mask: CompiledMask, BLOCK_SIZE: int | tuple[int, int] = 128, *,
-        cuda_graph: bool = False, compiled: bool | None = None, backend: str = "inductor",
+        cuda_graph: bool = False, compiled: bool = False, backend: str = "inductor",
     ) -> None:
         self.mask = mask
         self.block_size = block_size_of(BLOCK_SIZE)
         self.cuda_graph = cuda_graph
-        self.use_compiled = not cuda_graph if compiled is None else compiled
+        self.use_compiled = compiled
         self.compiled = torch.compile(self._rows, dynamic=False, backend=backend)
         self._graphs: dict[tuple, _Captured] = {}
-        self._pool: Any = None
 
     def _rows(
         self, sizes: dict[str, int], kv: torch.Tensor, inputs: dict[str, torch.Tensor],
@@ -77,23 +78,24 @@ class Builder:
             return self._replay(B, H, Q_LEN, KV_LEN, device, inputs)
         sizes, bound, dev = self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, check=False)
         mm = mask_mod_backend.mask_mod(self.mask.ir, sizes, bound)
-        tensors = self._run(sizes, bound, dev, self.use_compiled)
+        tensors = self._run(sizes, bound, dev)
         return flex.from_tensors(tensors, Q_LEN, KV_LEN, self.block_size, mm)
 
     def _run(
-        self, sizes: dict[str, int], inputs: dict[str, torch.Tensor], device: torch.device,
-        compiled: bool,
+        self, sizes: dict[str, int], inputs: dict[str, torch.Tensor], device: torch.device
     ) -> tuple[torch.Tensor, ...]:
-        """Call the pipeline: row stage compiled with KV_LEN alone symbolic (or eager), then
-        the classification.
+        """Call the pipeline: ``fused.tensors``, or the compiled row stage then ``classify``.
 
-        KV_LEN travels as the length of an empty tensor marked dynamic: every other size
-        stays a constant, which keeps tracing short (symbolic sizes cost seconds there).
+        KV_LEN travels to the compiled stage as the length of an empty tensor marked
+        dynamic: every other size stays a constant, which keeps tracing short (symbolic
+        sizes cost seconds there).
         """
+        if not self.use_compiled:
+            return fused.tensors(self.mask.ir, sizes, inputs, device, self.block_size)
         kv = torch.empty(sizes["KV_LEN"], 0)
         torch._dynamo.maybe_mark_dynamic(kv, 0)
         fixed = {k: v for k, v in sizes.items() if k != "KV_LEN"}
-        rows = Rows(*(self.compiled if compiled else self._rows)(fixed, kv, inputs, device))
+        rows = Rows(*self.compiled(fixed, kv, inputs, device))
         return fused.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, True)
 
     def _replay(
@@ -125,21 +127,19 @@ class Builder:
     def _capture(
         self, sizes: dict[str, int], bound: dict[str, torch.Tensor], dev: torch.device
     ) -> _Captured:
-        """Warm up on a side stream (compiling, if compiled), then capture the pipeline into
-        the shared pool."""
+        """Warm up on a side stream (JIT and compiles happen there), then capture the
+        pipeline into a pool of its own."""
         if dev.type != "cuda":
             raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}")
         static = {k: t.clone() for k, t in bound.items()}
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
-            self._run(sizes, static, dev, self.use_compiled)
+            self._run(sizes, static, dev)
         torch.cuda.current_stream(dev).wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            tensors = self._run(sizes, static, dev, self.use_compiled)
+        with torch.cuda.graph(graph):
+            tensors = self._run(sizes, static, dev)
         mm = mask_mod_backend.mask_mod(self.mask.ir, sizes, static)
         bm = flex.from_tensors(tensors, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, mm)
         return _Captured(graph, static, bm)

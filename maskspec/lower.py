@@ -161,18 +161,22 @@ def _outer(a: torch.Tensor, b: torch.Tensor, f: Callable) -> torch.Tensor:
     return f(x, y).flatten(-2)
 
 
-def _rounds(p: ir.Primitive, env: ir.Env) -> torch.Tensor | None:
+def rounds(p: ir.Primitive, sizes: Mapping[str, int]) -> range:
     """A diagonal's rounds r whose keys q + offset + r·period can fall in [0, KV_LEN)."""
-    period = int(ir.evaluate(p.args["period"], env))
-    off = int(ir.evaluate(p.args["offset"], env))
-    r0 = -((off + env.sizes["Q_LEN"] - 1) // period)  # ceil((-off - (Q_LEN - 1)) / period)
-    r1 = (env.sizes["KV_LEN"] - 1 - off) // period
-    if r1 < r0:
+    period = ir.const_value(p.args["period"], sizes)
+    off = ir.const_value(p.args["offset"], sizes)
+    r0 = -((off + sizes["Q_LEN"] - 1) // period)  # ceil((-off - (Q_LEN - 1)) / period)
+    return range(r0, (sizes["KV_LEN"] - 1 - off) // period + 1)
+
+
+def _rounds(p: ir.Primitive, env: ir.Env) -> torch.Tensor | None:
+    """``rounds`` as a tensor along the last dim (None if there are none)."""
+    r = rounds(p, env.sizes)
+    if not r:
         return None
     # One extra round, past KV_LEN (it clips to empty): the round dim is never of size 1,
     # which torch.compile would specialize, recompiling as KV_LEN grows.
-    rounds = r1 - r0 + 2
-    return (torch.arange(rounds, device=env.vars["q"].device) + r0).view(1, 1, 1, -1)
+    return (torch.arange(len(r) + 1, device=env.vars["q"].device) + r.start).view(1, 1, 1, -1)
 
 
 def _prim_rows(
@@ -198,15 +202,23 @@ def width_exprs(prims: tuple[ir.Primitive, ...], conds: tuple[ir.Cmp, ...]) -> t
     return tuple(ir.difference(hi, lo) for lo, hi in pairs)
 
 
-def _width_bound(t: ir.Term, env: ir.Env) -> float:
+def _width_bound(t: ir.Term, sizes: Mapping[str, int]) -> float:
     """An upper bound on the width of any of the term's intervals at these sizes."""
-    rng = {"q": (0, env.sizes["Q_LEN"] - 1)}
-    widths = [ir.bounds(w, rng, env.sizes, {})[1] for w in t.widths]
-    return min([float(env.sizes["KV_LEN"]), *widths])
+    rng = {"q": (0, sizes["Q_LEN"] - 1)}
+    widths = [ir.bounds(w, rng, sizes, {})[1] for w in t.widths]
+    return min([float(sizes["KV_LEN"]), *widths])
+
+
+def spans(t: ir.Term, f: ModRange, sizes: Mapping[str, int]) -> int:
+    """How many period slots one of the term's intervals can meet: the pieces a
+    ``kv % P`` condition cuts it into."""
+    period, width = ir.const_value(f.period, sizes), _width_bound(t, sizes)
+    n = 1 if width <= 1 else math.ceil((width - 1) / period) + 1
+    return int(min(n, sizes["KV_LEN"] // period + 2))
 
 
 def _split_by_period(
-    lo: torch.Tensor, hi: torch.Tensor, f: ModRange, env: ir.Env, width: float
+    lo: torch.Tensor, hi: torch.Tensor, f: ModRange, env: ir.Env, n: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Intersect each interval with {kv : kv % P ∈ [a, b)}: one piece per period it spans."""
     period = ir.const_value(f.period, env.sizes)
@@ -214,9 +226,7 @@ def _split_by_period(
     b = period if f.hi is None else ir.evaluate(f.hi, env)
     a = (lo.new_zeros(()) + a).clamp(0, period)  # on lo's device without a host copy
     b = (lo.new_zeros(()) + b).clamp(0, period)
-    spans = 1 if width <= 1 else math.ceil((width - 1) / period) + 1
-    spans = int(min(spans, env.sizes["KV_LEN"] // period + 2))
-    s = torch.arange(spans, device=lo.device)
+    s = torch.arange(n, device=lo.device)
     base = ((lo // period).unsqueeze(-1) + s) * period
     nlo = torch.maximum(lo.unsqueeze(-1), base + a.unsqueeze(-1))
     nhi = torch.minimum(hi.unsqueeze(-1), base + b.unsqueeze(-1))
@@ -243,10 +253,9 @@ def _term_rows(t: ir.Term, env: ir.Env) -> tuple[torch.Tensor, torch.Tensor] | N
             lo = lo if f.lo is None else lo.clamp(min=ir.evaluate(f.lo, env))
             hi = hi if f.hi is None else hi.clamp(max=ir.evaluate(f.hi, env))
     lo, hi = lo.clamp(min=0), hi.clamp(max=env.sizes["KV_LEN"])
-    width = _width_bound(t, env)
     for f in forms:
         if isinstance(f, ModRange):
-            lo, hi = _split_by_period(lo, hi, f, env, width)
+            lo, hi = _split_by_period(lo, hi, f, env, spans(t, f, env.sizes))
     keep = ok & (lo < hi)
     return torch.where(keep, lo, 0), torch.where(keep, hi, 0)
 
@@ -272,6 +281,16 @@ def row_env(
     return ir.Env(vars=vars_, sizes=sizes, inputs=inputs)
 
 
+def lead_shape(
+    mask: ir.MaskIR, sizes: Mapping[str, int], per_batch: bool = False
+) -> tuple[int, int]:
+    """(B', H'): B when the mask reads ``b`` (or its rows differ per batch), else 1; likewise H."""
+    return (
+        sizes["B"] if mask.depends_on("b") or per_batch else 1,
+        sizes["H"] if mask.depends_on("h") else 1,
+    )
+
+
 def row_intervals(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor],
     device: torch.device, q_positions: torch.Tensor | None = None,
@@ -283,11 +302,7 @@ def row_intervals(
     """
     env = row_env(sizes, inputs, device, q_positions)
     q = env.vars["q"]
-    shape = (
-        sizes["B"] if mask.depends_on("b") or q.shape[0] > 1 else 1,
-        sizes["H"] if mask.depends_on("h") else 1,
-        q.shape[2],
-    )
+    shape = (*lead_shape(mask, sizes, q.shape[0] > 1), q.shape[2])
     los, his = [], []
     for t in mask.terms:
         rows = _term_rows(t, env)

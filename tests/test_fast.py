@@ -8,7 +8,7 @@ from maskspec.verify import first_difference
 
 
 def test_builder_matches_eager_path_without_recompiling(eagle3):
-    fast, q = Builder(eagle3, 64, backend="eager"), 256
+    fast, q = Builder(eagle3, 64, compiled=True, backend="eager"), 256
     before = counters["stats"]["unique_graphs"]
     for kv in (q, 2 * q, 3 * q + 17, 7 * q, q + 1):  # KV == Q first: one round, then more
         for lens in ([q, 0], [3, 200]):

@@ -1,4 +1,5 @@
-"""The fused Triton classification against the torch one, tensor for tensor.
+"""The fused Triton kernels against the torch path, tensor for tensor: the classification of
+given rows, and each spec's generated build kernel, which computes its rows itself.
 
 Without a GPU the kernels run on Triton's CPU interpreter (conftest sets it), so CI proves
 the same kernel source that runs on CUDA; tests/test_gpu.py repeats this at large sizes.
@@ -9,13 +10,15 @@ import random
 import pytest
 import torch
 from conftest import spec
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from test_fuzz import shapes, valid_specs
 
+import maskspec
 from maskspec import blocks, fused, lower
-from maskspec.api import shipped_specs
+from maskspec.api import CompiledMask, shipped_specs
 from maskspec.lower import Rows
-from maskspec.targets import flex
+from maskspec.targets import flex, triton_rows
 from maskspec.verify import random_inputs
 
 pytestmark = pytest.mark.skipif(fused.triton is None, reason="Triton is not installed")
@@ -25,15 +28,34 @@ BLOCKS = st.sampled_from(
 )
 
 
+NAMES = ("kv_num", "kv_idx", "full_kv_num", "full_kv_idx",
+         "q_num", "q_idx", "full_q_num", "full_q_idx")
+
+
+def _assert_tensors_equal(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> None:
+    for name, a, b in zip(NAMES, got, want, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert torch.equal(a, b), f"{name} differs at {(a != b).nonzero()[:5].tolist()}"
+
+
 def _assert_equal(rows: Rows, q_len: int, kv_len: int, bs: tuple[int, int]) -> None:
     want = flex.index_tensors(blocks.classify(rows, q_len, kv_len, *bs))
     got = fused.classify_rows(rows, q_len, kv_len, bs, release=True)
     assert rows.lo.numel() == rows.hi.numel() == 0  # released for the q-direction outputs
-    names = ("kv_num", "kv_idx", "full_kv_num", "full_kv_idx",
-             "q_num", "q_idx", "full_q_num", "full_q_idx")
-    for name, a, b in zip(names, got, want, strict=True):
-        assert a.dtype == b.dtype and a.shape == b.shape, name
-        assert torch.equal(a, b), f"{name} differs at {(a != b).nonzero()[:5].tolist()}"
+    _assert_tensors_equal(got, want)
+
+
+def _assert_generated_equal(mask: CompiledMask, b: int, h: int, q: int, kv: int,
+                            bs: tuple[int, int], inputs: dict) -> bool:
+    """The generated build kernel against lowering + torch classification; False if the
+    shape does not fit the kernel (huge interval counts fall back to the torch path)."""
+    sizes, bound, dev = mask._bind(b, h, q, kv, "cpu", inputs)
+    got = fused.build(mask.ir, sizes, bound, dev, bs)
+    if got is None:
+        return False
+    rows = lower.row_intervals(mask.ir, sizes, bound, dev)
+    _assert_tensors_equal(got, flex.index_tensors(blocks.classify(rows, q, kv, *bs)))
+    return True
 
 
 @settings(max_examples=25)
@@ -75,8 +97,58 @@ def test_arbitrary_intervals(case, bs):
 def test_dispatch_falls_back_off_cuda(eagle3):
     sizes, bound, dev = eagle3._bind(1, 1, 64, 200, "cpu", {})
     rows = lower.row_intervals(eagle3.ir, sizes, bound, dev)
-    assert fused.fits(rows, 64, 200, (16, 16))
-    assert not fused.fits(rows, 64, 16 * fused.MAX_BINS + 1, (16, 16))
+    k = rows.lo.shape[-1]
+    assert fused.fits(k, 64, 200, (16, 16))
+    assert not fused.fits(k, 64, 16 * fused.MAX_BINS + 1, (16, 16))
+    assert not fused.fits(fused.MAX_SLOTS // 16 + 1, 64, 200, (16, 16))
     got = fused.classify(rows, 64, 200, (16, 16))  # CPU tensors: the torch path
     want = flex.index_tensors(blocks.classify(rows, 64, 200, 16, 16))
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    huge = eagle3._bind(1, 1, 64, 16 * fused.MAX_BINS + 1, "cpu", {})
+    assert fused.build(eagle3.ir, *huge, (16, 16)) is None  # too many key blocks: no launch
+
+
+@settings(max_examples=15)
+@given(name=st.sampled_from(sorted(shipped_specs())), b=st.integers(1, 2), h=st.integers(1, 2),
+       q=st.integers(1, 130), extra=st.integers(0, 200), bs=BLOCKS, seed=st.integers(0, 99))
+def test_generated_kernel_matches_lowering(name, b, h, q, extra, bs, seed):
+    mask = spec(name)
+    kv = q + extra if mask.ir.sizes_used() & {"KV_LEN"} or name.startswith("eagle3") else q
+    inputs = random_inputs(mask, b, h, q, kv, random.Random(seed))
+    assert _assert_generated_equal(mask, b, h, q, kv, bs, inputs)
+
+
+@settings(max_examples=20)
+@given(valid_specs(), shapes(), st.integers(0, 2**31))
+def test_generated_kernel_builds_fuzzed_specs(spec_text, shape, seed):
+    """Random specs from the whole language: every IR node's Triton spelling is exercised."""
+    text, params = spec_text
+    b, h, q, kv, bs = shape
+    mask = maskspec.compile(text, "fuzz.mask", **params)
+    inputs = random_inputs(mask, b, h, q, kv, random.Random(seed))
+    assume(_assert_generated_equal(mask, b, h, q, kv, bs, inputs))
+
+
+@pytest.mark.parametrize("text", [
+    # floor division and modulo of negative values (Triton's own // and % truncate)
+    "mask m\nregion r = window(left = 3, right = (q - 50) // 7 + 9) where kv % 5 >= (q - 40) % 5\n",
+    # several diagonals and kv % P conditions in one region: nested loops, slots in order
+    "mask m\nregion r = diagonal(period = 40) & diagonal(period = 30, offset = -2)"
+    " where kv % 4 < 3 and kv % 9 >= 2\nregion s = causal where kv // 16 == q // 16\n",
+])
+def test_generated_kernel_edge_cases(text):
+    assert _assert_generated_equal(maskspec.compile(text, "m.mask"), 2, 1, 90, 150, (16, 32), {})
+
+
+def test_generated_source_is_one_kernel_per_spec(eagle3):
+    """Sizes and loop extents are arguments, never baked in or specialized: one source (one
+    JIT) for every shape, and TTT steps share a compiled kernel."""
+    src = triton_rows.source(eagle3.ir)
+    assert src.count("# region ") == len(eagle3.ir.terms)
+    assert fused.generated(eagle3.ir).kernel is fused.generated(spec("eagle3").ir).kernel
+    for name in ("Q_LEN", "KV_LEN", "n_kv", "t1_n0", "in_seq_len_d0"):
+        assert f"'{name}'" in src.split("do_not_specialize=")[1].split(")")[0]
+    plans = [fused.generated(eagle3.ir).plan({"B": 1, "H": 1, "Q_LEN": 4096, "KV_LEN": 4096 * s})
+             for s in range(1, 8)]
+    assert len({fused._slots(k) for _, k in plans}) == 1
+    assert len({fused._bins(-(-4096 * s // 128)) for s in range(1, 8)}) == 1

@@ -14,14 +14,13 @@ runtime inputs arrive in ``aux_tensors`` as int32 tensors in the spec's declarat
 from __future__ import annotations
 
 import hashlib
-import keyword
-import linecache
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from maskspec import ir
+from maskspec.targets import codegen
 
 DIALECTS = ("cute", "python")
 SIGNATURE = "batch, head, m_idx, n_idx, seqlen_info, aux_tensors"
@@ -82,56 +81,24 @@ def _ld(t, *idx):
 ''',
 }
 
-_PREC = {"+": 1, "-": 1, "*": 2, "//": 2}
-
-
-def _ident(name: str) -> str:
-    """A spec name as a safe Python local (keywords and helper-like names get a suffix)."""
-    return name + "_" if keyword.iskeyword(name) or name.startswith("_") else name
-
-
-class _Emitter:
-    """Translates IR expressions and conditions to source over the prelude's helpers."""
+class _Emitter(codegen.Emitter):
+    """CuTe's spelling: ``//`` as written, inputs read through ``_ld``, indices that move with
+    q or kv clamped."""
 
     def __init__(self, mask: ir.MaskIR, sizes: Mapping[str, int]) -> None:
-        self.sizes = dict(sizes)
+        super().__init__()
         self.dims = {
             d.name: tuple(ir.const_value(s, sizes) for s in d.shape) for d in mask.inputs
         }
-        self.used_sizes: set[str] = set()
-
-    def expr(self, e: ir.Expr, prec: int = 0) -> str:
-        """``e`` as source; parenthesized when its operator binds looser than ``prec``."""
-        if isinstance(e, ir.Const):
-            return f"({e.value})" if e.value < 0 and prec > 0 else str(e.value)
-        if isinstance(e, ir.Var):
-            return e.name
-        if isinstance(e, ir.Size):
-            self.used_sizes.add(e.name)
-            return e.name
-        if isinstance(e, ir.Load):
-            return self.load(e)
-        assert isinstance(e, ir.Bin)
-        if e.op in ("min", "max"):
-            return f"_{e.op}({self.expr(e.a)}, {self.expr(e.b)})"
-        if e.op == "%":
-            return f"_mod({self.expr(e.a)}, {self.expr(e.b)})"
-        p = _PREC[e.op]
-        text = f"{self.expr(e.a, p)} {e.op} {self.expr(e.b, p + 1)}"
-        return f"({text})" if p < prec else text
 
     def load(self, e: ir.Load) -> str:
-        """``input[args]`` read through ``_ld``; indices that move with q or kv are clamped."""
         args = []
         for dim, a in enumerate(e.args):
             text = self.expr(a)
             if ir.uses(a, ir.Var, "q") or ir.uses(a, ir.Var, "kv"):
                 text = f"_clamp({text}, {self.dims[e.input][dim]})"
             args.append(text)
-        return f"_ld({_ident(e.input)}, {', '.join(args)})"
-
-    def cond(self, c: ir.Cmp) -> str:
-        return f"{self.expr(c.left)} {c.op} {self.expr(c.right)}"
+        return f"_ld({codegen.ident(e.input)}, {', '.join(args)})"
 
 
 def function_name(mask: ir.MaskIR) -> str:
@@ -140,7 +107,7 @@ def function_name(mask: ir.MaskIR) -> str:
 
 def _body(mask: ir.MaskIR, em: _Emitter) -> list[str]:
     """The function's statements: input bindings, then per term one line per prim/cond."""
-    lines = [f"{_ident(d.name)} = aux_tensors[{i}]" for i, d in enumerate(mask.inputs)]
+    lines = [f"{codegen.ident(d.name)} = aux_tensors[{i}]" for i, d in enumerate(mask.inputs)]
     for t in mask.terms:
         var = f"in_{t.name}"
         lines.append(f"# region {t.name}")
@@ -191,19 +158,11 @@ def source(mask: ir.MaskIR, sizes: Mapping[str, int], dialect: str = "cute") -> 
 
 
 def load_source(src: str, name: str) -> Callable[..., Any]:
-    """Execute generated source and return function ``name``, its source findable by inspect.
-
-    The DSL's preprocessor and FA4's compile cache read the function's source, so it is
-    registered in linecache; ``__cute_hash__`` (FA4's cache key) hashes the whole module,
-    constants included.
-    """
-    digest = hashlib.sha256(src.encode()).hexdigest()
-    filename = f"<maskspec {name} {digest[:12]}>"
-    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
-    namespace: dict[str, Any] = {"__name__": f"maskspec_generated_{digest[:12]}"}
-    exec(compile(src, filename, "exec"), namespace)
-    fn = namespace[name]
-    fn.__cute_hash__ = digest
+    """Execute generated source and return function ``name``: the DSL's preprocessor and FA4's
+    compile cache read its source, and ``__cute_hash__`` (FA4's cache key) hashes the whole
+    module, constants included."""
+    fn = codegen.load_source(src, name)
+    fn.__cute_hash__ = hashlib.sha256(src.encode()).hexdigest()
     return fn
 
 
