@@ -3,10 +3,11 @@
     python benchmarks/bench_build.py                # the GPU table (BENCHMARKS.md)
     python benchmarks/bench_build.py --device cpu   # a smaller CPU table
 
-Every case is built by each method in the same process: maskspec eager
-(``CompiledMask.block_mask``), maskspec compiled (``fast.Builder``), maskspec CUDA graph
-(``fast.Builder(cuda_graph=True)``, its row stage eager or compiled), create_block_mask
-eager and torch.compile'd. Times are medians of many runs, each timed with CUDA events
+Every case is built by each method in the same process: maskspec (``CompiledMask.block_mask``:
+on CUDA the spec's generated Triton kernel), maskspec graph (``fast.Builder(cuda_graph=True)``,
+the same kernels replayed), maskspec with the row stage torch.compile'd instead
+(``fast.Builder(compiled=True)``, with and without a graph), create_block_mask eager and
+torch.compile'd. Times are medians of many runs, each timed with CUDA events
 around the whole build (a TTT case builds all its steps); memory is the peak allocated
 above what was live before one build. Also measured: the first call in a fresh process
 (cold and warm compile caches) and flex_attention forward+backward with either BlockMask.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import statistics
@@ -137,22 +139,23 @@ def _methods(mask: maskspec.CompiledMask, case: Case, dev: torch.device) -> dict
     b = case.B if mask.ir.depends_on("b") else 1
     mods = {kv: mask.mask_mod(B=case.B, Q_LEN=case.q, KV_LEN=kv, device=dev, **inputs)
             for kv in case.kvs}
-    fast, graph = Builder(mask), Builder(mask, cuda_graph=True)
+    graph = Builder(mask, cuda_graph=True)
+    compiled = Builder(mask, compiled=True)
     graph_compiled = Builder(mask, cuda_graph=True, compiled=True)
     cbm_compiled = torch.compile(create_block_mask)
     out = {
-        "maskspec eager": lambda kv: mask.block_mask(
+        "maskspec": lambda kv: mask.block_mask(
             case.B, 1, case.q, kv, dev, check_inputs=False, **inputs),
-        "maskspec compiled": lambda kv: fast(case.B, 1, case.q, kv, dev, **inputs),
+        "maskspec graph": lambda kv: graph(case.B, 1, case.q, kv, dev, **inputs),
+        "maskspec compiled rows": lambda kv: compiled(case.B, 1, case.q, kv, dev, **inputs),
+        "maskspec graph+compiled rows": lambda kv: graph_compiled(
+            case.B, 1, case.q, kv, dev, **inputs),
         "torch eager": lambda kv: create_block_mask(mods[kv], b, 1, case.q, kv, device=dev),
         "torch compiled": lambda kv: cbm_compiled(mods[kv], b, 1, case.q, kv, device=dev),
     }
-    if dev.type != "cuda":  # inductor's CPU code is no faster than eager here: GPU rows only
-        del out["maskspec compiled"]
-    else:
-        out["maskspec graph"] = lambda kv: graph(case.B, 1, case.q, kv, dev, **inputs)
-        out["maskspec graph+compiled"] = lambda kv: graph_compiled(
-            case.B, 1, case.q, kv, dev, **inputs)
+    if dev.type != "cuda":  # no graphs on CPU; inductor's CPU code is no faster than eager
+        for name in ("maskspec graph", "maskspec compiled rows", "maskspec graph+compiled rows"):
+            del out[name]
     return out
 
 
@@ -181,7 +184,7 @@ def run_case(case: Case, dev: torch.device) -> dict[str, Any]:
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         res["methods"][name] = row
-        print(f"  {case.name:34s} {name:18s} {_fmt_row(row)}", flush=True)
+        print(f"  {case.name:34s} {name:28s} {_fmt_row(row)}", flush=True)
     ref = built.get("torch compiled") or built.get("torch eager")
     res["exact"] = {
         n: (first_difference(bm, ref) or "exact") if ref is not None else "no reference"
@@ -197,33 +200,43 @@ def _fmt_row(row: dict[str, Any]) -> str:
     return f"{row['ms']:.4f} ms  first {row['first_s']:.2f} s  own {row['own_MB']:.1f} MB {peak}"
 
 
-def first_call_child(compiled: bool) -> None:
-    """In a fresh process: the first and second graph-Builder call (eagle3, Q=4K, CUDA)."""
+FIRST_CALL_MODES = {
+    "graph": {"cuda_graph": True},
+    "no graph": {},
+    "graph+compiled rows": {"cuda_graph": True, "compiled": True},
+}
+
+
+def first_call_child(mode: str) -> None:
+    """In a fresh process: the first Builder call (eagle3, Q=4K, KV=8K, CUDA), a call at a new
+    KV_LEN, and the remaining five KV_LENs of a 7-step TTT sequence."""
     t0 = time.perf_counter()
     mask = maskspec.load(SPECS / "eagle3.mask")
-    fast = Builder(mask, cuda_graph=True, compiled=compiled)
+    fast = Builder(mask, **FIRST_CALL_MODES[mode])
     dev = torch.device("cuda")
     torch.zeros(1, device=dev)
-    t1 = time.perf_counter()
-    fast(1, 1, 4096, 8192, dev)
-    torch.cuda.synchronize()
-    t2 = time.perf_counter()
-    fast(1, 1, 4096, 12288, dev)
-    torch.cuda.synchronize()
-    t3 = time.perf_counter()
-    print(json.dumps({"setup_s": t1 - t0, "first_s": t2 - t1, "next_kv_s": t3 - t2}))
+    marks = [time.perf_counter()]
+    for kvs in ([8192], [12288], [4096 * s for s in (1, 4, 5, 6, 7)]):
+        for kv in kvs:
+            fast(1, 1, 4096, kv, dev)
+        torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+    first, next_kv, rest = (b - a for a, b in itertools.pairwise(marks))
+    print(json.dumps({"setup_s": marks[0] - t0, "first_s": first, "next_kv_s": next_kv,
+                      "ttt_rest_s": rest}))
 
 
 def first_call() -> dict[str, Any]:
-    """For the graph builder with its row stage eager, then compiled: two fresh processes
-    sharing one empty compile cache, cold, then warm."""
+    """Each Builder mode in two fresh processes sharing empty compile caches (Triton's and
+    Inductor's): cold, then warm."""
     import tempfile
 
     out = {}
-    for mode in ("eager", "compiled"):
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix="inductor-"))
+    for mode in FIRST_CALL_MODES:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix="inductor-"),
+                   TRITON_CACHE_DIR=tempfile.mkdtemp(prefix="triton-"))
         for cache in ("cold cache", "warm cache"):
-            label = f"{mode} row stage, {cache}"
+            label = f"{mode}, {cache}"
             proc = subprocess.run(
                 [sys.executable, __file__, "--first-call-child", mode], env=env,
                 capture_output=True, text=True, check=False,
@@ -273,10 +286,10 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--only", default=None, help="run the cases whose name contains this")
     ap.add_argument("--first-call", action="store_true", help="only the first-call table")
-    ap.add_argument("--first-call-child", choices=["eager", "compiled"], help=argparse.SUPPRESS)
+    ap.add_argument("--first-call-child", choices=list(FIRST_CALL_MODES), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.first_call_child:
-        return first_call_child(args.first_call_child == "compiled")
+        return first_call_child(args.first_call_child)
     if args.first_call:
         print(json.dumps(first_call(), indent=1))
         return None

@@ -22,10 +22,15 @@ from maskspec.targets import flex, triton_rows
 from maskspec.verify import random_inputs
 
 pytestmark = pytest.mark.skipif(fused.triton is None, reason="Triton is not installed")
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # else the interpreter
 
 BLOCKS = st.sampled_from(
     [(1, 8), (2, 16), (4, 4), (16, 16), (32, 16), (16, 48), (64, 32), (128, 128), (24, 40)]
 )
+
+
+def _on_dev(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: t.to(DEV) for k, t in inputs.items()}
 
 
 NAMES = ("kv_num", "kv_idx", "full_kv_num", "full_kv_idx",
@@ -49,7 +54,7 @@ def _assert_generated_equal(mask: CompiledMask, b: int, h: int, q: int, kv: int,
                             bs: tuple[int, int], inputs: dict) -> bool:
     """The generated build kernel against lowering + torch classification; False if the
     shape does not fit the kernel (huge interval counts fall back to the torch path)."""
-    sizes, bound, dev = mask._bind(b, h, q, kv, "cpu", inputs)
+    sizes, bound, dev = mask._bind(b, h, q, kv, DEV, inputs)
     got = fused.build(mask.ir, sizes, bound, dev, bs)
     if got is None:
         return False
@@ -64,8 +69,8 @@ def _assert_generated_equal(mask: CompiledMask, b: int, h: int, q: int, kv: int,
 def test_shipped_specs(name, b, q, extra, bs, seed):
     mask = spec(name)
     kv = q + extra if mask.ir.sizes_used() & {"KV_LEN"} or name.startswith("eagle3") else q
-    inputs = random_inputs(mask, b, 2, q, kv, random.Random(seed))
-    sizes, bound, dev = mask._bind(b, 2, q, kv, "cpu", inputs)
+    inputs = _on_dev(random_inputs(mask, b, 2, q, kv, random.Random(seed)))
+    sizes, bound, dev = mask._bind(b, 2, q, kv, DEV, inputs)
     _assert_equal(lower.row_intervals(mask.ir, sizes, bound, dev), q, kv, bs)
 
 
@@ -84,7 +89,7 @@ def _rows(draw):
     jitter = draw(st.sampled_from([0, 0, 1, 5]))
     noise = torch.randint(-jitter, jitter + 1, (2, q, k), generator=gen)
     lo, hi = (lo + noise[0]).clamp(0, kv), (hi + noise[1]).clamp(0, kv)
-    return Rows(lo.view(1, 1, q, k), hi.view(1, 1, q, k)), q, kv
+    return Rows(lo.view(1, 1, q, k).to(DEV), hi.view(1, 1, q, k).to(DEV)), q, kv
 
 
 @settings(max_examples=40)
@@ -95,7 +100,7 @@ def test_arbitrary_intervals(case, bs):
 
 
 def test_dispatch_falls_back_off_cuda(eagle3):
-    sizes, bound, dev = eagle3._bind(1, 1, 64, 200, "cpu", {})
+    sizes, bound, dev = eagle3._bind(1, 1, 64, 200, "cpu", {})  # CPU: the torch path
     rows = lower.row_intervals(eagle3.ir, sizes, bound, dev)
     k = rows.lo.shape[-1]
     assert fused.fits(k, 64, 200, (16, 16))
@@ -114,7 +119,7 @@ def test_dispatch_falls_back_off_cuda(eagle3):
 def test_generated_kernel_matches_lowering(name, b, h, q, extra, bs, seed):
     mask = spec(name)
     kv = q + extra if mask.ir.sizes_used() & {"KV_LEN"} or name.startswith("eagle3") else q
-    inputs = random_inputs(mask, b, h, q, kv, random.Random(seed))
+    inputs = _on_dev(random_inputs(mask, b, h, q, kv, random.Random(seed)))
     assert _assert_generated_equal(mask, b, h, q, kv, bs, inputs)
 
 
@@ -125,7 +130,7 @@ def test_generated_kernel_builds_fuzzed_specs(spec_text, shape, seed):
     text, params = spec_text
     b, h, q, kv, bs = shape
     mask = maskspec.compile(text, "fuzz.mask", **params)
-    inputs = random_inputs(mask, b, h, q, kv, random.Random(seed))
+    inputs = _on_dev(random_inputs(mask, b, h, q, kv, random.Random(seed)))
     assume(_assert_generated_equal(mask, b, h, q, kv, bs, inputs))
 
 

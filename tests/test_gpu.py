@@ -52,7 +52,8 @@ def test_large_shapes_match_create_block_mask(name, b, q, kv, bs):
 
 @pytest.mark.parametrize("name", sorted(shipped_specs()))
 def test_fused_kernels_match_torch_classification(name):
-    """The Triton kernels on CUDA against the torch path, tensor for tensor, at Q=16K."""
+    """The Triton kernels on CUDA (classifying given rows, and the spec's generated build
+    kernel) against the torch path, tensor for tensor, at Q=16K."""
     mask, q = spec(name), 16384
     kv = 3 * q + 77 if name.startswith("eagle3") or name == "dflash" else q
     for seed, bs in ((0, (128, 128)), (1, (64, 128)), (2, (128, 48))):
@@ -60,15 +61,49 @@ def test_fused_kernels_match_torch_classification(name):
                   random_inputs(mask, 2, 2, q, kv, random.Random(seed)).items()}
         sizes, bound, dev = mask._bind(2, 2, q, kv, DEV, inputs)
         rows = lower.row_intervals(mask.ir, sizes, bound, dev)
-        assert fused.fits(rows, q, kv, bs)
-        got = fused.classify_rows(rows, q, kv, bs)
+        assert fused.fits(rows.lo.shape[-1], q, kv, bs)
         want = flex.index_tensors(blocks.classify(rows, q, kv, *bs))
+        got = fused.classify_rows(rows, q, kv, bs)
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+        generated = fused.build(mask.ir, sizes, bound, dev, bs)
+        assert all(torch.equal(a, b) for a, b in zip(generated, want, strict=True))
+
+
+def _compiled_kernels(fn) -> int:
+    """How many binaries a Triton JIT function holds (all devices)."""
+    return sum(len(cache[0]) for cache in fn.device_caches.values())
+
+
+def test_generated_kernel_compiles_once_for_a_ttt_sequence(eagle3):
+    """KV_LEN growing over 7 TTT steps and new seq_len values reuse one binary of the build
+    kernel (sizes and loop extents are unspecialized arguments, slots and bins bucketed)."""
+    kernel, q = fused.generated(eagle3.ir).kernel, 4096
+    eagle3.block_mask(2, 1, q, q, DEV, seq_len=_seq_len(2, q, 0))  # compile
+    before = _compiled_kernels(kernel)
+    for step in range(1, 8):
+        for seed in (step, step + 100):
+            kv = q * step + (step % 3) * 100
+            lens = _seq_len(2, q, seed)
+            ours = eagle3.block_mask(2, 1, q, kv, DEV, check_inputs=False, seq_len=lens)
+            ref = Builder(eagle3, compiled=True, backend="eager")(2, 1, q, kv, DEV, seq_len=lens)
+            _assert_same(ours, ref)
+    assert _compiled_kernels(kernel) == before >= 1
+
+
+def test_more_than_65535_batch_heads():
+    """B'·H' indexes the grid's x dimension (CUDA caps y at 65535)."""
+    mask = spec("per_head_window")
+    b, h, q = 1, 70000, 128
+    win = torch.randint(0, q, (h,), generator=torch.Generator().manual_seed(0)).to(DEV)
+    ours = mask.block_mask(b, h, q, q, DEV, 32, check_inputs=False, window_size=win)
+    mm = mask.mask_mod(B=b, H=h, Q_LEN=q, KV_LEN=q, device=DEV, window_size=win)
+    ref = create_block_mask(mm, b, h, q, q, device=DEV, BLOCK_SIZE=32)
+    _assert_same(ours, ref)
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_kv_growth_and_new_inputs_do_not_recompile(eagle3, backend):
-    fast, q = Builder(eagle3, backend=backend), 4096
+    fast, q = Builder(eagle3, compiled=True, backend=backend), 4096
     before = counters["stats"]["unique_graphs"]
     for step in range(1, 8):
         for seed in (step, step + 100):
@@ -95,7 +130,7 @@ def _check_capture(build, eagle3, q: int, kv: int) -> None:
 
 
 def test_compiled_build_inside_cuda_graph(eagle3):
-    fast = Builder(eagle3, backend="aot_eager")
+    fast = Builder(eagle3, compiled=True, backend="aot_eager")
     _check_capture(lambda lens: fast(2, 1, 2048, 9000, DEV, seq_len=lens), eagle3, 2048, 9000)
 
 
@@ -114,6 +149,18 @@ def test_builder_cuda_graph_replays_with_new_inputs(eagle3, compiled):
             lens = _seq_len(2, q, seed)
             _assert_same(graphs(2, 1, q, kv, DEV, seq_len=lens),
                          eagle3.block_mask(2, 1, q, kv, DEV, seq_len=lens))
+
+
+def test_builder_graphs_replayed_out_of_order_keep_their_masks(eagle3):
+    """Each shape's graph owns its memory: replaying one never overwrites another's mask."""
+    graphs, q = Builder(eagle3, cuda_graph=True), 2048
+    shapes = [(q, 3 * q, 11), (q, 5 * q + 7, 12), (2 * q, 4 * q, 13)]
+    held = {}
+    for qq, kv, seed in shapes + shapes[::-1] + shapes[1:2]:
+        lens = _seq_len(2, qq, seed)
+        held[(qq, kv)] = (graphs(2, 1, qq, kv, DEV, seq_len=lens), lens)
+        for (hq, hkv), (bm, hl) in held.items():  # every mask held so far is still right
+            _assert_same(bm, eagle3.block_mask(2, 1, hq, hkv, DEV, seq_len=hl))
 
 
 def test_builder_cuda_graph_restores_omitted_defaults(eagle3):
