@@ -1,13 +1,19 @@
 """Row intervals → the eight BlockMask tensors in two Triton kernels, for CUDA builds.
 
 The same classification as ``blocks.classify`` followed by ``flex.index_tensors``, fused so a
-build is a handful of kernels instead of a hundred. One program per row block merges its rows'
-intervals, counts the key blocks each row covers or touches with difference arrays (atomic
-adds into its own zeroed output rows, read back after a barrier), and writes the kv-direction
-indices plus one byte per block. One program per strip of key blocks reads those bytes down
-the columns and writes the q-direction indices. The byte grid is the only scratch.
-``classify`` picks this path on CUDA when Triton is importable and the shape fits in
-registers, the torch path otherwise.
+build is two kernels instead of a hundred. One program per row block takes its rows a chunk
+at a time (``count_rows``): it merges each row's intervals and counts the key blocks each
+row covers or touches with difference arrays (atomic adds into its own zeroed output rows).
+After a barrier ``finish_block`` scans those rows a chunk of key blocks at a time, writes one
+class byte per block, and then the ordered kv-direction indices over the scratch. One
+program per strip of key blocks reads the bytes down the columns and writes the
+q-direction indices. The byte grid is the only scratch, and no array in a program grows
+with the sequence: one compiled kernel serves every length.
+
+The rows come from a tensor (``classify_rows``, ``classify``) or are computed in the same
+program by the spec's generated kernel (``build``, ``tensors``; see targets/triton_rows.py).
+Each picks the torch path off CUDA or when a row chunk's interval slots exceed the sort's
+shared memory.
 """
 
 from __future__ import annotations
@@ -28,15 +34,12 @@ try:
 except ImportError:  # CPU-only installs: the torch path serves every build
     triton = None
 
-MAX_BINS = 16384  # key blocks, rounded up to a power of two, held per program
-MAX_ROW_BLOCKS = 8192  # row blocks per column strip, held per program
-MAX_SLOTS = 2**15  # rows × interval slots per program (its sort and gathers use shared memory)
+MAX_SLOTS = 2**14  # rows × interval slots per row chunk (its sort and gathers use shared memory)
+ROW_CHUNK = 16  # rows of a row block merged at a time
+KV_CHUNK = 512  # key blocks of a row scanned at a time
+Q_CHUNK, STRIP = 32, 16  # the column kernel's tile: row blocks × key blocks
 if triton is not None:
     _PARTIAL, _FULL = tl.constexpr(1), tl.constexpr(2)  # block classes in the byte grid
-
-    @triton.jit
-    def _maximum(a, b):
-        return tl.maximum(a, b)
 
     @triton.jit
     def _add_ranges(row_ptr, first, last, ok, n_kv):
@@ -46,83 +49,134 @@ if triton is not None:
         tl.atomic_add(row_ptr + last, -1, mask=ok & (last < n_kv), sem="relaxed")
 
     @triton.jit
-    def _store_ordered(flag, pos, real, num_ptrs, idx_ptrs, num_ok, AXIS: tl.constexpr):
-        """Counts, and indices along AXIS: set positions first, ascending, then the unset ones
-        (``blocks.ordered``'s layout: every index row is a permutation)."""
+    def _store_ordered(flag, pos, real, seen0, count, idx_ptrs, AXIS: tl.constexpr):
+        """One chunk of an ordered index row (``blocks.ordered``'s layout: set positions
+        first, ascending, then the unset ones, so every row is a permutation), given the set
+        positions before the chunk (seen0) and in the whole row (count); returns the new
+        seen0."""
         flag = flag & real
-        seen = tl.cumsum(flag.to(tl.int32), AXIS)
-        count = tl.sum(flag.to(tl.int32), AXIS, keep_dims=True)
+        seen = seen0 + tl.cumsum(flag.to(tl.int32), AXIS)
         slot = tl.where(flag, seen - 1, count + pos - seen)
         tl.store(idx_ptrs + slot, pos, mask=real)
-        tl.store(num_ptrs, count, mask=num_ok)
+        return seen0 + tl.sum(flag.to(tl.int32), AXIS, keep_dims=True)
 
     @triton.jit
-    def classify_block(
-        lo, hi, bh, qb, q_len, kv_len, n_q, n_kv,
-        kv_num_ptr, kv_idx_ptr, full_kv_num_ptr, full_kv_idx_ptr, cls_ptr,
-        KP: tl.constexpr, Q_BS: tl.constexpr, QP: tl.constexpr, KV_BS: tl.constexpr,
-        NB: tl.constexpr,
-    ):
-        """One row block's (QP, KP) intervals → its kv_* rows and class bytes: merge each
-        row's intervals, count the key blocks each row covers or touches, classify."""
-        bh = bh.to(tl.int64)
-        r = tl.arange(0, QP)[:, None]
-        ok = (r < Q_BS) & (qb * Q_BS + r < q_len)  # padding rows of the block hold nothing
-        lo, hi = tl.where(ok, lo, 0).to(tl.int64), tl.where(ok, hi, 0).to(tl.int64)
-        # Sort each row's intervals by start (end as tie-break), packed in one key.
-        key = tl.sort((lo << 32) | hi, dim=1)
-        lo64 = key >> 32
-        lo, hi = lo64.to(tl.int32), (key - (lo64 << 32)).to(tl.int32)
-        reach = tl.associative_scan(hi, 1, _maximum)
-        jj = tl.broadcast_to(tl.arange(0, KP)[None, :], (QP, KP))
-        before = tl.where(jj == 0, -1, tl.gather(reach, tl.maximum(jj - 1, 0), 1))
-        opens = lo > before  # a merged group starts here
-        start = tl.associative_scan(tl.where(opens, lo, -1), 1, _maximum)
-        after = tl.gather(opens.to(tl.int32), tl.minimum(jj + 1, KP - 1), 1)
-        closes = (jj == KP - 1) | (after != 0)  # the group's last interval: [start, reach)
-        f0 = (start + KV_BS - 1) // KV_BS
-        f1 = tl.minimum(reach // KV_BS, kv_len // KV_BS)
-        # Difference arrays, accumulated in this block's own (zeroed) index rows: the
-        # output doubles as scratch, read back after a barrier and overwritten after another.
-        out = (bh * n_q + qb) * n_kv
-        _add_ranges(full_kv_idx_ptr + out, f0, f1, closes & (f0 < f1), n_kv)
-        _add_ranges(kv_idx_ptr + out, lo // KV_BS, (hi + KV_BS - 1) // KV_BS, lo < hi, n_kv)
-        tl.debug_barrier()
-        cols = tl.arange(0, NB)
-        covered = tl.cumsum(tl.load(full_kv_idx_ptr + out + cols, mask=cols < n_kv, other=0,
-                                    cache_modifier=".cg"), 0)
-        touched = tl.cumsum(tl.load(kv_idx_ptr + out + cols, mask=cols < n_kv, other=0,
-                                    cache_modifier=".cg"), 0)
-        tl.debug_barrier()
+    def count_rows(lo, hi, ok, in_block, touched_ptr, gaps_ptr, n_kv, KV_BS: tl.constexpr):
+        """Rows' (R, KP) intervals → their difference arrays, added into the zeroed index rows
+        of the row block (which double as scratch): the key blocks each interval touches,
+        and those each gap of a row's union touches. A block is FULL when no row of the
+        block has a gap in it; rows past Q_LEN (ok false, in_block true) are all gap.
 
-        cols = tl.arange(0, NB)[None, :]
-        real = cols < n_kv
-        full = (covered[None, :] == Q_BS) & real
-        partial = (touched[None, :] > 0) & ~full & real
-        cls = tl.where(full, _FULL, tl.where(partial, _PARTIAL, 0)).to(tl.int8)
-        tl.store(cls_ptr + out + cols, cls, mask=real)
-        num = bh * n_q + qb + tl.zeros((1, 1), tl.int64)
-        _store_ordered(partial, cols, real, kv_num_ptr + num, kv_idx_ptr + out, num >= 0, 1)
-        _store_ordered(full, cols, real, full_kv_num_ptr + num, full_kv_idx_ptr + out, num >= 0, 1)
+        A gap starts at 0 or at an interval's end that no interval covers, and runs to the
+        next interval start: O(K²) compares per row, no sort."""
+        live = ok & (lo < hi)
+        lo, hi = lo.to(tl.int64), hi.to(tl.int64)
+        _add_ranges(touched_ptr, lo // KV_BS, (hi + KV_BS - 1) // KV_BS, live, n_kv)
+        far = tl.full((1,), 1 << 40, tl.int64)  # past every key
+        starts = tl.where(live, lo, far)[:, None, :]  # (R, 1, KP): interval k
+        ends = tl.where(live, hi, 0)[:, None, :]
+        end = hi[:, :, None]  # (R, KP, 1): the end of interval j
+        covered = tl.max(((starts <= end) & (end < ends)).to(tl.int32), 2)
+        gap_end = tl.min(tl.where(starts > end, starts, far), 2)
+        _add_ranges(gaps_ptr, hi // KV_BS, (gap_end + KV_BS - 1) // KV_BS,
+                    live & (covered == 0), n_kv)
+        first = tl.min(tl.where(live, lo, far), 1)[:, None]  # the gap before every interval
+        _add_ranges(gaps_ptr, 0 * first, (first + KV_BS - 1) // KV_BS, in_block & (first > 0),
+                    n_kv)
+
+    @triton.jit
+    def finish_block(bh, qb, n_q, n_kv, kv_num_ptr, kv_idx_ptr, full_kv_num_ptr,
+                     full_kv_idx_ptr, cls_ptr, CHUNK: tl.constexpr):
+        """After every row of the block was counted: classify its key blocks (one byte each)
+        from the difference arrays (gaps in full_kv_idx, touches in kv_idx), then overwrite
+        those with the ordered kv_* indices."""
+        out = (bh.to(tl.int64) * n_q + qb) * n_kv
+        num = bh.to(tl.int64) * n_q + qb + tl.zeros((1,), tl.int64)
+        tl.debug_barrier()
+        gaps = tl.zeros((1,), tl.int32)
+        touched = tl.zeros((1,), tl.int32)
+        n_partial = tl.zeros((1,), tl.int32)
+        n_full = tl.zeros((1,), tl.int32)
+        for c0 in range(0, n_kv, CHUNK):
+            cols = c0 + tl.arange(0, CHUNK)
+            real = cols < n_kv
+            d_gap = tl.load(full_kv_idx_ptr + out + cols, mask=real, other=0, cache_modifier=".cg")
+            d_touch = tl.load(kv_idx_ptr + out + cols, mask=real, other=0, cache_modifier=".cg")
+            full = (gaps + tl.cumsum(d_gap, 0) == 0) & real
+            partial = (touched + tl.cumsum(d_touch, 0) > 0) & ~full & real
+            gaps += tl.sum(d_gap, 0, keep_dims=True)
+            touched += tl.sum(d_touch, 0, keep_dims=True)
+            n_full += tl.sum(full.to(tl.int32), 0, keep_dims=True)
+            n_partial += tl.sum(partial.to(tl.int32), 0, keep_dims=True)
+            cls = tl.where(full, _FULL, tl.where(partial, _PARTIAL, 0)).to(tl.int8)
+            tl.store(cls_ptr + out + cols, cls, mask=real)
+        tl.debug_barrier()
+        seen_partial = tl.zeros((1,), tl.int32)
+        seen_full = tl.zeros((1,), tl.int32)
+        for c0 in range(0, n_kv, CHUNK):
+            cols = c0 + tl.arange(0, CHUNK)
+            real = cols < n_kv
+            cls = tl.load(cls_ptr + out + cols, mask=real, other=0, cache_modifier=".cg")
+            seen_partial = _store_ordered(cls == _PARTIAL, cols, real, seen_partial, n_partial,
+                                          kv_idx_ptr + out, 0)
+            seen_full = _store_ordered(cls == _FULL, cols, real, seen_full, n_full,
+                                       full_kv_idx_ptr + out, 0)
+        tl.store(kv_num_ptr + num, n_partial)
+        tl.store(full_kv_num_ptr + num, n_full)
 
     @triton.jit
     def _row_block_kernel(
         lo_ptr, hi_ptr, kv_num_ptr, kv_idx_ptr, full_kv_num_ptr, full_kv_idx_ptr, cls_ptr,
-        q_len, kv_len, n_q, n_kv,
-        K: tl.constexpr, KP: tl.constexpr, Q_BS: tl.constexpr, QP: tl.constexpr,
-        KV_BS: tl.constexpr, NB: tl.constexpr,
+        q_len, kv_len, n_q, n_kv, K: tl.constexpr, KP: tl.constexpr, Q_BS: tl.constexpr,
+        RC: tl.constexpr, KV_BS: tl.constexpr, CHUNK: tl.constexpr,
     ):
-        """One row block of given intervals (B', H', Q_LEN, K): load, then classify_block."""
+        """One row block of given intervals (B', H', Q_LEN, K): load and count its rows a
+        chunk at a time, then finish_block."""
         bh = tl.program_id(0).to(tl.int64)
         qb = tl.program_id(1)
-        row = qb * Q_BS + tl.arange(0, QP)[:, None]
+        out = (bh * n_q + qb) * n_kv
         j = tl.arange(0, KP)[None, :]
-        ok = (row < q_len) & (j < K)
-        offs = (bh * q_len + row) * K + j
-        lo = tl.load(lo_ptr + offs, mask=ok, other=0)
-        hi = tl.load(hi_ptr + offs, mask=ok, other=0)
-        classify_block(lo, hi, bh, qb, q_len, kv_len, n_q, n_kv, kv_num_ptr, kv_idx_ptr,
-                       full_kv_num_ptr, full_kv_idx_ptr, cls_ptr, KP, Q_BS, QP, KV_BS, NB)
+        for row0 in range(0, Q_BS, RC):
+            rows = row0 + tl.arange(0, RC)[:, None]
+            row = qb * Q_BS + rows
+            ok = (rows < Q_BS) & (row < q_len)
+            offs = (bh * q_len + row) * K + j
+            lo = tl.load(lo_ptr + offs, mask=ok & (j < K), other=0)
+            hi = tl.load(hi_ptr + offs, mask=ok & (j < K), other=0)
+            count_rows(lo, hi, ok, rows < Q_BS, kv_idx_ptr + out, full_kv_idx_ptr + out, n_kv,
+                       KV_BS)
+        finish_block(bh, qb, n_q, n_kv, kv_num_ptr, kv_idx_ptr, full_kv_num_ptr,
+                     full_kv_idx_ptr, cls_ptr, CHUNK)
+
+    @triton.jit
+    def _column_strip_kernel(
+        cls_ptr, q_num_ptr, q_idx_ptr, full_q_num_ptr, full_q_idx_ptr, n_q, n_kv,
+        QC: tl.constexpr, STRIP: tl.constexpr,
+    ):
+        """One strip of key blocks: count the classes down its columns, then write q_*."""
+        bh = tl.program_id(0).to(tl.int64)
+        kb = tl.program_id(1) * STRIP + tl.arange(0, STRIP)[None, :]
+        n_partial = tl.zeros((1, STRIP), tl.int32)
+        n_full = tl.zeros((1, STRIP), tl.int32)
+        for q0 in range(0, n_q, QC):
+            qb = q0 + tl.arange(0, QC)[:, None]
+            real = (qb < n_q) & (kb < n_kv)
+            cls = tl.load(cls_ptr + (bh * n_q + qb) * n_kv + kb, mask=real, other=0)
+            n_partial += tl.sum((cls == _PARTIAL).to(tl.int32), 0, keep_dims=True)
+            n_full += tl.sum((cls == _FULL).to(tl.int32), 0, keep_dims=True)
+        seen_partial = tl.zeros((1, STRIP), tl.int32)
+        seen_full = tl.zeros((1, STRIP), tl.int32)
+        idx = (bh * n_kv + kb) * n_q
+        for q0 in range(0, n_q, QC):
+            qb = q0 + tl.arange(0, QC)[:, None]
+            real = (qb < n_q) & (kb < n_kv)
+            cls = tl.load(cls_ptr + (bh * n_q + qb) * n_kv + kb, mask=real, other=0)
+            seen_partial = _store_ordered(cls == _PARTIAL, qb, real, seen_partial, n_partial,
+                                          q_idx_ptr + idx, 0)
+            seen_full = _store_ordered(cls == _FULL, qb, real, seen_full, n_full,
+                                       full_q_idx_ptr + idx, 0)
+        tl.store(q_num_ptr + bh * n_kv + kb, n_partial, mask=kb < n_kv)
+        tl.store(full_q_num_ptr + bh * n_kv + kb, n_full, mask=kb < n_kv)
 
     # Helpers of the generated build kernels (targets/triton_rows.py): the spec's arithmetic
     # with Python's meaning (floor division; divisors are positive, the compiler checks).
@@ -154,21 +208,6 @@ if triton is not None:
             hi = tl.where(live & ~go, mid, hi)
         return lo
 
-    @triton.jit
-    def _column_strip_kernel(
-        cls_ptr, q_num_ptr, q_idx_ptr, full_q_num_ptr, full_q_idx_ptr, n_q, n_kv,
-        NQP: tl.constexpr, STRIP: tl.constexpr,
-    ):
-        """One strip of key blocks: read the block classes down the columns, write q_*."""
-        bh = tl.program_id(0).to(tl.int64)
-        qb = tl.arange(0, NQP)[:, None]
-        kb = tl.program_id(1) * STRIP + tl.arange(0, STRIP)[None, :]
-        real = (qb < n_q) & (kb < n_kv)
-        cls = tl.load(cls_ptr + (bh * n_q + qb) * n_kv + kb, mask=real, other=0)
-        num, idx = bh * n_kv + kb, (bh * n_kv + kb) * n_q
-        _store_ordered(cls == _PARTIAL, qb, real, q_num_ptr + num, q_idx_ptr + idx, kb < n_kv, 0)
-        _store_ordered(cls == _FULL, qb, real, full_q_num_ptr + num, full_q_idx_ptr + idx,
-                       kb < n_kv, 0)
 
 def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
@@ -180,19 +219,15 @@ def _slots(k: int) -> int:
     return max(16, _pow2(k))
 
 
-def _bins(n_kv: int) -> int:
-    """Key blocks held per program, likewise bucketed (at least 1024)."""
-    return max(1024, _pow2(n_kv))
+def _row_chunk(q_bs: int) -> int:
+    return min(ROW_CHUNK, _pow2(q_bs))
 
 
 def fits(k: int, q_len: int, kv_len: int, block_size: tuple[int, int]) -> bool:
-    """Whether the fused kernels can classify K intervals per row at this shape (else use the
-    torch path): the per-program arrays must fit a Hopper SM's registers and shared memory."""
-    n_q, n_kv = -(-q_len // block_size[0]), -(-kv_len // block_size[1])
-    return (
-        triton is not None and _bins(n_kv) <= MAX_BINS and _pow2(n_q) <= MAX_ROW_BLOCKS
-        and kv_len < 2**31 and _pow2(block_size[0]) * _slots(k) <= MAX_SLOTS
-    )
+    """Whether the fused kernels can classify K intervals per row (else use the torch path):
+    a chunk of rows' slots must fit a Hopper SM's shared memory for the sort."""
+    return (triton is not None and kv_len < 2**31
+            and _row_chunk(block_size[0]) * _slots(k) <= MAX_SLOTS)
 
 
 def _kv_outputs(lead: tuple[int, ...], n_q: int, n_kv: int, device: torch.device) -> list[Tensor]:
@@ -211,10 +246,8 @@ def _with_q_direction(kv: list[Tensor], n_q: int, n_kv: int) -> tuple[Tensor, ..
     q_num, full_q_num = (cls.new_empty(*lead, n_kv, dtype=torch.int32) for _ in range(2))
     q_idx = cls.new_empty(*lead, n_kv, n_q, dtype=torch.int32)
     full_q_idx = torch.empty_like(q_idx)
-    nqp = _pow2(n_q)
-    strip = max(1, min(64, 4096 // nqp))
-    _column_strip_kernel[(lead.numel(), -(-n_kv // strip))](
-        cls, q_num, q_idx, full_q_num, full_q_idx, n_q, n_kv, NQP=nqp, STRIP=strip,
+    _column_strip_kernel[(lead.numel(), -(-n_kv // STRIP))](
+        cls, q_num, q_idx, full_q_num, full_q_idx, n_q, n_kv, QC=Q_CHUNK, STRIP=STRIP,
         num_warps=4,
     )
     return kv_num, kv_idx, full_kv_num, full_kv_idx, q_num, q_idx, full_q_num, full_q_idx
@@ -234,8 +267,8 @@ def classify_rows(
     lo, hi = rows.lo.contiguous(), rows.hi.contiguous()
     kv = _kv_outputs(lead, n_q, n_kv, lo.device)
     _row_block_kernel[(lead.numel(), n_q)](
-        lo, hi, *kv, q_len, kv_len, n_q, n_kv, K=k, KP=_slots(k), Q_BS=q_bs, QP=_pow2(q_bs),
-        KV_BS=kv_bs, NB=_bins(n_kv), num_warps=8,
+        lo, hi, *kv, q_len, kv_len, n_q, n_kv, K=k, KP=_slots(k), Q_BS=q_bs,
+        RC=_row_chunk(q_bs), KV_BS=kv_bs, CHUNK=KV_CHUNK, num_warps=8,
     )
     if release:
         del lo, hi
@@ -301,8 +334,8 @@ def build(
     kv = _kv_outputs(lead, n_q, n_kv, device)
     g.kernel[(lead[0] * lead[1], n_q)](
         *triton_rows.input_args(mask, inputs), *kv, sizes["B"], sizes["H"], q_len, kv_len,
-        lead[1], n_q, n_kv, *loops, KP=_slots(k), Q_BS=q_bs, QP=_pow2(q_bs), KV_BS=kv_bs,
-        NB=_bins(n_kv), num_warps=8,
+        lead[1], n_q, n_kv, *loops, KP=_slots(k), Q_BS=q_bs, RC=_row_chunk(q_bs), KV_BS=kv_bs,
+        CHUNK=KV_CHUNK, num_warps=8,
     )
     return _with_q_direction(kv, n_q, n_kv)
 

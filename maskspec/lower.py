@@ -161,22 +161,24 @@ def _outer(a: torch.Tensor, b: torch.Tensor, f: Callable) -> torch.Tensor:
     return f(x, y).flatten(-2)
 
 
-def rounds(p: ir.Primitive, sizes: Mapping[str, int]) -> range:
-    """A diagonal's rounds r whose keys q + offset + r·period can fall in [0, KV_LEN)."""
+def rounds(p: ir.Primitive, sizes: Mapping[str, int]) -> tuple[int, int]:
+    """A diagonal's first round and round count (maybe ≤ 0): the rounds r whose keys
+    q + offset + r·period can fall in [0, KV_LEN). Plain arithmetic, so KV_LEN stays symbolic
+    under torch.compile."""
     period = ir.const_value(p.args["period"], sizes)
     off = ir.const_value(p.args["offset"], sizes)
     r0 = -((off + sizes["Q_LEN"] - 1) // period)  # ceil((-off - (Q_LEN - 1)) / period)
-    return range(r0, (sizes["KV_LEN"] - 1 - off) // period + 1)
+    return r0, (sizes["KV_LEN"] - 1 - off) // period + 1 - r0
 
 
 def _rounds(p: ir.Primitive, env: ir.Env) -> torch.Tensor | None:
     """``rounds`` as a tensor along the last dim (None if there are none)."""
-    r = rounds(p, env.sizes)
-    if not r:
+    r0, n = rounds(p, env.sizes)
+    if n <= 0:
         return None
     # One extra round, past KV_LEN (it clips to empty): the round dim is never of size 1,
     # which torch.compile would specialize, recompiling as KV_LEN grows.
-    return (torch.arange(len(r) + 1, device=env.vars["q"].device) + r.start).view(1, 1, 1, -1)
+    return (torch.arange(n + 1, device=env.vars["q"].device) + r0).view(1, 1, 1, -1)
 
 
 def _prim_rows(
