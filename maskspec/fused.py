@@ -1,23 +1,23 @@
 """Row intervals → the eight BlockMask tensors in two Triton kernels, for CUDA builds.
 
 The same classification as ``blocks.classify`` followed by ``flex.index_tensors``, fused so a
-build is two kernels instead of a hundred. One program per row block takes its rows a chunk
-at a time (``count_rows``): it merges each row's intervals and counts the key blocks each
-row covers or touches with difference arrays (atomic adds into its own zeroed output rows).
-After a barrier ``finish_block`` scans those rows a chunk of key blocks at a time, writes one
-class byte per block, and then the ordered kv-direction indices over the scratch. One
-program per strip of key blocks reads the bytes down the columns and writes the
-q-direction indices. The byte grid is the only scratch, and no array in a program grows
-with the sequence: one compiled kernel serves every length.
+build is three kernels instead of a hundred. One program per chunk of a row block's rows
+(``count_rows``) finds, per row, the key blocks its intervals touch and those the gaps of
+their union touch, and adds both as difference arrays (atomic adds) into the block's zeroed
+kv_idx and full_kv_idx rows. One program per row block (``_finish_kernel``) scans those rows
+a chunk of key blocks at a time, writes one class byte per block, then the ordered
+kv-direction indices over the scratch. One program per strip of key blocks reads the bytes
+down the columns and writes the q-direction indices. The byte grid is the only scratch, and
+no array in a program grows with the sequence: one compiled kernel serves every length.
 
-The rows come from a tensor (``classify_rows``, ``classify``) or are computed in the same
-program by the spec's generated kernel (``build``, ``tensors``; see targets/triton_rows.py).
-Each picks the torch path off CUDA or when a row chunk's interval slots exceed the sort's
-shared memory.
+The rows come from a tensor (``classify_rows``, ``classify``) or are computed inside the
+count kernel, generated for the spec (``build``, ``tensors``; see targets/triton_rows.py).
+Each picks the torch path off CUDA, or when the grid or a row chunk's slots are too large.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,14 +85,15 @@ if triton is not None:
                     n_kv)
 
     @triton.jit
-    def finish_block(bh, qb, n_q, n_kv, kv_num_ptr, kv_idx_ptr, full_kv_num_ptr,
-                     full_kv_idx_ptr, cls_ptr, CHUNK: tl.constexpr):
-        """After every row of the block was counted: classify its key blocks (one byte each)
-        from the difference arrays (gaps in full_kv_idx, touches in kv_idx), then overwrite
-        those with the ordered kv_* indices."""
-        out = (bh.to(tl.int64) * n_q + qb) * n_kv
-        num = bh.to(tl.int64) * n_q + qb + tl.zeros((1,), tl.int64)
-        tl.debug_barrier()
+    def _finish_kernel(kv_num_ptr, kv_idx_ptr, full_kv_num_ptr, full_kv_idx_ptr, cls_ptr, n_q,
+                       n_kv, CHUNK: tl.constexpr):
+        """One row block, once all its rows were counted: classify its key blocks (one byte
+        each) from the difference arrays (gaps in full_kv_idx, touches in kv_idx), then
+        overwrite those with the ordered kv_* indices, a chunk of key blocks at a time."""
+        bh = tl.program_id(0).to(tl.int64)
+        qb = tl.program_id(1)
+        out = (bh * n_q + qb) * n_kv
+        num = bh * n_q + qb + tl.zeros((1,), tl.int64)
         gaps = tl.zeros((1,), tl.int32)
         touched = tl.zeros((1,), tl.int32)
         n_partial = tl.zeros((1,), tl.int32)
@@ -125,28 +126,22 @@ if triton is not None:
         tl.store(full_kv_num_ptr + num, n_full)
 
     @triton.jit
-    def _row_block_kernel(
-        lo_ptr, hi_ptr, kv_num_ptr, kv_idx_ptr, full_kv_num_ptr, full_kv_idx_ptr, cls_ptr,
-        q_len, kv_len, n_q, n_kv, K: tl.constexpr, KP: tl.constexpr, Q_BS: tl.constexpr,
-        RC: tl.constexpr, KV_BS: tl.constexpr, CHUNK: tl.constexpr,
+    def _count_kernel(
+        lo_ptr, hi_ptr, kv_idx_ptr, full_kv_idx_ptr, q_len, n_q, n_kv, K: tl.constexpr,
+        KP: tl.constexpr, Q_BS: tl.constexpr, RC: tl.constexpr, KV_BS: tl.constexpr,
     ):
-        """One row block of given intervals (B', H', Q_LEN, K): load and count its rows a
-        chunk at a time, then finish_block."""
+        """RC rows of a row block of given intervals (B', H', Q_LEN, K): load, count_rows."""
         bh = tl.program_id(0).to(tl.int64)
         qb = tl.program_id(1)
-        out = (bh * n_q + qb) * n_kv
+        rows = tl.program_id(2) * RC + tl.arange(0, RC)[:, None]
+        row = qb * Q_BS + rows
+        ok = (rows < Q_BS) & (row < q_len)
         j = tl.arange(0, KP)[None, :]
-        for row0 in range(0, Q_BS, RC):
-            rows = row0 + tl.arange(0, RC)[:, None]
-            row = qb * Q_BS + rows
-            ok = (rows < Q_BS) & (row < q_len)
-            offs = (bh * q_len + row) * K + j
-            lo = tl.load(lo_ptr + offs, mask=ok & (j < K), other=0)
-            hi = tl.load(hi_ptr + offs, mask=ok & (j < K), other=0)
-            count_rows(lo, hi, ok, rows < Q_BS, kv_idx_ptr + out, full_kv_idx_ptr + out, n_kv,
-                       KV_BS)
-        finish_block(bh, qb, n_q, n_kv, kv_num_ptr, kv_idx_ptr, full_kv_num_ptr,
-                     full_kv_idx_ptr, cls_ptr, CHUNK)
+        offs = (bh * q_len + row) * K + j
+        lo = tl.load(lo_ptr + offs, mask=ok & (j < K), other=0)
+        hi = tl.load(hi_ptr + offs, mask=ok & (j < K), other=0)
+        out = (bh * n_q + qb) * n_kv
+        count_rows(lo, hi, ok, rows < Q_BS, kv_idx_ptr + out, full_kv_idx_ptr + out, n_kv, KV_BS)
 
     @triton.jit
     def _column_strip_kernel(
@@ -225,24 +220,33 @@ def _row_chunk(q_bs: int) -> int:
 
 def fits(k: int, q_len: int, kv_len: int, block_size: tuple[int, int]) -> bool:
     """Whether the fused kernels can classify K intervals per row (else use the torch path):
-    a chunk of rows' slots must fit a Hopper SM's shared memory for the sort."""
-    return (triton is not None and kv_len < 2**31
+    a chunk of rows' slots must fit a program, and the grid CUDA's limits (65535 in y)."""
+    n_q, n_kv = -(-q_len // block_size[0]), -(-kv_len // block_size[1])
+    return (triton is not None and kv_len < 2**31 and n_q <= 65535
+            and -(-n_kv // STRIP) <= 65535
             and _row_chunk(block_size[0]) * _slots(k) <= MAX_SLOTS)
 
 
-def _kv_outputs(lead: tuple[int, ...], n_q: int, n_kv: int, device: torch.device) -> list[Tensor]:
-    """The row-block kernel's outputs: kv_num, kv_idx, full_kv_num, full_kv_idx (index rows
-    zeroed: they are its scratch) and the class bytes."""
-    kv_idx, full_kv_idx = torch.zeros(2, *lead, n_q, n_kv, dtype=torch.int32, device=device)
-    num = [torch.empty(*lead, n_q, dtype=torch.int32, device=device) for _ in range(2)]
-    cls = torch.empty(*lead, n_q, n_kv, dtype=torch.int8, device=device)
-    return [num[0], kv_idx, num[1], full_kv_idx, cls]
+def _grid(lead: tuple[int, ...], n_q: int, q_bs: int) -> tuple[int, int, int]:
+    """The count kernels' grid: (batch·head, row block, chunk of its rows)."""
+    return math.prod(lead), n_q, -(-q_bs // _row_chunk(q_bs))
 
 
-def _with_q_direction(kv: list[Tensor], n_q: int, n_kv: int) -> tuple[Tensor, ...]:
-    """All eight tensors: the q-direction ones read down the class bytes' columns."""
-    kv_num, kv_idx, full_kv_num, full_kv_idx, cls = kv
-    lead = cls.shape[:-2]
+def _scratch(lead: tuple[int, ...], n_q: int, n_kv: int, device: torch.device) -> Tensor:
+    """kv_idx and full_kv_idx, zeroed: the count kernels' difference arrays, in place."""
+    return torch.zeros(2, *lead, n_q, n_kv, dtype=torch.int32, device=device)
+
+
+def _finish(scratch: Tensor, n_q: int, n_kv: int) -> tuple[Tensor, ...]:
+    """All eight tensors from the counted difference arrays: classes and kv_* per row
+    block, then the q-direction ones read down the class bytes' columns."""
+    kv_idx, full_kv_idx = scratch
+    lead = kv_idx.shape[:-2]
+    kv_num, full_kv_num = (kv_idx.new_empty(*lead, n_q) for _ in range(2))
+    cls = kv_idx.new_empty(*lead, n_q, n_kv, dtype=torch.int8)
+    _finish_kernel[(lead.numel(), n_q)](
+        kv_num, kv_idx, full_kv_num, full_kv_idx, cls, n_q, n_kv, CHUNK=KV_CHUNK, num_warps=8
+    )
     q_num, full_q_num = (cls.new_empty(*lead, n_kv, dtype=torch.int32) for _ in range(2))
     q_idx = cls.new_empty(*lead, n_kv, n_q, dtype=torch.int32)
     full_q_idx = torch.empty_like(q_idx)
@@ -265,15 +269,15 @@ def classify_rows(
     n_q, n_kv = -(-q_len // q_bs), -(-kv_len // kv_bs)
     lead, k = rows.lo.shape[:-2], rows.lo.shape[-1]
     lo, hi = rows.lo.contiguous(), rows.hi.contiguous()
-    kv = _kv_outputs(lead, n_q, n_kv, lo.device)
-    _row_block_kernel[(lead.numel(), n_q)](
-        lo, hi, *kv, q_len, kv_len, n_q, n_kv, K=k, KP=_slots(k), Q_BS=q_bs,
-        RC=_row_chunk(q_bs), KV_BS=kv_bs, CHUNK=KV_CHUNK, num_warps=8,
+    scratch = _scratch(tuple(lead), n_q, n_kv, lo.device)
+    _count_kernel[_grid(tuple(lead), n_q, q_bs)](
+        lo, hi, *scratch, q_len, n_q, n_kv, K=k, KP=_slots(k), Q_BS=q_bs, RC=_row_chunk(q_bs),
+        KV_BS=kv_bs, num_warps=8,
     )
     if release:
         del lo, hi
         rows.lo = rows.hi = rows.lo.new_empty(0)
-    return _with_q_direction(kv, n_q, n_kv)
+    return _finish(scratch, n_q, n_kv)
 
 
 def classify(
@@ -321,8 +325,8 @@ def build(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
     device: torch.device, block_size: tuple[int, int],
 ) -> tuple[Tensor, ...] | None:
-    """The eight tensors from the spec's generated kernel: rows computed in registers, no
-    row tensor. None when the shape does not fit the kernel (see ``fits``)."""
+    """The eight tensors from the spec's generated count kernel (rows computed in registers,
+    no row tensor) and ``_finish``. None when the shape does not fit (see ``fits``)."""
     g = generated(mask)
     loops, k = g.plan(sizes)
     q_len, kv_len = sizes["Q_LEN"], sizes["KV_LEN"]
@@ -331,13 +335,13 @@ def build(
     q_bs, kv_bs = block_size
     n_q, n_kv = -(-q_len // q_bs), -(-kv_len // kv_bs)
     lead = lower.lead_shape(mask, sizes)
-    kv = _kv_outputs(lead, n_q, n_kv, device)
-    g.kernel[(lead[0] * lead[1], n_q)](
-        *triton_rows.input_args(mask, inputs), *kv, sizes["B"], sizes["H"], q_len, kv_len,
-        lead[1], n_q, n_kv, *loops, KP=_slots(k), Q_BS=q_bs, RC=_row_chunk(q_bs), KV_BS=kv_bs,
-        CHUNK=KV_CHUNK, num_warps=8,
+    scratch = _scratch(lead, n_q, n_kv, device)
+    g.kernel[_grid(lead, n_q, q_bs)](
+        *triton_rows.input_args(mask, inputs), *scratch, sizes["B"], sizes["H"], q_len,
+        kv_len, lead[1], n_q, n_kv, *loops, KP=_slots(k), Q_BS=q_bs, RC=_row_chunk(q_bs),
+        KV_BS=kv_bs, num_warps=8,
     )
-    return _with_q_direction(kv, n_q, n_kv)
+    return _finish(scratch, n_q, n_kv)
 
 
 def tensors(
