@@ -37,7 +37,7 @@ except ImportError:  # CPU-only installs: the torch path serves every build
 MAX_SLOTS = 2**14  # rows × interval slots per row chunk (its sort and gathers use shared memory)
 ROW_CHUNK = 16  # rows of a row block merged at a time
 KV_CHUNK = 512  # key blocks of a row scanned at a time
-Q_CHUNK, STRIP = 32, 16  # the column kernel's tile: row blocks × key blocks
+Q_CHUNK, STRIP = 256, 4  # the column kernel's tile: row blocks × key blocks
 if triton is not None:
     _PARTIAL, _FULL = tl.constexpr(1), tl.constexpr(2)  # block classes in the byte grid
 
