@@ -26,6 +26,7 @@ import maskspec
 from maskspec import blocks, ir, lower, render, standalone, verify
 from maskspec.errors import MaskSpecError, did_you_mean
 from maskspec.inputs import bind_inputs, sizes_of
+from maskspec.targets import triton_rows
 
 # Block sizes --random draws from when none is given: flex's default, FA4's, and smaller ones
 # that put many blocks (and many edge cases) into small shapes.
@@ -380,7 +381,8 @@ def cmd_explain(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_compile(args: argparse.Namespace, out: Console) -> int:
-    source = standalone.python_module(_load(args).ir)
+    mask = _load(args).ir
+    source = triton_rows.source(mask) if args.emit == "triton" else standalone.python_module(mask)
     if args.output is None:
         sys.stdout.write(source)
     else:
@@ -440,9 +442,11 @@ def _parser() -> argparse.ArgumentParser:
     e.set_defaults(run=cmd_explain)
     c = sub.add_parser("compile", help="Emit a standalone module (needs only torch).",
                        description="Emit a standalone Python module, importing only torch, "
-                       "with the spec's mask_mod and its analytic BlockMask builder.")
+                       "with the spec's mask_mod and its analytic BlockMask builder; or, with "
+                       "--emit triton, the Triton kernel maskspec generates for CUDA builds.")
     c.add_argument("spec", help="the .mask file")
-    c.add_argument("--emit", choices=["python"], default="python", help="what to emit")
+    c.add_argument("--emit", choices=["python", "triton"], default="python",
+                   help="what to emit (default python)")
     c.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     c.add_argument("--param", type=_param, action="append", default=[], metavar="K=V",
                    help="override a param (repeatable)")
