@@ -12,7 +12,8 @@ no array in a program grows with the sequence: one compiled kernel serves every 
 
 The rows come from a tensor (``classify_rows``, ``classify``) or are computed inside the
 count kernel, generated for the spec (``build``, ``tensors``; see targets/triton_rows.py).
-Each picks the torch path off CUDA, or when the grid or a row chunk's slots are too large.
+Each picks the torch path off CUDA, past MAX_SLOTS intervals per row, or when the grid would
+exceed CUDA's limits.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ try:
 except ImportError:  # CPU-only installs: the torch path serves every build
     triton = None
 
-MAX_SLOTS = 2**14  # rows × interval slots per row chunk (its sort and gathers use shared memory)
-ROW_CHUNK = 16  # rows of a row block merged at a time
+ROW_CHUNK = 16  # rows of a row block counted by one program (fewer when rows hold many slots)
+MAX_PAIRS = 2**12  # interval pairs one program compares (rows × slots²) in the gap search
+MAX_SLOTS = 128  # interval slots per row past which the torch path classifies
 KV_CHUNK = 512  # key blocks of a row scanned at a time
 Q_CHUNK, STRIP = 256, 4  # the column kernel's tile: row blocks × key blocks
 if triton is not None:
@@ -214,22 +216,22 @@ def _slots(k: int) -> int:
     return max(16, _pow2(k))
 
 
-def _row_chunk(q_bs: int) -> int:
-    return min(ROW_CHUNK, _pow2(q_bs))
+def _row_chunk(q_bs: int, k: int) -> int:
+    """Rows per count program: ROW_CHUNK, fewer for small blocks or many slots per row."""
+    return min(ROW_CHUNK, _pow2(q_bs), max(1, MAX_PAIRS // _slots(k) ** 2))
 
 
 def fits(k: int, q_len: int, kv_len: int, block_size: tuple[int, int]) -> bool:
     """Whether the fused kernels can classify K intervals per row (else use the torch path):
-    a chunk of rows' slots must fit a program, and the grid CUDA's limits (65535 in y)."""
+    at most MAX_SLOTS slots per row, and a grid within CUDA's limits (65535 in y)."""
     n_q, n_kv = -(-q_len // block_size[0]), -(-kv_len // block_size[1])
     return (triton is not None and kv_len < 2**31 and n_q <= 65535
-            and -(-n_kv // STRIP) <= 65535
-            and _row_chunk(block_size[0]) * _slots(k) <= MAX_SLOTS)
+            and -(-n_kv // STRIP) <= 65535 and _slots(k) <= MAX_SLOTS)
 
 
-def _grid(lead: tuple[int, ...], n_q: int, q_bs: int) -> tuple[int, int, int]:
+def _grid(lead: tuple[int, ...], n_q: int, q_bs: int, k: int) -> tuple[int, int, int]:
     """The count kernels' grid: (batch·head, row block, chunk of its rows)."""
-    return math.prod(lead), n_q, -(-q_bs // _row_chunk(q_bs))
+    return math.prod(lead), n_q, -(-q_bs // _row_chunk(q_bs, k))
 
 
 def _scratch(lead: tuple[int, ...], n_q: int, n_kv: int, device: torch.device) -> Tensor:
@@ -270,8 +272,8 @@ def classify_rows(
     lead, k = rows.lo.shape[:-2], rows.lo.shape[-1]
     lo, hi = rows.lo.contiguous(), rows.hi.contiguous()
     scratch = _scratch(tuple(lead), n_q, n_kv, lo.device)
-    _count_kernel[_grid(tuple(lead), n_q, q_bs)](
-        lo, hi, *scratch, q_len, n_q, n_kv, K=k, KP=_slots(k), Q_BS=q_bs, RC=_row_chunk(q_bs),
+    _count_kernel[_grid(tuple(lead), n_q, q_bs, k)](
+        lo, hi, *scratch, q_len, n_q, n_kv, K=k, KP=_slots(k), Q_BS=q_bs, RC=_row_chunk(q_bs, k),
         KV_BS=kv_bs, num_warps=8,
     )
     if release:
@@ -336,9 +338,9 @@ def build(
     n_q, n_kv = -(-q_len // q_bs), -(-kv_len // kv_bs)
     lead = lower.lead_shape(mask, sizes)
     scratch = _scratch(lead, n_q, n_kv, device)
-    g.kernel[_grid(lead, n_q, q_bs)](
+    g.kernel[_grid(lead, n_q, q_bs, k)](
         *triton_rows.input_args(mask, inputs), *scratch, sizes["B"], sizes["H"], q_len,
-        kv_len, lead[1], n_q, n_kv, *loops, KP=_slots(k), Q_BS=q_bs, RC=_row_chunk(q_bs),
+        kv_len, lead[1], n_q, n_kv, *loops, KP=_slots(k), Q_BS=q_bs, RC=_row_chunk(q_bs, k),
         KV_BS=kv_bs, num_warps=8,
     )
     return _finish(scratch, n_q, n_kv)

@@ -105,7 +105,8 @@ def test_dispatch_falls_back_off_cuda(eagle3):
     k = rows.lo.shape[-1]
     assert fused.fits(k, 64, 200, (16, 16))
     assert not fused.fits(k, 64, 2**31, (16, 16))
-    assert not fused.fits(fused.MAX_SLOTS // 16 + 1, 64, 200, (16, 16))
+    assert fused.fits(fused.MAX_SLOTS, 64, 200, (16, 16))
+    assert not fused.fits(fused.MAX_SLOTS + 1, 64, 200, (16, 16))
     got = fused.classify(rows, 64, 200, (16, 16))  # CPU tensors: the torch path
     want = flex.index_tensors(blocks.classify(rows, 64, 200, 16, 16))
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
@@ -157,6 +158,15 @@ def test_scans_carry_across_chunks(monkeypatch, name):
     assert _assert_generated_equal(mask, 2, 1, q, kv, (8, 4), inputs)
     sizes, bound, dev = mask._bind(2, 1, q, kv, DEV, inputs)
     _assert_equal(lower.row_intervals(mask.ir, sizes, bound, dev), q, kv, (8, 4))
+
+
+def test_many_intervals_per_row(eagle3):
+    """40 draft rounds (K = 42, 64 slots): one row per count program, still exact."""
+    q, kv = 40, 40 * 41 + 7
+    inputs = _on_dev({"seq_len": torch.tensor([40, 23])})
+    _, k = fused.generated(eagle3.ir).plan({"B": 2, "H": 1, "Q_LEN": q, "KV_LEN": kv})
+    assert fused._slots(k) == 64 and fused._row_chunk(16, k) == 1
+    assert _assert_generated_equal(eagle3, 2, 1, q, kv, (16, 64), inputs)
 
 
 def test_generated_source_is_one_kernel_per_spec(eagle3):
