@@ -1,7 +1,7 @@
 """Fast BlockMask builds: the same pipeline replayed as one CUDA graph per shape, or with its
 row stage compiled once for all KV lengths.
 
-On CUDA a build is the spec's generated Triton kernel and the column-strip kernel
+On CUDA a build is the spec's generated Triton count kernel and two fixed ones
 (``fused.tensors``); a CUDA graph removes what is left, the Python and launch overhead.
 ``compiled=True`` instead traces ``lower.row_intervals`` with torch.compile, KV_LEN symbolic, so
 KV_LEN growing across TTT steps and new input values reuse one compiled graph (a new Q_LEN, B

@@ -1,4 +1,4 @@
-"""Row intervals → the eight BlockMask tensors in two Triton kernels, for CUDA builds.
+"""Row intervals → the eight BlockMask tensors in three Triton kernels, for CUDA builds.
 
 The same classification as ``blocks.classify`` followed by ``flex.index_tensors``, fused so a
 build is three kernels instead of a hundred. One program per chunk of a row block's rows
@@ -136,7 +136,7 @@ if triton is not None:
         bh = tl.program_id(0).to(tl.int64)
         qb = tl.program_id(1)
         rows = tl.program_id(2) * RC + tl.arange(0, RC)[:, None]
-        row = qb * Q_BS + rows
+        row = qb.to(tl.int64) * Q_BS + rows
         ok = (rows < Q_BS) & (row < q_len)
         j = tl.arange(0, KP)[None, :]
         offs = (bh * q_len + row) * K + j
@@ -223,9 +223,10 @@ def _row_chunk(q_bs: int, k: int) -> int:
 
 def fits(k: int, q_len: int, kv_len: int, block_size: tuple[int, int]) -> bool:
     """Whether the fused kernels can classify K intervals per row (else use the torch path):
-    at most MAX_SLOTS slots per row, and a grid within CUDA's limits (65535 in y)."""
+    at most MAX_SLOTS slots per row, and a grid within CUDA's limits (65535 in y and z)."""
     n_q, n_kv = -(-q_len // block_size[0]), -(-kv_len // block_size[1])
-    return (triton is not None and kv_len < 2**31 and n_q <= 65535
+    chunks = -(-block_size[0] // _row_chunk(block_size[0], k))
+    return (triton is not None and n_q <= 65535 and chunks <= 65535
             and -(-n_kv // STRIP) <= 65535 and _slots(k) <= MAX_SLOTS)
 
 

@@ -135,15 +135,28 @@ def test_generated_kernel_builds_fuzzed_specs(spec_text, shape, seed):
     assume(_assert_generated_equal(mask, b, h, q, kv, bs, inputs))
 
 
-@pytest.mark.parametrize("text", [
+SMALL = (2, 90, 150, (16, 32))  # B, Q_LEN, KV_LEN, BLOCK_SIZE
+
+
+@pytest.mark.parametrize(("text", "shape"), [
     # floor division and modulo of negative values (Triton's own // and % truncate)
-    "mask m\nregion r = window(left = 3, right = (q - 50) // 7 + 9) where kv % 5 >= (q - 40) % 5\n",
+    ("mask m\nregion r = window(left = 3, right = (q - 50) // 7 + 9)"
+     " where kv % 5 >= (q - 40) % 5\n", SMALL),
     # several diagonals and kv % P conditions in one region: nested loops, slots in order
-    "mask m\nregion r = diagonal(period = 40) & diagonal(period = 30, offset = -2)"
-    " where kv % 4 < 3 and kv % 9 >= 2\nregion s = causal where kv // 16 == q // 16\n",
+    ("mask m\nregion r = diagonal(period = 40) & diagonal(period = 30, offset = -2)"
+     " where kv % 4 < 3 and kv % 9 >= 2\nregion s = causal where kv // 16 == q // 16\n", SMALL),
+    # a period that is a sum: a factor of the piece arithmetic, so it needs parentheses
+    ("mask m\nregion r = causal where kv % (KV_LEN - Q_LEN) >= 2\n", (1, 16, 64, (8, 8))),
+    # size arithmetic near 2**31 must not wrap in int32
+    ("mask m\nregion r = full where kv <= KV_LEN\n", (1, 4, 2**31 - 1, (4, 2**24))),
+    ("mask m\nregion r = causal where 100 * kv < 99 * KV_LEN\n", (1, 8, 30_000_000, (8, 2**18))),
+    # inputs whose names extend another's: distinct kernel arguments
+    ("mask m\ninput x: int[B] = 5\ninput x_d0: int[B] = 7\n"
+     "region r = window(left = x[b]) where kv < q + x_d0[b]\n", SMALL),
 ])
-def test_generated_kernel_edge_cases(text):
-    assert _assert_generated_equal(maskspec.compile(text, "m.mask"), 2, 1, 90, 150, (16, 32), {})
+def test_generated_kernel_edge_cases(text, shape):
+    b, q, kv, bs = shape
+    assert _assert_generated_equal(maskspec.compile(text, "m.mask"), b, 1, q, kv, bs, {})
 
 
 @pytest.mark.parametrize("name", ["eagle3", "document_causal", "sliding_window", "prefix_lm"])

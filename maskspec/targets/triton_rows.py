@@ -65,9 +65,9 @@ class _Emitter(codegen.Emitter):
 
 
 def arg(name: str, what: str = "", dim: int | None = None) -> str:
-    """The kernel argument of an input: its pointer, a dim's size or stride, search steps."""
-    base = f"in_{name}"
-    return base if not what else f"{base}_{what}{'' if dim is None else dim}"
+    """The kernel argument of an input: its pointer (``in_x``), a dim's size or stride
+    (``d0_x``, ``s0_x``), search steps (``bits_x``); prefixes keep two inputs' apart."""
+    return f"{what or 'in'}{'' if dim is None else dim}_{name}"
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def _term_body(t: ir.Term, i: int, em: _Emitter) -> list[str]:
             lines += [f"kv_hi = tl.minimum(kv_hi, {em.expr(f.hi)})"] if f.hi else []
     mods = [f for f in forms if isinstance(f, ModRange)]
     for k, f in enumerate(mods):
-        p = em.expr(f.period, 1)
+        p = em.expr(f.period, 3)  # a factor: parenthesized unless atomic
         a, b = ("0" if x is None else em.expr(x) for x in (f.lo, f.hi))
         lines.append(f"a{k} = tl.minimum(tl.maximum(zero + {a}, 0), {p})" if f.lo else f"a{k} = 0")
         lines.append(f"b{k} = tl.minimum(tl.maximum(zero + {b}, 0), {p})" if f.hi
@@ -142,7 +142,7 @@ def _term_body(t: ir.Term, i: int, em: _Emitter) -> list[str]:
     for k, (lp, f) in enumerate(zip(pieces, mods, strict=True)):
         put(f"for {lp.var} in range({lp.extent}):")
         depth += 1
-        p = em.expr(f.period, 1)
+        p = em.expr(f.period, 3)  # a factor: parenthesized unless atomic
         put(f"base = (floordiv(lo{k}, {p}) + {lp.var}) * {p}")
         put(f"lo{k + 1} = tl.maximum(lo{k}, base + a{k})")
         put(f"hi{k + 1} = tl.minimum(hi{k}, base + b{k})")
@@ -166,7 +166,7 @@ def source(mask: ir.MaskIR) -> str:
     fixed = [*input_sizes, *SIZE_ARGS, *loops]  # values that change per call: never specialized
     rows = [
         "rows = row0 + tl.arange(0, RC)[:, None]",
-        "q = (qb * Q_BS + rows).to(tl.int64)",
+        "q = qb.to(tl.int64) * Q_BS + rows",
         "zero = tl.zeros((RC, 1), tl.int64)",
         "lo = tl.zeros((RC, KP), tl.int64)",
         "hi = tl.zeros((RC, KP), tl.int64)",
@@ -178,6 +178,8 @@ def source(mask: ir.MaskIR) -> str:
     body = [
         "bh = tl.program_id(0)",
         "qb = tl.program_id(1)",
+        "# sizes as int64: arithmetic on them must not wrap (Python ints do not)",
+        *(f"{n} = {n}.to(tl.int64)" for n in SIZE_ARGS[:4]),
         "b = (bh // H_ROWS).to(tl.int64)",
         "h = (bh % H_ROWS).to(tl.int64)",
         "out = (bh.to(tl.int64) * n_q + qb) * n_kv",
