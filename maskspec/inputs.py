@@ -113,6 +113,8 @@ def bind_inputs(
         if name in given and given[name] is not None:
             t = _to_tensor(name, given[name], d.dtype, device)
             _check_dtype(name, t, d.dtype)
+            if d.dtype == "int" and t.dtype != torch.int64:
+                t = t.to(torch.int64)  # the spec's arithmetic is on integers: no wrapping
             if tuple(t.shape) != shape:
                 raise ValueError(
                     f"input `{name}` must have shape {list(shape)} (declared at "

@@ -121,3 +121,12 @@ def test_cli_validate_random_passes_on_every_spec(name, capsys):
     out = capsys.readouterr()
     assert rc == 0, out.out + out.err
     assert "4 agree, 0 disagree" in out.out + out.err
+
+
+def test_narrow_integer_inputs_do_not_wrap():
+    """A uint8 input is read as the integer it holds: 200 * 2 is 400, not 144."""
+    mask = maskspec.compile("mask m\ninput x: int[B]\nregion r = full where kv < x[b] * 2\n")
+    x = torch.tensor([200], dtype=torch.uint8)
+    assert int(mask.dense(1, 1, 2, 400, x=x)[0, 0, 0].sum()) == 400
+    assert int(mask.block_mask(1, 1, 2, 400, BLOCK_SIZE=16, x=x).kv_num_blocks.sum()) == 25
+    assert validate(mask, 1, 1, 2, 400, (16, 16), x=x).ok
