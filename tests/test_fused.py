@@ -188,7 +188,7 @@ def test_generated_source_is_one_kernel_per_spec(eagle3):
     src = triton_rows.source(eagle3.ir)
     assert src.count("\n    # region ") == len(eagle3.ir.terms)
     assert fused.generated(eagle3.ir).kernel is fused.generated(spec("eagle3").ir).kernel
-    for name in ("Q_LEN", "KV_LEN", "n_kv", "t1_n0", "in_seq_len_d0"):
+    for name in ("Q_LEN", "KV_LEN", "n_kv", "t1_n0", "d0_seq_len"):
         assert f"'{name}'" in src.split("do_not_specialize=")[1].split(")")[0]
     plans = [fused.generated(eagle3.ir).plan({"B": 1, "H": 1, "Q_LEN": 4096, "KV_LEN": 4096 * s})
              for s in range(1, 8)]
