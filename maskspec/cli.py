@@ -60,6 +60,13 @@ def _block_size(text: str) -> tuple[int, int]:
     return (sizes[0], sizes[-1])
 
 
+def _at(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected B,H (e.g. 1,0), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def _pair(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name or not value:
@@ -314,11 +321,16 @@ def cmd_show(args: argparse.Namespace, out: Console) -> int:
     mask = _load(args)
     bs = args.block_size or (128, 128)
     sizes, inputs, randomized, seed = _sized_inputs(mask, args, True)
+    b, h = args.at
+    if b >= sizes["B"] or h >= sizes["H"]:
+        raise UsageError(f"--at {b},{h} is outside the batch (B={sizes['B']}) or the heads "
+                         f"(H={sizes['H']}); pass --batch / --heads to draw more")
     grid = mask.grid(sizes["B"], sizes["H"], sizes["Q_LEN"], sizes["KV_LEN"], "cpu", bs,
                      **inputs)
-    codes = render.classes(grid)
+    codes = render.classes(grid, b, h)
     out.print(_header(mask, sizes, bs) + f"  grid {codes.shape[0]}×{codes.shape[1]} blocks"
-              + ("  (showing b=0, h=0)" if sizes["B"] * sizes["H"] > 1 else ""), highlight=False)
+              + (f"  (showing b={b}, h={h})" if sizes["B"] * sizes["H"] > 1 else ""),
+              highlight=False)
     for line in _inputs_lines(mask, inputs, randomized, seed):
         out.print("  " + line, highlight=False)
     out.print(render.terminal(codes, out.width))
@@ -329,8 +341,9 @@ def cmd_show(args: argparse.Namespace, out: Console) -> int:
                            KV_LEN=sizes["KV_LEN"], **inputs)
         picks = render.zoom_blocks(codes, bs[0], bs[1], sizes["Q_LEN"])
         lens = (sizes["Q_LEN"], sizes["KV_LEN"])
-        zooms = [render.zoom(mm, "AB"[i], r, c, bs, lens) for i, (r, c) in enumerate(picks)]
-        render.png(args.png, codes, bs, zooms, _header(mask, sizes, bs))
+        zooms = [render.zoom(mm, "AB"[i], r, c, bs, lens, b, h)
+                 for i, (r, c) in enumerate(picks)]
+        render.png(args.png, codes, bs, zooms, _header(mask, sizes, bs) + f"  b={b} h={h}")
         out.print(f"wrote {args.png}", highlight=False)
     return 0
 
@@ -436,6 +449,8 @@ def _parser() -> argparse.ArgumentParser:
     s = command("show", "Draw the FULL/PARTIAL/EMPTY block grid (inputs not given are random).",
                 True)
     s.add_argument("--png", metavar="FILE", help="also save a PNG with element-level zooms")
+    s.add_argument("--at", type=_at, default=(0, 0), metavar="B,H",
+                   help="which batch element and head to draw (default 0,0)")
     s.set_defaults(run=cmd_show)
     e = command("explain", "Say what each region allows and, at given sizes, what is left.",
                 False)

@@ -98,6 +98,20 @@ def test_show_randomizes_missing_inputs_and_says_so():
     assert len(_grid_lines(r.stdout, 5)) == 5
 
 
+def test_show_draws_the_chosen_batch_element():
+    args = ("show", SPECS / "eagle3.mask", "--q-len", 300, "--kv-len", 900, "--block-size", 64,
+            "--batch", 2, "--input", "seq_len=300,100")
+    empty = set(render.CHARS[render.EMPTY])
+    first, second = (run(*args, *at) for at in ((), ("--at", "1,0")))
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert "(showing b=1, h=0)" in second.stdout
+    # Sample 1 has 100 valid queries: row blocks from 128 on see nothing; sample 0's all do.
+    assert all(set(row) != empty for row in _grid_lines(first.stdout, 5))
+    assert [set(row) == empty for row in _grid_lines(second.stdout, 5)] == [False] * 2 + [True] * 3
+    bad = run(*args, "--at", "2,0")
+    assert bad.returncode == 2 and "--at 2,0 is outside the batch (B=2)" in bad.stderr
+
+
 def test_explain_regions_and_numbers():
     q, kv, bs, seq = 1000, 4500, (256, 128), 900
     r = run("explain", SPECS / "eagle3.mask", "--q-len", q, "--kv-len", kv,
