@@ -75,6 +75,14 @@ class CompiledMask:
         for k, v in (("Q_LEN", Q_LEN), ("KV_LEN", KV_LEN)):
             if v is None and k in needed:
                 raise ValueError(f"spec `{self.name}` uses {k}: pass mask_mod({k}=...)")
+        given = {k for k, v in inputs.items() if v is not None}
+        for var, size, value in (("b", "B", B), ("h", "H", H), ("q", "Q_LEN", Q_LEN)):
+            used = sorted(given & self.ir.inputs_indexed_by(var))
+            if value is None and used:
+                raise ValueError(
+                    f"input `{used[0]}` of spec `{self.name}` is indexed by {var}: pass "
+                    f"mask_mod({size}=...) so its lookups can be checked at that size"
+                )
         sizes, bound, _ = self._bind(B, H, Q_LEN or 1, KV_LEN or 1, device, inputs)
         return mask_mod_backend.mask_mod(self.ir, sizes, bound)
 

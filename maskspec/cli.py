@@ -151,7 +151,7 @@ def complete_inputs(
 def _values_text(t: Any) -> str:
     t = torch.as_tensor(t)
     if t.numel() <= 16:
-        return str(t.int().tolist())
+        return str(t.long().tolist())
     return f"shape {list(t.shape)}, min {int(t.min())}, max {int(t.max())}"
 
 
@@ -195,7 +195,7 @@ class Case:
         for k, v in params:
             argv += ["--param", f"{k}={v}"]
         for k, t in self.inputs.items():
-            flat = torch.as_tensor(t).flatten().int().tolist()
+            flat = torch.as_tensor(t).flatten().long().tolist()
             argv += ["--input", f"{k}=" + ",".join(map(str, flat))]
         return shlex.join(argv)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ from maskspec import model as m
 from maskspec.errors import MaskSpecError, did_you_mean
 from maskspec.lower import analyze_cond, width_exprs
 
-MAX_NUMBER = 2**31 - 1  # integer literals; BlockMask indices are int32 anyway
+MAX_NUMBER = ir.MAX_NUMBER
 
 PRIMITIVE_HINTS = {
     "sliding_window": "write `window(left = N)`",
@@ -59,9 +60,9 @@ class _Resolver:
         if isinstance(e, m.Index):
             return self.index(e, scope)
         if isinstance(e, m.Neg):
-            return ir.Bin("*", ir.Const(-1), self.expr(e.operand, scope), pos=pos)
+            return ir.Bin("*", ir.Const(-1), self.number(e.operand, scope), pos=pos)
         if isinstance(e, m.BinOp):
-            a, b = self.expr(e.left, scope), self.expr(e.right, scope)
+            a, b = self.number(e.left, scope), self.number(e.right, scope)
             if e.op in ("//", "%") and not ir.is_constant(b):
                 raise self.error(
                     f"`{e.op}` needs a constant divisor (numbers, params, sizes)", e.right.pos,
@@ -75,10 +76,23 @@ class _Resolver:
                     hint="multiply by a number, a param or a size, e.g. `2 * q`",
                 )
             return ir.Bin(e.op, a, b, pos=pos)
-        args = [self.expr(a, scope) for a in e.args]  # Func: min/max, left-folded
+        args = [self.number(a, scope) for a in e.args]  # Func: min/max, left-folded
         out = args[0]
         for a in args[1:]:
             out = ir.Bin(e.name, out, a, pos=pos)
+        return out
+
+    def number(self, e: m.Expr, scope: _Scope) -> ir.Expr:
+        """An operand of arithmetic (or a primitive argument): never a bool input, whose
+        sums would be logical ORs in torch (``True + True`` is ``True``)."""
+        out = self.expr(e, scope)
+        if isinstance(out, ir.Load) and self.inputs[out.input].dtype == "bool":
+            raise self.error(
+                f"input `{out.input}` is bool: it can be compared or used as a flag, not "
+                "used as a number", e.pos,
+                hint=f"declare it `int` to count with it, or compare it (`{out.input}[...] "
+                "== 1`) in its own condition",
+            )
         return out
 
     def name(self, e: m.Name, scope: _Scope) -> ir.Expr:
@@ -127,6 +141,8 @@ class _Resolver:
 CONST = _Scope(vars=(), inputs=False, what="a constant (param default, input shape)")
 ROW_OR_KV = _Scope(vars=ir.VARS, inputs=True, what="a condition")
 ARG = _Scope(vars=("b", "h", "q"), inputs=True, what="a primitive argument")
+CONST_ARG = _Scope(vars=(), inputs=False,
+                   what="this argument, which must be constant (numbers, params, sizes)")
 
 
 def _params(spec: m.Spec, overrides: Mapping[str, int]) -> dict[str, int]:
@@ -139,7 +155,7 @@ def _params(spec: m.Spec, overrides: Mapping[str, int]) -> dict[str, int]:
     values: dict[str, int] = {}
     for p in spec.params:
         if p.name in overrides:
-            values[p.name] = int(overrides[p.name])
+            values[p.name] = _override(p.name, overrides[p.name])
             continue
         if p.default is None:
             raise MaskSpecError(
@@ -157,6 +173,19 @@ def _params(spec: m.Spec, overrides: Mapping[str, int]) -> dict[str, int]:
     return values
 
 
+def _override(name: str, value: object) -> int:
+    """A param value given when loading: an integer within the literals' range."""
+    try:
+        v = operator.index(value)  # ints and integer scalars; not floats, not strings
+    except TypeError:
+        v = None
+    if v is None or isinstance(value, bool):
+        raise ValueError(f"param `{name}` must be an integer, got {value!r}")
+    if abs(v) > MAX_NUMBER:
+        raise ValueError(f"param `{name}` must lie in [-{MAX_NUMBER}, {MAX_NUMBER}], got {v}")
+    return v
+
+
 def _check_unique(spec: m.Spec) -> None:
     seen: dict[str, str] = {}
     reserved = set(ir.VARS) | set(ir.SIZES)
@@ -165,7 +194,8 @@ def _check_unique(spec: m.Spec) -> None:
     for kind, d in decls:
         if d.name in reserved or d.name in ir.SIGNATURES:
             raise MaskSpecError(
-                f"`{d.name}` is a built-in name and cannot name a {kind}", d.pos,
+                f"`{d.name}` is a built-in name and cannot name "
+                f"{'an' if kind == 'input' else 'a'} {kind}", d.pos,
                 source=spec.source, path=spec.path,
             )
         if d.name in seen:
@@ -185,6 +215,12 @@ def _document(r: _Resolver, call: m.Call) -> ir.Primitive:
             "`document` takes one argument: the name of an input declared as int[B, N] "
             "holding each position's document id", call.pos,
             hint="e.g. `input doc: int[B, KV_LEN]` then `causal & document(doc)`",
+        )
+    first = decl.shape[0]
+    if not (isinstance(first, m.Name) and first.id == "B"):
+        raise r.error(
+            f"the ids of `document` are one row per batch element: declare `{decl.name}` "
+            f"as int[B, N]", first.pos, hint="e.g. `input doc: int[B, KV_LEN]`",
         )
     load = ir.Load(decl.name, (ir.Var("b"), ir.Var("q")), pos=arg.pos)
     n = r.expr(decl.shape[1], CONST)
@@ -219,7 +255,7 @@ def _primitive(r: _Resolver, call: m.Call) -> ir.Primitive:
             )
         if key in given:
             raise r.error(f"argument `{key}` given twice", a.pos)
-        value = r.expr(a.value, ARG if key not in constant else CONST)
+        value = r.number(a.value, ARG if key not in constant else CONST_ARG)
         if key in ("period", "size"):
             r.positive(value, a.value.pos, f"the {key} of `{call.name}`")
         given[key] = value
@@ -242,6 +278,8 @@ def _cond(r: _Resolver, c: m.Cond) -> ir.Cmp:
 
 def _input(r: _Resolver, d: m.Input) -> ir.InputDecl:
     shape = tuple(r.expr(s, CONST) for s in d.shape)
+    for e, src in zip(shape, d.shape, strict=True):
+        r.positive(e, src.pos, f"a dimension of input `{d.name}`")
     rng = None if d.range is None else (r.expr(d.range[0], CONST), r.expr(d.range[1], CONST))
     default = None if d.default is None else r.expr(d.default, CONST)
     return ir.InputDecl(d.name, d.dtype, shape, rng, default, pos=d.pos)

@@ -22,8 +22,12 @@ def document_ids(offsets: torch.Tensor, length: int) -> torch.Tensor:
         offsets = offsets.unsqueeze(0)
     if offsets.dim() != 2 or offsets.shape[-1] < 1:
         raise ValueError(f"offsets must have shape (D+1,) or (B, D+1), got {list(offsets.shape)}")
-    if bool((offsets[..., 1:] < offsets[..., :-1]).any()) or bool((offsets < 0).any()):
-        raise ValueError("offsets must be non-negative and non-decreasing")
+    if offsets.dtype == torch.bool or offsets.is_floating_point() or offsets.is_complex():
+        raise ValueError(f"offsets must be integers, got {offsets.dtype}")
+    if bool((offsets[..., 0] != 0).any()):
+        raise ValueError("offsets must start at 0 (cu_seqlens-style: [0, end_0, end_1, ...])")
+    if bool((offsets[..., 1:] < offsets[..., :-1]).any()):
+        raise ValueError("offsets must be non-decreasing")
     pos = torch.arange(length, device=offsets.device).expand(offsets.shape[0], length)
     return torch.searchsorted(offsets[..., 1:].contiguous(), pos.contiguous(), right=True)
 

@@ -109,7 +109,13 @@ def bind_inputs(
             )
     out = {}
     for name, d in decls.items():
-        shape = tuple(ir.const_value(s, sizes) for s in d.shape)
+        shape = tuple(_at_sizes(s, sizes, f"a dimension of input `{name}`", d, mask)
+                      for s in d.shape)
+        if min(shape, default=1) < 1:
+            raise ValueError(
+                f"input `{name}` (declared at {_where(d, mask)}) would have shape "
+                f"{list(shape)} at {sizes_text(sizes)}: every dimension must be at least 1"
+            )
         if name in given and given[name] is not None:
             t = _to_tensor(name, given[name], d.dtype, device)
             _check_dtype(name, t, d.dtype)
@@ -122,46 +128,88 @@ def bind_inputs(
                 )
         elif d.default is not None:
             dtype = torch.bool if d.dtype == "bool" else torch.int64
-            t = torch.full(shape, ir.const_value(d.default, sizes), dtype=dtype, device=device)
+            value = _at_sizes(d.default, sizes, f"the default of input `{name}`", d, mask)
+            t = torch.full(shape, value, dtype=dtype, device=device)
         else:
             raise ValueError(f"input `{name}` is required (declared at {_where(d, mask)})")
         if check and d.range is not None:
-            lo, hi = (ir.const_value(e, sizes) for e in d.range)
+            lo, hi = (_at_sizes(e, sizes, f"the range of input `{name}`", d, mask)
+                      for e in d.range)
             _check_range(name, t, lo, hi)
+        elif check and d.dtype == "int":
+            _check_range(name, t, -ir.MAX_NUMBER, ir.MAX_NUMBER)
         if check and name in mask.document_inputs():
             _check_sorted(name, t)
         out[name] = t
     check_divisors(mask, sizes)
-    check_index_bounds(mask, sizes, out)
+    check_index_bounds(mask, sizes, out, check)
     return out
 
 
+def sizes_text(sizes: Mapping[str, int]) -> str:
+    return ", ".join(f"{k}={sizes[k]}" for k in ir.SIZES)
+
+
+def _at_sizes(
+    e: ir.Expr, sizes: Mapping[str, int], what: str, d: ir.InputDecl, mask: ir.MaskIR
+) -> int:
+    """A declaration's constant at these sizes; a division by zero names the declaration."""
+    try:
+        return ir.const_value(e, sizes)
+    except ZeroDivisionError:
+        raise ValueError(
+            f"{what} (declared at {_where(d, mask)}) divides by zero at {sizes_text(sizes)}"
+        ) from None
+
+
+def _value_bounds(
+    e: ir.Expr, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor]
+) -> tuple[int, int]:
+    """(min, max) of an index that reads inputs, evaluated over every real (b, h, q)."""
+    dims = {"b": sizes["B"], "h": sizes["H"], "q": sizes["Q_LEN"]}
+    grid = {v: torch.arange(n if ir.uses(e, ir.Var, v) else 1).view(
+        *[-1 if w == v else 1 for w in dims]) for v, n in dims.items()}
+    device = next(iter(inputs.values())).device
+    env = ir.Env({v: g.to(device) for v, g in grid.items()}, sizes, inputs)
+    values = torch.as_tensor(ir.evaluate(e, env))
+    return int(values.min()), int(values.max())
+
+
 def check_index_bounds(
-    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor]
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor],
+    check: bool = True,
 ) -> None:
-    """Every input lookup stays inside its tensor for all real (b, h, q): checked statically."""
+    """Every input lookup stays inside its tensor for all real (b, h, q): from the index's
+    bounds at these sizes or, for an index that reads inputs, from its values everywhere
+    (when ``check`` lets it read them). Lookups are clamped when evaluated, so an unchecked
+    out-of-range index would silently reuse an edge value."""
     ranges = {"b": (0, sizes["B"] - 1), "h": (0, sizes["H"] - 1), "q": (0, sizes["Q_LEN"] - 1)}
     for e in mask.exprs():
         for node in e.walk():
             if not isinstance(node, ir.Load):
                 continue
-            t = inputs[node.input]
             for dim, a in enumerate(node.args):
                 lo, hi = ir.bounds(a, ranges, sizes, {})
-                if math.isfinite(lo - hi) and (lo < 0 or hi > t.shape[dim] - 1):
+                static = math.isfinite(lo - hi)
+                if not static and not check:
+                    continue
+                if not static:
+                    lo, hi = _value_bounds(a, sizes, inputs)
+                n = inputs[node.input].shape[dim]
+                if lo < 0 or hi > n - 1:
                     raise MaskSpecError(
                         f"index {dim} of `{node.input}` ranges over [{lo}, {hi}] at "
-                        f"B={sizes['B']}, H={sizes['H']}, Q_LEN={sizes['Q_LEN']}, "
-                        f"KV_LEN={sizes['KV_LEN']}, but that dimension has {t.shape[dim]} "
-                        "entries", node.pos, source=mask.source, path=mask.path,
+                        f"{sizes_text(sizes)}, but that dimension has {n} entries", node.pos,
+                        source=mask.source, path=mask.path,
                         hint="declare the input's shape to cover every index, e.g. "
-                        "`(Q_LEN + block - 1) // block` for `q // block`",
+                        "`(Q_LEN + block - 1) // block` for `q // block`" if static else
+                        "the index reads inputs whose values send it outside",
                     )
 
 
 def check_divisors(mask: ir.MaskIR, sizes: Mapping[str, int]) -> None:
     """Divisors, periods and chunk sizes that depend on sizes are positive at these sizes."""
-    where = f"Q_LEN={sizes['Q_LEN']}, KV_LEN={sizes['KV_LEN']}, B={sizes['B']}, H={sizes['H']}"
+    where = sizes_text(sizes)
     for t in mask.terms:
         for c in t.element_conds():
             for e in c.exprs():

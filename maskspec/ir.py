@@ -24,6 +24,9 @@ Value = Union[int, torch.Tensor]  # noqa: UP007 (runtime alias)
 
 VARS = ("b", "h", "q", "kv")
 SIZES = ("B", "H", "Q_LEN", "KV_LEN")
+# The largest magnitude of a literal, a param or an input value: sums and small products of
+# them stay far from int64's limits (and BlockMask indices are int32 anyway).
+MAX_NUMBER = 2**31 - 1
 
 
 # ---------------------------------------------------------------- expressions
@@ -474,6 +477,11 @@ class MaskIR:
     def depends_on(self, var: str) -> bool:
         """Whether the mask reads variable ``var`` (b or h) anywhere."""
         return any(uses(e, Var, var) for e in self.exprs())
+
+    def inputs_indexed_by(self, var: str) -> set[str]:
+        """Inputs some lookup indexes with an expression of ``var`` (b, h or q)."""
+        return {n.input for e in self.exprs() for n in e.walk()
+                if isinstance(n, Load) and any(uses(a, Var, var) for a in n.args)}
 
     def document_inputs(self) -> set[str]:
         """Inputs used as per-position document ids (they must be non-decreasing)."""

@@ -116,8 +116,10 @@ def analyze_cond(cmp: ir.Cmp, error: ErrorFactory) -> CondForm:
             hint="compare kv (or kv % N, kv // N) with an expression of b, h, q, sizes, "
             "params and inputs, e.g. `kv < q + 4`",
         ) from None
-    if atom is None or c == 0:
+    if atom is None:
         return RowCond(cmp)
+    if c == 0:  # kv cancels out (`kv - kv < q`): a row condition on what is left
+        return RowCond(ir.Cmp(cmp.op, rest, ir.const(0), pos=cmp.pos))
     op = cmp.op
     if op == "!=":
         raise error(

@@ -228,7 +228,7 @@ def test_constant_argument_cannot_depend_on_q():
     text = "mask m\nregion r = diagonal(period = q)\n"
     err = _error(text)
     assert_points_at(err, text, _at(text, "q)"), width=1)
-    assert "`q` cannot be used in a constant" in str(err)
+    assert "`q` cannot be used in this argument, which must be constant" in str(err)
 
 
 # ---------------------------------------------------------------- guards
@@ -285,7 +285,7 @@ def test_param_override_that_makes_a_chunk_empty():
 def test_divisor_that_is_zero_at_the_given_sizes():
     text = "mask m\nregion r = full where kv % (Q_LEN - 50) < 3\n"
     mask = _compile(text)
-    with pytest.raises(MaskSpecError, match="divisor is 0 at Q_LEN=50") as err:
+    with pytest.raises(MaskSpecError, match="divisor is 0 at B=1, H=1, Q_LEN=50,") as err:
         mask.grid(1, 1, 50, 70, "cpu", 16)
     assert f":2:{text.splitlines()[1].index('Q_LEN - 50') + 1}:" in str(err.value)
     period = _compile("mask m\nregion r = diagonal(period = Q_LEN - 50)\n")
@@ -463,3 +463,102 @@ def test_lengths_must_fit_int32_indices(eagle3, no_lowering):
 def test_block_size_must_be_positive(eagle3, no_lowering, bs):
     with pytest.raises(ValueError, match="BLOCK_SIZE must be a positive int"):
         eagle3.block_mask(1, 1, 100, 300, "cpu", bs)
+
+
+# ---------------------------------------------------------------- numbers and lookups
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("mask m\ninput a: bool[B]\ninput c: bool[B]\nregion r = causal\nvalid a[b] + c[b] == 1\n",
+     "a[b] +"),
+    ("mask m\ninput a: bool[B]\nregion r = causal\nvalid -a[b] < 0\n", "a[b] <"),
+    ("mask m\ninput a: bool[B]\nregion r = window(left = a[b])\n", "a[b])"),
+    ("mask m\ninput a: bool[B]\nregion r = causal\nvalid max(a[b], 0) == 1\n", "a[b],"),
+])
+def test_bool_inputs_are_not_numbers(text, needle):
+    """torch adds bools as a logical OR (True + True is True): refused, not miscounted."""
+    err = _error(text)
+    assert_points_at(err, text, _at(text, needle), width=4)
+    assert "input `a` is bool" in str(err) and "declare it `int`" in str(err)
+
+
+def test_bool_inputs_still_compare_and_flag():
+    text = "mask m\ninput a: bool[B]\nregion r = causal\nvalid a[b] == 1\n"
+    flags = torch.tensor([False, True])
+    dense = _compile(text).dense(2, 1, 4, 4, a=flags)
+    assert dense[0].sum() == 0 and dense[1].sum() == 10
+
+
+@pytest.mark.parametrize("value, message", [
+    (2.7, "must be an integer"), (True, "must be an integer"), ("3", "must be an integer"),
+    (2**31, "must lie in"), (-(2**63) + 1, "must lie in"),
+])
+def test_param_overrides_are_checked_integers(value, message):
+    with pytest.raises(ValueError, match=f"param `o` {message}"):
+        _compile("mask m\nparam o: int = 0\nregion r = causal(offset = o)\n", o=value)
+
+
+def test_input_values_are_bounded(no_lowering):
+    mask = _compile("mask m\ninput x: int[B]\nregion r = causal\nvalid kv < x[b] + 2\n")
+    with pytest.raises(ValueError, match=r"input `x` must lie in \[-2147483647, 2147483647\]"):
+        mask.block_mask(1, 1, 8, 8, "cpu", 4, x=[2**63 - 2])
+
+
+def test_lookup_through_another_input_is_range_checked(no_lowering):
+    """An index that reads an input has no static bounds: its values are checked."""
+    text = ("mask m\ninput which: int[B]\ninput lens: int[4]\nregion r = causal\n"
+            "valid q < lens[which[b]]\n")
+    mask = _compile(text)
+    with pytest.raises(MaskSpecError, match=r"index 0 of `lens` ranges over \[1, 9\]") as err:
+        mask.block_mask(2, 1, 8, 8, "cpu", 4, which=[1, 9], lens=[2, 3, 4, 5])
+    assert_points_at(err.value, text, _at(text, "lens[which"))
+    assert "reads inputs" in str(err.value)
+
+
+def test_lookup_through_another_input_reads_the_right_entry():
+    mask = _compile("mask m\ninput which: int[B]\ninput lens: int[4]\nregion r = causal\n"
+                    "valid q < lens[which[b]]\n")
+    dense = mask.dense(2, 1, 8, 8, which=[1, 3], lens=[2, 3, 4, 5])
+    rows = dense.any(-1)[:, 0]
+    assert rows.sum(-1).tolist() == [3, 5]
+
+
+def test_mask_mod_needs_the_sizes_that_index_given_inputs():
+    mask = _compile("mask m\ninput a: int[8]\nregion r = causal where kv < a[q]\n")
+    with pytest.raises(ValueError, match=r"input `a` .* indexed by q: pass mask_mod\(Q_LEN=...\)"):
+        mask.mask_mod(a=torch.arange(8))
+    with pytest.raises(MaskSpecError, match="index 0 of `a` ranges over"):
+        mask.mask_mod(a=torch.arange(8), Q_LEN=20)
+    eagle3 = maskspec.load("eagle3")
+    with pytest.raises(ValueError, match=r"`seq_len` .* indexed by b: pass mask_mod\(B=...\)"):
+        eagle3.mask_mod(Q_LEN=4, KV_LEN=8, seq_len=[1, 2])
+    eagle3.mask_mod(Q_LEN=4, KV_LEN=8)  # defaults are uniform: nothing to check
+
+
+def test_document_ids_must_have_one_row_per_batch_element():
+    text = "mask m\ninput doc: int[H, KV_LEN]\nregion r = causal & document(doc)\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, "H,"), width=1)
+    assert "declare `doc` as int[B, N]" in str(err)
+
+
+def test_input_shapes_must_be_positive():
+    text = "mask m\ninput a: int[-1]\nregion r = causal\nvalid q < a[0]\n"
+    assert "a dimension of input `a` must be positive" in str(_error(text))
+    at_sizes = _compile("mask m\ninput x: int[Q_LEN - 10] = 0\nregion r = causal\n")
+    with pytest.raises(ValueError, match=r"input `x` .* would have shape \[-2\] at B=1, H=1, "
+                       r"Q_LEN=8, KV_LEN=8"):
+        at_sizes.block_mask(1, 1, 8, 8, "cpu", 4)
+    zero = _compile("mask m\ninput x: int[Q_LEN // (KV_LEN - Q_LEN)] = 0\nregion r = causal\n")
+    with pytest.raises(ValueError, match=r"a dimension of input `x` \(declared at bad.mask:2\) "
+                       "divides by zero"):
+        zero.block_mask(1, 1, 8, 8, "cpu", 4)
+
+
+def test_document_offsets_are_checked():
+    with pytest.raises(ValueError, match="must start at 0"):
+        maskspec.document_ids(torch.tensor([2, 5, 8]), 10)
+    with pytest.raises(ValueError, match="must be integers"):
+        maskspec.document_ids(torch.tensor([0.0, 5.0, 8.0]), 10)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        maskspec.document_ids(torch.tensor([0, 5, 3]), 10)

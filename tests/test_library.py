@@ -85,6 +85,21 @@ def test_per_head_window_gives_one_layout_per_head():
     assert total[0] < total[1] < total[2]
 
 
+def test_per_head_window_default_fits_short_sequences():
+    """The default width is min(256, KV_LEN), inside the input's own range at any length."""
+    mask = spec("per_head_window")
+    d = mask.dense(1, 2, 100, 100)
+    q, kv = torch.arange(100).view(-1, 1), torch.arange(100).view(1, -1)
+    assert torch.equal(d[0, 1], (kv <= q))  # a window of 100 keys back is all of causal
+    assert validate(mask, 1, 2, 100, 100, 32).ok
+
+
+def test_condition_whose_kv_terms_cancel_is_a_row_condition():
+    mask = maskspec.compile("mask m\nregion r = full where kv - kv < q\n")
+    assert mask.dense(1, 1, 3, 3)[0, 0].tolist() == [[False] * 3, [True] * 3, [True] * 3]
+    assert validate(mask, 1, 1, 70, 50, 16).ok
+
+
 def test_document_ids_from_offsets_with_empty_and_single_documents():
     ids = maskspec.document_ids(torch.tensor([0, 3, 3, 4, 8]), 10)
     # docs: [0,3) [3,3) empty, [3,4) length one, [4,8), then trailing padding [8,10)
