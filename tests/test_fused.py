@@ -153,6 +153,11 @@ SMALL = (2, 90, 150, (16, 32))  # B, Q_LEN, KV_LEN, BLOCK_SIZE
     # inputs whose names extend another's: distinct kernel arguments
     ("mask m\ninput x: int[B] = 5\ninput x_d0: int[B] = 7\n"
      "region r = window(left = x[b]) where kv < q + x_d0[b]\n", SMALL),
+    # kv terms that cancel leave a row condition
+    ("mask m\nregion r = full where kv - kv < q - 20 and 2 * kv - kv - kv <= q\n", SMALL),
+    # a lookup indexed through another input
+    ("mask m\ninput which: int[B] = 1\ninput lens: int[3] = 60\n"
+     "region r = causal where kv >= q - lens[which[b]]\n", SMALL),
 ])
 def test_generated_kernel_edge_cases(text, shape):
     b, q, kv, bs = shape
