@@ -12,6 +12,7 @@ from torch.nn.attention.flex_attention import BlockMask
 from maskspec import blocks, dense, fused, ir
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.compiler import compile_spec
+from maskspec.errors import did_you_mean
 from maskspec.inputs import bind_inputs, block_size_of, sizes_of
 from maskspec.parse import data_dir, parse, parse_file
 from maskspec.targets import cp, cute, fa4, flex
@@ -169,6 +170,14 @@ def shipped_specs() -> dict[str, Path]:
 def load(path: str | Path, **params: int) -> CompiledMask:
     """Parse, validate and compile a `.mask` file, or a shipped spec by name ("eagle3")."""
     p = Path(path)
-    if not p.exists() and p.suffix == "" and str(path) in shipped_specs():
-        p = shipped_specs()[str(path)]
+    if not p.exists():
+        shipped = shipped_specs()
+        if p.suffix == "" and str(path) in shipped:
+            p = shipped[str(path)]
+        else:
+            hint = did_you_mean(p.stem, list(shipped))
+            raise FileNotFoundError(
+                f"no spec file {str(path)!r}" + (f"; {hint}" if hint else "")
+                + f" (shipped specs, loadable by name: {', '.join(sorted(shipped))})"
+            )
     return CompiledMask(compile_spec(parse_file(p), **params))

@@ -272,6 +272,11 @@ def _primitive(r: _Resolver, call: m.Call) -> ir.Primitive:
 
 def _cond(r: _Resolver, c: m.Cond) -> ir.Cmp:
     cmp = ir.Cmp(c.op, r.expr(c.left, ROW_OR_KV), r.expr(c.right, ROW_OR_KV), pos=c.pos)
+    if c.flag and ir.uses(cmp.left, ir.Var, "kv"):
+        raise r.error(
+            "a bare condition is a flag (true where it is not 0), and one on kv would split "
+            "a row's keys", c.pos, hint="compare kv with an expression, e.g. `kv < q + 4`",
+        )
     analyze_cond(cmp, r.error)
     return cmp
 

@@ -67,6 +67,7 @@ class Cond(Node):
     op: Literal["<", "<=", ">", ">=", "==", "!="]
     left: Expr
     right: Expr
+    flag: bool = False  # written bare (`keep[b, q]`), meaning `!= 0`
 
 
 class Param(Node):

@@ -94,7 +94,7 @@ class _ToModel(Transformer):
     def cond(self, meta: Meta, c: list) -> m.Cond:
         if len(c) == 1:  # a bare flag such as `keep[b, q // block]` means `!= 0`
             zero = m.Num(pos=c[0].pos, value=0)
-            return m.Cond(pos=_pos(meta), left=c[0], op="!=", right=zero)
+            return m.Cond(pos=_pos(meta), left=c[0], op="!=", right=zero, flag=True)
         return m.Cond(pos=_pos(meta), left=c[0], op=str(c[1]), right=c[2])
 
     def conds(self, meta: Meta, c: list) -> list[m.Cond]:

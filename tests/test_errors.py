@@ -562,3 +562,21 @@ def test_document_offsets_are_checked():
         maskspec.document_ids(torch.tensor([0.0, 5.0, 8.0]), 10)
     with pytest.raises(ValueError, match="non-decreasing"):
         maskspec.document_ids(torch.tensor([0, 5, 3]), 10)
+
+
+def test_bare_flag_on_kv_says_what_a_flag_is():
+    text = "mask m\nregion r = causal where kv % 2\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, "kv %"))
+    assert "a bare condition is a flag" in str(err) and "`kv < q + 4`" in str(err)
+
+
+def test_missing_spec_file_names_the_shipped_ones():
+    with pytest.raises(FileNotFoundError, match=r"no spec file 'eagle'; did you mean `eagle3`\?"
+                       r" \(shipped specs, loadable by name: causal, .*eagle3"):
+        maskspec.load("eagle")
+
+
+def test_cpu_with_an_index_is_the_cpu(eagle3):
+    bm = eagle3.block_mask(2, 1, 64, 128, "cpu:0", 32, seq_len=torch.tensor([10, 64]))
+    assert bm.kv_num_blocks.device.type == "cpu"
