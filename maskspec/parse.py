@@ -191,6 +191,12 @@ def _expected(terms: set[str] | frozenset[str]) -> str | None:
                           ", ".join(items[:-1]) + " or " + items[-1])
 
 
+def _missing_name(err: UnexpectedToken) -> bool:
+    """Whether the keyword where a name belongs starts a declaration or a clause (a name
+    was probably left out: `mask` then `region`, `region r =` then `where`)."""
+    return str(err.token) in ("param", "input", "region", "valid", "where", "and")
+
+
 def _token_error(err: UnexpectedToken) -> tuple[m.Pos, str, str | None]:
     """Where, what and a hint for a token the grammar does not accept there."""
     tok, accepts = err.token, err.accepts or err.expected
@@ -201,7 +207,9 @@ def _token_error(err: UnexpectedToken) -> tuple[m.Pos, str, str | None]:
     pos = _pos(tok)
     starts_decl = str(tok) in ("param", "input", "region", "valid") and accepts != {"NAME"}
     if str(tok) in KEYWORDS and "NAME" in accepts and not starts_decl:
-        return pos, f"`{tok}` is a keyword, not a name", f"rename it, e.g. `{tok}_`"
+        return pos, f"`{tok}` is a keyword, not a name", (
+            f"rename it, e.g. `{tok}_`" if not _missing_name(err) else
+            f"is a name missing before `{tok}`? Else rename it, e.g. `{tok}_`")
     wanted, hint = _TYPOS.get(str(tok), (None, None))
     if wanted not in accepts:
         hint = _expected(accepts)

@@ -146,7 +146,17 @@ def test_keyword_used_as_a_name(text, needle):
     err = _error(text)
     assert_points_at(err, text, _at(text, needle), width=len(word))
     assert f"syntax error: `{word}` is a keyword, not a name" in str(err)
-    assert _hint(err) == f"rename it, e.g. `{word}_`"
+    assert _hint(err).endswith(f"ename it, e.g. `{word}_`")
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("mask\nregion r = causal\n", "region"),
+    ("mask m\nregion r = where kv < q\n", "where"),
+])
+def test_keyword_where_a_name_was_left_out(text, needle):
+    err = _error(text)
+    assert_points_at(err, text, _at(text, needle), width=len(needle))
+    assert _hint(err) == f"is a name missing before `{needle}`? Else rename it, e.g. `{needle}_`"
 
 
 def test_names_that_start_with_keywords_are_names():
