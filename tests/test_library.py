@@ -94,6 +94,15 @@ def test_per_head_window_default_fits_short_sequences():
     assert validate(mask, 1, 2, 100, 100, 32).ok
 
 
+def test_keys_past_the_document_ids_are_in_no_document():
+    mask = maskspec.compile("mask m\ninput doc: int[B, Q_LEN]\nregion r = full & document(doc)\n")
+    doc = torch.tensor([[0, 0, 1, 1]])
+    d = mask.dense(1, 1, 4, 8, doc=doc)[0, 0]
+    assert not d[:, 4:].any()
+    assert d[:, :4].tolist() == (doc[0].view(-1, 1) == doc[0].view(1, -1)).tolist()
+    assert validate(mask, 1, 1, 4, 8, 2, doc=doc).ok
+
+
 def test_condition_whose_kv_terms_cancel_is_a_row_condition():
     mask = maskspec.compile("mask m\nregion r = full where kv - kv < q\n")
     assert mask.dense(1, 1, 3, 3)[0, 0].tolist() == [[False] * 3, [True] * 3, [True] * 3]
