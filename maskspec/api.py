@@ -108,9 +108,11 @@ class CompiledMask:
         ``maskspec.targets.cp``. Give ``mesh`` (1-D DeviceMesh) or ``rank`` and ``world_size``.
         """
         rank, world_size, device = cp.placement(mesh, rank, world_size, device)
+        cp.check_layout(Q_LEN, KV_LEN, world_size, rank)
         bs = block_size_of(BLOCK_SIZE)
         sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)
-        order = cp.sharding(self.ir, load_balancer, Q_LEN, world_size, dev, bound)
+        order = cp.sharding(self.ir, load_balancer, Q_LEN, world_size, dev, bound,
+                           sizes["B"])
         mm = mask_mod_backend.mask_mod(self.ir, sizes, bound)
         return cp.block_mask(self.ir, sizes, bound, mm, order, rank, world_size, bs)
 

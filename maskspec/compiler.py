@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from maskspec import ir
 from maskspec import model as m
 from maskspec.errors import MaskSpecError, did_you_mean
-from maskspec.lower import analyze_cond, width_exprs
+from maskspec.lower import analyze_cond, extent_exprs, reach_exprs, width_exprs
 
 MAX_NUMBER = ir.MAX_NUMBER
 
@@ -161,7 +161,8 @@ def _params(spec: m.Spec, overrides: Mapping[str, int]) -> dict[str, int]:
             raise MaskSpecError(
                 f"param `{p.name}` has no default and no value was given", p.pos,
                 source=spec.source, path=spec.path,
-                hint=f"pass it when loading: maskspec.load(path, {p.name}=...)",
+                hint=f"pass it: maskspec.load(path, {p.name}=...) in Python, "
+                     f"--param {p.name}=... on the command line",
             )
         e = _Resolver(spec, values).expr(p.default, CONST)
         if not ir.is_constant(e) or any(isinstance(n, ir.Size) for n in e.walk()):
@@ -308,5 +309,6 @@ def compile_spec(spec: m.Spec, **params: int) -> ir.MaskIR:
                 prims += (_primitive(r, c),)
         regions[reg.name] = (prims, conds)
         every = conds + tuple(valid)
-        terms.append(ir.Term(reg.name, prims, every, width_exprs(prims, every), pos=reg.pos))
+        terms.append(ir.Term(reg.name, prims, every, width_exprs(prims, every),
+                             reach_exprs(every), extent_exprs(prims, every), pos=reg.pos))
     return ir.MaskIR(spec.name, tuple(terms), inputs, r.params, spec.source, spec.path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,11 +36,10 @@ try:
 except ImportError:  # CPU-only installs: the torch path serves every build
     triton = None
 
-ROW_CHUNK = 16  # rows of a row block counted by one program (fewer when rows hold many slots)
+ROW_CHUNK = 32  # rows of a row block counted by one program (fewer when rows hold many slots)
+COUNT_WARPS = 4
 MAX_PAIRS = 2**12  # interval pairs one program compares (rows × slots²) in the gap search
 MAX_SLOTS = 128  # interval slots per row past which the torch path classifies
-KV_CHUNK = 512  # key blocks of a row scanned at a time
-Q_CHUNK, STRIP = 256, 4  # the column kernel's tile: row blocks × key blocks
 if triton is not None:
     _PARTIAL, _FULL = tl.constexpr(1), tl.constexpr(2)  # block classes in the byte grid
 
@@ -70,21 +70,22 @@ if triton is not None:
         block has a gap in it; rows past Q_LEN (ok false, in_block true) are all gap.
 
         A gap starts at 0 or at an interval's end that no interval covers, and runs to the
-        next interval start: O(K²) compares per row, no sort."""
+        next interval start: O(K²) compares per row, no sort. Live intervals lie in
+        [0, KV_LEN] and KV_LEN < 2**31 - 1 (``fits``), so they are compared as int32."""
         live = ok & (lo < hi)
-        lo, hi = lo.to(tl.int64), hi.to(tl.int64)
+        lo, hi = tl.where(live, lo, 0).to(tl.int32), tl.where(live, hi, 0).to(tl.int32)
         _add_ranges(touched_ptr, lo // KV_BS, (hi + KV_BS - 1) // KV_BS, live, n_kv)
-        far = tl.full((1,), 1 << 40, tl.int64)  # past every key
+        far = tl.full((1,), 2**31 - 1, tl.int32)  # past every key
         starts = tl.where(live, lo, far)[:, None, :]  # (R, 1, KP): interval k
-        ends = tl.where(live, hi, 0)[:, None, :]
+        ends = hi[:, None, :]
         end = hi[:, :, None]  # (R, KP, 1): the end of interval j
         covered = tl.max(((starts <= end) & (end < ends)).to(tl.int32), 2)
-        gap_end = tl.min(tl.where(starts > end, starts, far), 2)
-        _add_ranges(gaps_ptr, hi // KV_BS, (gap_end + KV_BS - 1) // KV_BS,
-                    live & (covered == 0), n_kv)
-        first = tl.min(tl.where(live, lo, far), 1)[:, None]  # the gap before every interval
-        _add_ranges(gaps_ptr, 0 * first, (first + KV_BS - 1) // KV_BS, in_block & (first > 0),
-                    n_kv)
+        gap_end = tl.min(tl.where(starts > end, starts, far), 2).to(tl.int64)
+        _add_ranges(gaps_ptr, hi // KV_BS, ((gap_end + KV_BS - 1) // KV_BS).to(tl.int32),
+                        live & (covered == 0), n_kv)
+        first = tl.min(tl.where(live, lo, far), 1)[:, None].to(tl.int64)  # before every interval
+        _add_ranges(gaps_ptr, 0 * first, (first + KV_BS - 1) // KV_BS,
+                        in_block & (first > 0), n_kv)
 
     @triton.jit
     def _finish_kernel(kv_num_ptr, kv_idx_ptr, full_kv_num_ptr, full_kv_idx_ptr, cls_ptr, n_q,
@@ -210,29 +211,33 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def _slots(k: int) -> int:
-    """Interval slots per row held by a program: at least 16, so that the few interval
-    counts of a TTT sequence share one compiled kernel."""
-    return max(16, _pow2(k))
+def _slots(k: int, least: int = 8) -> int:
+    """Interval slots per row held by a program: a power of two, at least ``least``. The
+    gap search costs slots² per row, so few slots are fast; but the interval count of a
+    spec with diagonals or ``kv % P`` grows with KV_LEN, and 8 slots let the TTT steps
+    share one compiled kernel."""
+    return max(least, _pow2(k))
 
 
-def _row_chunk(q_bs: int, k: int) -> int:
+def _row_chunk(q_bs: int, slots: int) -> int:
     """Rows per count program: ROW_CHUNK, fewer for small blocks or many slots per row."""
-    return min(ROW_CHUNK, _pow2(q_bs), max(1, MAX_PAIRS // _slots(k) ** 2))
+    return min(ROW_CHUNK, _pow2(q_bs), max(1, MAX_PAIRS // slots**2))
 
 
-def fits(k: int, q_len: int, kv_len: int, block_size: tuple[int, int]) -> bool:
-    """Whether the fused kernels can classify K intervals per row (else use the torch path):
-    at most MAX_SLOTS slots per row, and a grid within CUDA's limits (65535 in y and z)."""
+def fits(slots: int, q_len: int, kv_len: int, block_size: tuple[int, int]) -> bool:
+    """Whether the fused kernels can classify rows of this many interval slots (else use
+    the torch path): at most MAX_SLOTS, keys and block ends within int32, and a grid within
+    CUDA's limits (65535 in y and z)."""
     n_q, n_kv = -(-q_len // block_size[0]), -(-kv_len // block_size[1])
-    chunks = -(-block_size[0] // _row_chunk(block_size[0], k))
+    chunks = -(-block_size[0] // _row_chunk(block_size[0], slots))
     return (triton is not None and n_q <= 65535 and chunks <= 65535
-            and -(-n_kv // STRIP) <= 65535 and _slots(k) <= MAX_SLOTS)
+            and kv_len + block_size[1] < 2**31 - 1
+            and -(-n_kv // TILES.strip) <= 65535 and slots <= MAX_SLOTS)
 
 
-def _grid(lead: tuple[int, ...], n_q: int, q_bs: int, k: int) -> tuple[int, int, int]:
+def _grid(lead: tuple[int, ...], n_q: int, q_bs: int, slots: int) -> tuple[int, int, int]:
     """The count kernels' grid: (batch·head, row block, chunk of its rows)."""
-    return math.prod(lead), n_q, -(-q_bs // _row_chunk(q_bs, k))
+    return math.prod(lead), n_q, -(-q_bs // _row_chunk(q_bs, slots))
 
 
 def _scratch(lead: tuple[int, ...], n_q: int, n_kv: int, device: torch.device) -> Tensor:
@@ -240,24 +245,53 @@ def _scratch(lead: tuple[int, ...], n_q: int, n_kv: int, device: torch.device) -
     return torch.zeros(2, *lead, n_q, n_kv, dtype=torch.int32, device=device)
 
 
-def _finish(scratch: Tensor, n_q: int, n_kv: int) -> tuple[Tensor, ...]:
-    """All eight tensors from the counted difference arrays: classes and kv_* per row
-    block, then the q-direction ones read down the class bytes' columns."""
+@dataclass(frozen=True)
+class Tiles:
+    """Tile sizes and warps of the two fixed kernels (``benchmarks/tune_build.py`` times
+    the alternatives)."""
+
+    kv_chunk: int = 1024  # key blocks of a row scanned at a time (finish kernel)
+    finish_warps: int = 4
+    q_chunk: int = 256  # row blocks × key blocks: the column kernel's tile
+    strip: int = 4
+    column_warps: int = 4
+
+
+TILES = Tiles()
+
+
+def _finish_rows(scratch: Tensor, n_q: int, n_kv: int, tiles: Tiles) -> tuple[Tensor, ...]:
+    """kv_num, kv_idx, full_kv_num, full_kv_idx (in scratch's place) and the class bytes."""
     kv_idx, full_kv_idx = scratch
     lead = kv_idx.shape[:-2]
     kv_num, full_kv_num = (kv_idx.new_empty(*lead, n_q) for _ in range(2))
     cls = kv_idx.new_empty(*lead, n_q, n_kv, dtype=torch.int8)
     _finish_kernel[(lead.numel(), n_q)](
-        kv_num, kv_idx, full_kv_num, full_kv_idx, cls, n_q, n_kv, CHUNK=KV_CHUNK, num_warps=8
+        kv_num, kv_idx, full_kv_num, full_kv_idx, cls, n_q, n_kv, CHUNK=tiles.kv_chunk,
+        num_warps=tiles.finish_warps,
     )
+    return kv_num, kv_idx, full_kv_num, full_kv_idx, cls
+
+
+def _columns(cls: Tensor, n_q: int, n_kv: int, tiles: Tiles) -> tuple[Tensor, ...]:
+    """q_num, q_idx, full_q_num, full_q_idx, read down the class bytes' columns."""
+    lead = cls.shape[:-2]
     q_num, full_q_num = (cls.new_empty(*lead, n_kv, dtype=torch.int32) for _ in range(2))
     q_idx = cls.new_empty(*lead, n_kv, n_q, dtype=torch.int32)
     full_q_idx = torch.empty_like(q_idx)
-    _column_strip_kernel[(lead.numel(), -(-n_kv // STRIP))](
-        cls, q_num, q_idx, full_q_num, full_q_idx, n_q, n_kv, QC=Q_CHUNK, STRIP=STRIP,
-        num_warps=4,
+    _column_strip_kernel[(lead.numel(), -(-n_kv // tiles.strip))](
+        cls, q_num, q_idx, full_q_num, full_q_idx, n_q, n_kv, QC=tiles.q_chunk,
+        STRIP=tiles.strip, num_warps=tiles.column_warps,
     )
-    return kv_num, kv_idx, full_kv_num, full_kv_idx, q_num, q_idx, full_q_num, full_q_idx
+    return q_num, q_idx, full_q_num, full_q_idx
+
+
+def _finish(scratch: Tensor, n_q: int, n_kv: int, tiles: Tiles | None = None) -> tuple[Tensor, ...]:
+    """All eight tensors from the counted difference arrays: classes and kv_* per row
+    block, then the q-direction ones read down the class bytes' columns."""
+    tiles = tiles or TILES
+    *kv, cls = _finish_rows(scratch, n_q, n_kv, tiles)
+    return (*kv, *_columns(cls, n_q, n_kv, tiles))
 
 
 def classify_rows(
@@ -273,9 +307,10 @@ def classify_rows(
     lead, k = rows.lo.shape[:-2], rows.lo.shape[-1]
     lo, hi = rows.lo.contiguous(), rows.hi.contiguous()
     scratch = _scratch(tuple(lead), n_q, n_kv, lo.device)
-    _count_kernel[_grid(tuple(lead), n_q, q_bs, k)](
-        lo, hi, *scratch, q_len, n_q, n_kv, K=k, KP=_slots(k), Q_BS=q_bs, RC=_row_chunk(q_bs, k),
-        KV_BS=kv_bs, num_warps=8,
+    slots = _slots(k)
+    _count_kernel[_grid(tuple(lead), n_q, q_bs, slots)](
+        lo, hi, *scratch, q_len, n_q, n_kv, K=k, KP=slots, Q_BS=q_bs,
+        RC=_row_chunk(q_bs, slots), KV_BS=kv_bs, num_warps=COUNT_WARPS,
     )
     if release:
         del lo, hi
@@ -289,7 +324,7 @@ def classify(
     """The eight BlockMask tensors of these rows: fused kernels on CUDA where they fit, else
     ``blocks.classify`` and ``flex.index_tensors`` (``release`` as in ``classify_rows``)."""
     k = rows.lo.shape[-1]
-    if rows.lo.device.type == "cuda" and fits(k, q_len, kv_len, block_size):
+    if rows.lo.device.type == "cuda" and fits(_slots(k), q_len, kv_len, block_size):
         return classify_rows(rows, q_len, kv_len, block_size, release)
     return flex.index_tensors(blocks.classify(rows, q_len, kv_len, *block_size))
 
@@ -303,6 +338,8 @@ class _Generated:
         if src not in _KERNELS:
             _KERNELS[src] = codegen.load_source(src, triton_rows.KERNEL)
         self.kernel = _KERNELS[src]
+        # A spec without loops fills the same slots at every size: hold only those.
+        self.least_slots = 8 if triton_rows.loops_grow(mask) else 4
         self.plans: dict[tuple[int, ...], tuple[list[int], int]] = {}
 
     def plan(self, sizes: Mapping[str, int]) -> tuple[list[int], int]:
@@ -332,17 +369,18 @@ def build(
     no row tensor) and ``_finish``. None when the shape does not fit (see ``fits``)."""
     g = generated(mask)
     loops, k = g.plan(sizes)
+    slots = _slots(k, g.least_slots)
     q_len, kv_len = sizes["Q_LEN"], sizes["KV_LEN"]
-    if not fits(k, q_len, kv_len, block_size):
+    if not fits(slots, q_len, kv_len, block_size):
         return None
     q_bs, kv_bs = block_size
     n_q, n_kv = -(-q_len // q_bs), -(-kv_len // kv_bs)
     lead = lower.lead_shape(mask, sizes)
     scratch = _scratch(lead, n_q, n_kv, device)
-    g.kernel[_grid(lead, n_q, q_bs, k)](
+    g.kernel[_grid(lead, n_q, q_bs, slots)](
         *triton_rows.input_args(mask, inputs), *scratch, sizes["B"], sizes["H"], q_len,
-        kv_len, lead[1], n_q, n_kv, *loops, KP=_slots(k), Q_BS=q_bs, RC=_row_chunk(q_bs, k),
-        KV_BS=kv_bs, num_warps=8,
+        kv_len, lead[1], n_q, n_kv, *loops, KP=slots, Q_BS=q_bs, RC=_row_chunk(q_bs, slots),
+        KV_BS=kv_bs, num_warps=COUNT_WARPS,
     )
     return _finish(scratch, n_q, n_kv)
 

@@ -446,6 +446,8 @@ class Term:
     prims: tuple[Primitive, ...]
     conds: tuple[Cmp, ...]
     widths: tuple[Expr, ...] = ()  # bounds on its intervals' widths (see lower.width_exprs)
+    reach: tuple[tuple[Expr, ...], tuple[Expr, ...]] = ((), ())  # see lower.reach_exprs
+    extent: tuple[tuple[Expr, ...], tuple[Expr, ...]] = ((), ())  # see lower.extent_exprs
     pos: Pos | None = field(default=None, compare=False, repr=False)
 
     def exprs(self) -> Iterator[Expr]:

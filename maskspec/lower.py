@@ -163,35 +163,42 @@ def _outer(a: torch.Tensor, b: torch.Tensor, f: Callable) -> torch.Tensor:
     return f(x, y).flatten(-2)
 
 
-def rounds(p: ir.Primitive, sizes: Mapping[str, int]) -> tuple[int, int]:
+def rounds(p: ir.Primitive, sizes: Mapping[str, int], t: ir.Term) -> tuple[int, int]:
     """A diagonal's first round and round count (maybe ≤ 0): the rounds r whose keys
-    q + offset + r·period can fall in [0, KV_LEN). Plain arithmetic, so KV_LEN stays symbolic
-    under torch.compile."""
+    q + offset + r·period can fall in [0, KV_LEN) and in the term's kv ranges for some row
+    (``reach_exprs``): a round no row can reach holds no interval slot. Plain arithmetic,
+    so KV_LEN stays symbolic under torch.compile."""
     period = ir.const_value(p.args["period"], sizes)
     off = ir.const_value(p.args["offset"], sizes)
-    r0 = -((off + sizes["Q_LEN"] - 1) // period)  # ceil((-off - (Q_LEN - 1)) / period)
-    return r0, (sizes["KV_LEN"] - 1 - off) // period + 1 - r0
+    first = -((off + sizes["Q_LEN"] - 1) // period)  # ceil((-off - (Q_LEN - 1)) / period)
+    last = (sizes["KV_LEN"] - 1 - off) // period
+    rng = {"q": (0, sizes["Q_LEN"] - 1)}
+    lows, highs = t.reach
+    for e in lows:  # off + r·period >= lo - q for some q
+        least = ir.bounds(e, rng, sizes, {})[0]
+        if math.isfinite(least):
+            first = max(first, -((off - math.ceil(least)) // period))
+    for e in highs:  # off + r·period < hi - q for some q
+        most = ir.bounds(e, rng, sizes, {})[1]
+        if math.isfinite(most):
+            last = torch.sym_min(last, (math.floor(most) - 1 - off) // period)
+    return first, last + 1 - first
 
 
-def _rounds(p: ir.Primitive, env: ir.Env) -> torch.Tensor | None:
-    """``rounds`` as a tensor along the last dim (None if there are none)."""
-    r0, n = rounds(p, env.sizes)
-    if n <= 0:
-        return None
-    # One extra round, past KV_LEN (it clips to empty): the round dim is never of size 1,
-    # which torch.compile would specialize, recompiling as KV_LEN grows.
-    return (torch.arange(n + 1, device=env.vars["q"].device) + r0).view(1, 1, 1, -1)
+def _rounds(p: ir.Primitive, env: ir.Env, t: ir.Term) -> torch.Tensor:
+    """``rounds`` as a tensor along the last dim, with at least one extra round past the
+    last (it clips to empty): the round dim never has size 0 or 1, whose branches
+    torch.compile would specialize, recompiling as KV_LEN grows."""
+    r0, n = rounds(p, env.sizes, t)
+    count = torch.sym_max(n, 1) + 1
+    return (torch.arange(count, device=env.vars["q"].device) + r0).view(1, 1, 1, -1)
 
 
-def _prim_rows(
-    p: ir.Primitive, env: ir.Env
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The primitive's interval(s) per row, with a trailing dim of rounds; None if empty."""
+def _prim_rows(p: ir.Primitive, env: ir.Env, t: ir.Term) -> tuple[torch.Tensor, torch.Tensor]:
+    """The primitive's interval(s) per row, with a trailing dim of rounds."""
     if p.kind == "diagonal":
-        r = _rounds(p, env)
-        if r is None:
-            return None
-        env = ir.Env(vars={**env.vars, "r": r}, sizes=env.sizes, inputs=env.inputs)
+        env = ir.Env(vars={**env.vars, "r": _rounds(p, env, t)}, sizes=env.sizes,
+                     inputs=env.inputs)
     zero = torch.zeros_like(env.vars["q"])
     lo, hi = (zero + ir.evaluate(e, env) for e in ir.interval(p))
     return lo, hi
@@ -206,6 +213,34 @@ def width_exprs(prims: tuple[ir.Primitive, ...], conds: tuple[ir.Cmp, ...]) -> t
     return tuple(ir.difference(hi, lo) for lo, hi in pairs)
 
 
+def _plain(e: ir.Expr) -> bool:
+    """Whether e depends on nothing but q, constants and fixed sizes: its bounds over the
+    rows are then plain numbers, also while torch.compile holds KV_LEN symbolic."""
+    return all(isinstance(n, ir.Const | ir.Bin) or n == ir.Var("q")
+               or (isinstance(n, ir.Size) and n.name != "KV_LEN") for n in e.walk())
+
+
+Bounds = tuple[tuple[ir.Expr, ...], tuple[ir.Expr, ...]]  # expressions below / above kv
+
+
+def reach_exprs(conds: tuple[ir.Cmp, ...]) -> Bounds:
+    """The term's plain kv bounds less q (lo - q, hi - q): they limit a diagonal's rounds
+    (``rounds``). Found once, at compile time."""
+    forms = [f for f in map(cond_form, conds) if isinstance(f, KvRange)]
+    q = ir.Var("q")
+    return (tuple(ir.difference(f.lo, q) for f in forms if f.lo is not None and _plain(f.lo)),
+            tuple(ir.difference(f.hi, q) for f in forms if f.hi is not None and _plain(f.hi)))
+
+
+def extent_exprs(prims: tuple[ir.Primitive, ...], conds: tuple[ir.Cmp, ...]) -> Bounds:
+    """The term's plain kv bounds (primitives' and conditions'): every interval of the term
+    lies between them, which limits the period slots it meets (``spans``)."""
+    pairs = [ir.interval(p) for p in prims if p.kind != "diagonal"]
+    pairs += [(f.lo, f.hi) for f in map(cond_form, conds) if isinstance(f, KvRange)]
+    return (tuple(lo for lo, _ in pairs if lo is not None and _plain(lo)),
+            tuple(hi for _, hi in pairs if hi is not None and _plain(hi)))
+
+
 def _width_bound(t: ir.Term, sizes: Mapping[str, int]) -> float:
     """An upper bound on the width of any of the term's intervals at these sizes."""
     rng = {"q": (0, sizes["Q_LEN"] - 1)}
@@ -215,9 +250,16 @@ def _width_bound(t: ir.Term, sizes: Mapping[str, int]) -> float:
 
 def spans(t: ir.Term, f: ModRange, sizes: Mapping[str, int]) -> int:
     """How many period slots one of the term's intervals can meet: the pieces a
-    ``kv % P`` condition cuts it into."""
+    ``kv % P`` condition cuts it into. Bounded by the widths and by the slots between the
+    term's extent (an interval inside [0, P) meets one, however wide)."""
     period, width = ir.const_value(f.period, sizes), _width_bound(t, sizes)
     n = 1 if width <= 1 else math.ceil((width - 1) / period) + 1
+    rng = {"q": (0, sizes["Q_LEN"] - 1)}
+    lows, highs = t.extent
+    least = max([0.0, *(ir.bounds(e, rng, sizes, {})[0] for e in lows)])
+    most = min([math.inf, *(ir.bounds(e, rng, sizes, {})[1] for e in highs)])
+    if math.isfinite(least) and math.isfinite(most):
+        n = min(n, max(1, (math.ceil(most) - 1) // period - math.floor(least) // period + 1))
     return int(min(n, sizes["KV_LEN"] // period + 2))
 
 
@@ -237,13 +279,11 @@ def _split_by_period(
     return nlo.flatten(-2), nhi.flatten(-2)
 
 
-def _term_rows(t: ir.Term, env: ir.Env) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _term_rows(t: ir.Term, env: ir.Env) -> tuple[torch.Tensor, torch.Tensor]:
     forms = [cond_form(c) for c in t.conds]
     lo, hi = None, None
     for p in t.prims:
-        rows = _prim_rows(p, env)
-        if rows is None:
-            return None
+        rows = _prim_rows(p, env, t)
         if lo is None:
             lo, hi = rows
         else:
@@ -309,14 +349,9 @@ def row_intervals(
     shape = (*lead_shape(mask, sizes, q.shape[0] > 1), q.shape[2])
     los, his = [], []
     for t in mask.terms:
-        rows = _term_rows(t, env)
-        if rows is not None:
-            lo, hi = rows
-            los.append(lo.expand(*shape, lo.shape[-1]))
-            his.append(hi.expand(*shape, hi.shape[-1]))
-    if not los:
-        z = torch.zeros(*shape, 1, dtype=torch.long, device=device)
-        return Rows(z, z)
+        lo, hi = _term_rows(t, env)
+        los.append(lo.expand(*shape, lo.shape[-1]))
+        his.append(hi.expand(*shape, hi.shape[-1]))
     return Rows(_concat(los), _concat(his))
 
 

@@ -27,7 +27,7 @@ def make_block_mask(B, H, Q_LEN, KV_LEN, device=None, BLOCK_SIZE=128, *, check_i
     """The {name} BlockMask: create_block_mask's arguments, minus the mask_mod."""
     bs = block_size_of(BLOCK_SIZE)
     device = torch.device(device if device is not None else "cpu")
-    sizes = sizes_of(B or 1, H or 1, Q_LEN, KV_LEN)
+    sizes = sizes_of(1 if B is None else B, 1 if H is None else H, Q_LEN, KV_LEN)
     bound = bind_inputs(MASK, sizes, inputs, device, check_inputs)
     return build(MASK, sizes, bound, device, bs)
 

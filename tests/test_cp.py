@@ -248,6 +248,15 @@ def test_flex_attention_over_gathered_rounds_equals_global(eagle3):
          "document inputs"),
         ({"Q_LEN": 128, "KV_LEN": 128, "world_size": 2, "load_balancer": "zigzag"},
          "load_balancer must be"),
+        ({"Q_LEN": 128, "KV_LEN": 128, "world_size": 0}, "rank must be in"),
+        ({"Q_LEN": 8, "KV_LEN": 8, "world_size": 2,
+          "load_balancer": torch.tensor([0, 1, 2, 3, 4, 5, 6, 6])}, "row 0 does not"),
+        ({"Q_LEN": 8, "KV_LEN": 8, "world_size": 2,
+          "load_balancer": torch.tensor([0, 1, 2, 3, 4, 5, 6, 8])}, "once per row"),
+        ({"Q_LEN": 8, "KV_LEN": 8, "world_size": 2, "load_balancer": torch.arange(6)},
+         r"shape \(Q_LEN,\)"),
+        ({"Q_LEN": 8, "KV_LEN": 8, "world_size": 2,
+          "load_balancer": torch.arange(8).repeat(3, 1)}, r"\(B, Q_LEN\) = \(1, 8\)"),
     ],
 )
 def test_errors(kwargs, message):

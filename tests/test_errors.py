@@ -354,7 +354,8 @@ def test_param_without_value():
     err = _error(text)
     assert_points_at(err, text, _at(text, "param"))
     assert "param `w` has no default and no value was given" in str(err)
-    assert _hint(err) == "pass it when loading: maskspec.load(path, w=...)"
+    assert _hint(err) == ("pass it: maskspec.load(path, w=...) in Python, --param w=... on the "
+                          "command line")
     assert _compile(text, w=2).ir.params == {"w": 2}
 
 

@@ -61,7 +61,7 @@ def test_fused_kernels_match_torch_classification(name):
                   random_inputs(mask, 2, 2, q, kv, random.Random(seed)).items()}
         sizes, bound, dev = mask._bind(2, 2, q, kv, DEV, inputs)
         rows = lower.row_intervals(mask.ir, sizes, bound, dev)
-        assert fused.fits(rows.lo.shape[-1], q, kv, bs)
+        assert fused.fits(fused._slots(rows.lo.shape[-1]), q, kv, bs)
         want = flex.index_tensors(blocks.classify(rows, q, kv, *bs))
         got = fused.classify_rows(rows, q, kv, bs)
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

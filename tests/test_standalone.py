@@ -66,3 +66,12 @@ def test_standalone_runs_without_maskspec(tmp_path):
                          capture_output=True, text=True)
     want = spec("eagle3").block_mask(2, 1, 1000, 4500, "cpu", (256, 128), seq_len=[1000, 700])
     assert out.stdout.strip() == str(want.kv_num_blocks.tolist())
+
+
+def test_standalone_refuses_what_maskspec_refuses(tmp_path):
+    """B=0 is an error in both (None means 1, as in create_block_mask)."""
+    module, _ = _module("causal", tmp_path)
+    for build in (spec("causal").block_mask, module.make_block_mask):
+        with pytest.raises(ValueError, match="B"):
+            build(0, 1, 64, 64, "cpu", 16)
+        assert build(None, None, 64, 64, "cpu", 16).kv_num_blocks.shape[:2] == (1, 1)

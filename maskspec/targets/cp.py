@@ -80,9 +80,22 @@ def per_document(lengths: list[list[int]], world_size: int, device: torch.device
     return Sharding(torch.stack(orders), run)
 
 
-def from_order(order: torch.Tensor) -> Sharding:
-    """Any rearrangement (e.g. a torch ``_LoadBalancer._generate_indices()``): runs read on host."""
+def from_order(order: torch.Tensor, q_len: int, batch: int) -> Sharding:
+    """Any rearrangement (e.g. a torch ``_LoadBalancer._generate_indices()``): runs read on host.
+    Each row must be a permutation of the Q_LEN positions (one row, or one per sample)."""
     order = order if order.dim() == 2 else order.unsqueeze(0)
+    if order.dim() != 2 or order.shape[0] not in (1, batch) or order.shape[1] != q_len:
+        raise ValueError(
+            f"a load_balancer order must have shape (Q_LEN,), (1, Q_LEN) or (B, Q_LEN) = "
+            f"({batch}, {q_len}), got {tuple(order.shape)}"
+        )
+    ok = torch.sort(order, dim=-1).values == torch.arange(q_len, device=order.device)
+    if not bool(ok.all()):
+        row = int((~ok).any(-1).nonzero()[0])
+        raise ValueError(
+            f"a load_balancer order must hold every position 0..Q_LEN-1 = {q_len - 1} once per "
+            f"row; row {row} does not (a repeated, missing or out-of-range position)"
+        )
     breaks = (order[:, 1:] != order[:, :-1] + 1).any(0).nonzero().flatten() + 1
     breaks = torch.cat([breaks.new_zeros(1), breaks])
     starts = order[:, breaks].flatten().tolist() + breaks.tolist()
@@ -98,7 +111,7 @@ def document_lengths(ids: torch.Tensor, length: int) -> list[list[int]]:
 
 def sharding(
     mask: ir.MaskIR, load_balancer: object, q_len: int, world_size: int, device: torch.device,
-    inputs: dict[str, torch.Tensor],
+    inputs: dict[str, torch.Tensor], batch: int = 1,
 ) -> Sharding:
     """The order a ``load_balancer`` argument names: None, "head_tail", "per_document"
     (documents from the spec's document ids), an order tensor or a torch ``_LoadBalancer``."""
@@ -116,9 +129,10 @@ def sharding(
             )
         return per_document(document_lengths(inputs[docs[0]], q_len), world_size, device)
     if isinstance(load_balancer, torch.Tensor):
-        return from_order(load_balancer.to(device=device, dtype=torch.long))
+        return from_order(load_balancer.to(device=device, dtype=torch.long), q_len, batch)
     if hasattr(load_balancer, "_generate_indices"):
-        return from_order(load_balancer._generate_indices().to(device=device, dtype=torch.long))
+        indices = load_balancer._generate_indices().to(device=device, dtype=torch.long)
+        return from_order(indices, q_len, batch)
     raise ValueError(
         f"load_balancer must be None, 'head_tail', 'per_document', an order tensor (1 or B, "
         f"Q_LEN) or a torch _LoadBalancer, got {load_balancer!r}"

@@ -88,6 +88,12 @@ def _loops(t: ir.Term, i: int) -> tuple[list[_Loop], list[_Loop]]:
     return rounds, pieces
 
 
+def loops_grow(mask: ir.MaskIR) -> bool:
+    """Whether the spec's interval count depends on the sizes (it has diagonals or
+    ``kv % P`` conditions, each a loop); else it is the number of regions."""
+    return any(lp for i, t in enumerate(mask.terms) for lp in _loops(t, i))
+
+
 def _term_args(t: ir.Term, i: int) -> list[str]:
     rounds, pieces = _loops(t, i)
     return [a for lp in rounds for a in (lp.start, lp.extent)] + \
@@ -208,7 +214,7 @@ def plan(mask: ir.MaskIR, sizes: Mapping[str, int]) -> tuple[list[int], int]:
         n = 1
         for p in t.prims:
             if p.kind == "diagonal":
-                r0, count = lower.rounds(p, sizes)
+                r0, count = lower.rounds(p, sizes, t)
                 args += [r0, max(count, 0)]
                 n *= max(count, 0)
         for c in t.conds:
