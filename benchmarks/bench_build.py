@@ -6,11 +6,14 @@
 Every case is built by each method in the same process: maskspec (``CompiledMask.block_mask``:
 on CUDA the spec's generated Triton kernel), maskspec graph (``fast.Builder(cuda_graph=True)``,
 the same kernels replayed), maskspec with the row stage torch.compile'd instead
-(``fast.Builder(compiled=True)``, with and without a graph), create_block_mask eager and
+(``fast.Builder(compiled=True)``, with and without a graph), maskspec's torch path (what a
+build runs while its kernels compile: ``fused.torch_path``), create_block_mask eager and
 torch.compile'd. Times are medians of many runs, each timed with CUDA events
 around the whole build (a TTT case builds all its steps); memory is the peak allocated
-above what was live before one build. Also measured: the first call in a fresh process
-(cold and warm compile caches) and flex_attention forward+backward with either BlockMask.
+above what was live before one build. Also measured: the first calls in a fresh process
+(cold and warm compile caches, kernels compiled in the background or first) and
+flex_attention forward+backward with maskspec's BlockMask and with create_block_mask's of
+a hand-written mask_mod.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 import maskspec
+from maskspec import fused
 from maskspec.fast import Builder
+from maskspec.targets import flex
 from maskspec.verify import PAIRS, first_difference
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -143,9 +148,16 @@ def _methods(mask: maskspec.CompiledMask, case: Case, dev: torch.device) -> dict
     compiled = Builder(mask, compiled=True)
     graph_compiled = Builder(mask, cuda_graph=True, compiled=True)
     cbm_compiled = torch.compile(create_block_mask)
+
+    def torch_path(kv: int) -> BlockMask:  # what a build runs while its kernels compile
+        sizes, bound, d = mask._bind(case.B, 1, case.q, kv, dev, inputs, False)
+        tensors = fused.torch_path(mask.ir, sizes, bound, d, (128, 128))
+        return flex.from_tensors(tensors, case.q, kv, (128, 128), mods[kv])
+
     out = {
         "maskspec": lambda kv: mask.block_mask(
             case.B, 1, case.q, kv, dev, check_inputs=False, **inputs),
+        "maskspec torch path": torch_path,
         "maskspec graph": lambda kv: graph(case.B, 1, case.q, kv, dev, **inputs),
         "maskspec compiled rows": lambda kv: compiled(case.B, 1, case.q, kv, dev, **inputs),
         "maskspec graph+compiled rows": lambda kv: graph_compiled(
@@ -154,7 +166,8 @@ def _methods(mask: maskspec.CompiledMask, case: Case, dev: torch.device) -> dict
         "torch compiled": lambda kv: cbm_compiled(mods[kv], b, 1, case.q, kv, device=dev),
     }
     if dev.type != "cuda":  # no graphs on CPU; inductor's CPU code is no faster than eager
-        for name in ("maskspec graph", "maskspec compiled rows", "maskspec graph+compiled rows"):
+        for name in ("maskspec graph", "maskspec compiled rows", "maskspec graph+compiled rows",
+                     "maskspec torch path"):
             del out[name]
     return out
 
@@ -203,14 +216,18 @@ def _fmt_row(row: dict[str, Any]) -> str:
 FIRST_CALL_MODES = {
     "graph": {"cuda_graph": True},
     "no graph": {},
+    "no graph, compile first": {},
     "graph+compiled rows": {"cuda_graph": True, "compiled": True},
 }
 
 
 def first_call_child(mode: str) -> None:
     """In a fresh process: the first Builder call (eagle3, Q=4K, KV=8K, CUDA), a call at a new
-    KV_LEN, and the remaining five KV_LENs of a 7-step TTT sequence."""
+    KV_LEN, and the remaining five KV_LENs of a 7-step TTT sequence; then, unless the mode
+    compiles first, the wait until the kernels compiled in the background and one build on
+    them."""
     t0 = time.perf_counter()
+    fused.BACKGROUND_JIT = mode != "no graph, compile first"
     mask = maskspec.load(SPECS / "eagle3.mask")
     fast = Builder(mask, **FIRST_CALL_MODES[mode])
     dev = torch.device("cuda")
@@ -222,8 +239,16 @@ def first_call_child(mode: str) -> None:
         torch.cuda.synchronize()
         marks.append(time.perf_counter())
     first, next_kv, rest = (b - a for a, b in itertools.pairwise(marks))
-    print(json.dumps({"setup_s": marks[0] - t0, "first_s": first, "next_kv_s": next_kv,
-                      "ttt_rest_s": rest}))
+    out = {"setup_s": marks[0] - t0, "first_s": first, "next_kv_s": next_kv, "ttt_rest_s": rest}
+    if fused.BACKGROUND_JIT:
+        sizes, bound, _ = mask._bind(1, 1, 4096, 8192, dev, {})
+        fused.compiled(mask.ir, sizes, bound, dev, (128, 128), wait=True)
+        out["compiled_after_s"] = time.perf_counter() - marks[0]
+        t1 = time.perf_counter()
+        fast(1, 1, 4096, 8192, dev)
+        torch.cuda.synchronize()
+        out["first_on_kernels_s"] = time.perf_counter() - t1
+    print(json.dumps(out))
 
 
 def first_call() -> dict[str, Any]:
@@ -320,6 +345,9 @@ def main() -> None:
     # Each case adds compiled entries (create_block_mask's per shape, Builder's per spec):
     # more than dynamo's default limit of 8 in one process.
     torch._dynamo.config.recompile_limit = 64
+    # The table times the kernels, and its first-call column their compile in the
+    # foreground; the first-call table (fresh processes) measures the background compile.
+    fused.BACKGROUND_JIT = False
     dev = torch.device(args.device)
     info = {"torch": torch.__version__, "device": torch.cuda.get_device_name(dev)
             if dev.type == "cuda" else "cpu", "date": time.strftime("%Y-%m-%d")}

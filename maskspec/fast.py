@@ -76,10 +76,15 @@ class Builder:
         """A BlockMask equal to ``CompiledMask.block_mask``'s for the same arguments."""
         if self.cuda_graph:
             return self._replay(B, H, Q_LEN, KV_LEN, device, inputs)
-        sizes, bound, dev = self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, check=False)
+        return self._eager(*self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, check=False))
+
+    def _eager(
+        self, sizes: dict[str, int], bound: dict[str, torch.Tensor], dev: torch.device
+    ) -> BlockMask:
+        """One build, not captured."""
         mm = mask_mod_backend.mask_mod(self.mask.ir, sizes, bound)
         tensors = self._run(sizes, bound, dev)
-        return flex.from_tensors(tensors, Q_LEN, KV_LEN, self.block_size, mm)
+        return flex.from_tensors(tensors, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, mm)
 
     def _run(
         self, sizes: dict[str, int], inputs: dict[str, torch.Tensor], device: torch.device
@@ -116,6 +121,8 @@ class Builder:
         cap = self._graphs.get(key)
         if cap is None or not tensors:
             sizes, bound, dev = self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, False)
+            if cap is None and not self._compiled(sizes, bound, dev):
+                return self._eager(sizes, bound, dev)  # captured once the kernels compiled
             if cap is None:
                 cap = self._graphs[key] = self._capture(sizes, bound, dev)
             inputs = bound
@@ -123,6 +130,14 @@ class Builder:
             cap.inputs[name].copy_(t)
         cap.graph.replay()
         return cap.block_mask
+
+    def _compiled(
+        self, sizes: dict[str, int], bound: dict[str, torch.Tensor], dev: torch.device
+    ) -> bool:
+        """Whether the generated kernels are ready to capture (``fused.compiled``; the
+        compiled row stage compiles when first called, ready or not)."""
+        return self.use_compiled or dev.type != "cuda" or \
+            fused.compiled(self.mask.ir, sizes, bound, dev, self.block_size)
 
     def _capture(
         self, sizes: dict[str, int], bound: dict[str, torch.Tensor], dev: torch.device

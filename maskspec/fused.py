@@ -18,6 +18,7 @@ exceed CUDA's limits.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from maskspec import blocks, ir, lower
+from maskspec import background, blocks, ir, lower
 from maskspec.lower import Rows
 from maskspec.targets import codegen, flex, triton_rows
 
@@ -87,7 +88,7 @@ if triton is not None:
         _add_ranges(gaps_ptr, 0 * first, (first + KV_BS - 1) // KV_BS,
                         in_block & (first > 0), n_kv)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n_q", "n_kv"])
     def _finish_kernel(kv_num_ptr, kv_idx_ptr, full_kv_num_ptr, full_kv_idx_ptr, cls_ptr, n_q,
                        n_kv, CHUNK: tl.constexpr):
         """One row block, once all its rows were counted: classify its key blocks (one byte
@@ -146,7 +147,7 @@ if triton is not None:
         out = (bh * n_q + qb) * n_kv
         count_rows(lo, hi, ok, rows < Q_BS, kv_idx_ptr + out, full_kv_idx_ptr + out, n_kv, KV_BS)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n_q", "n_kv"])
     def _column_strip_kernel(
         cls_ptr, q_num_ptr, q_idx_ptr, full_q_num_ptr, full_q_idx_ptr, n_q, n_kv,
         QC: tl.constexpr, STRIP: tl.constexpr,
@@ -260,38 +261,44 @@ class Tiles:
 TILES = Tiles()
 
 
-def _finish_rows(scratch: Tensor, n_q: int, n_kv: int, tiles: Tiles) -> tuple[Tensor, ...]:
-    """kv_num, kv_idx, full_kv_num, full_kv_idx (in scratch's place) and the class bytes."""
-    kv_idx, full_kv_idx = scratch
-    lead = kv_idx.shape[:-2]
-    kv_num, full_kv_num = (kv_idx.new_empty(*lead, n_q) for _ in range(2))
-    cls = kv_idx.new_empty(*lead, n_q, n_kv, dtype=torch.int8)
-    _finish_kernel[(lead.numel(), n_q)](
-        kv_num, kv_idx, full_kv_num, full_kv_idx, cls, n_q, n_kv, CHUNK=tiles.kv_chunk,
-        num_warps=tiles.finish_warps,
-    )
-    return kv_num, kv_idx, full_kv_num, full_kv_idx, cls
+Launch = tuple[Any, tuple[int, ...], tuple[Any, ...], dict[str, Any]]  # kernel, grid, args, kw
 
 
-def _columns(cls: Tensor, n_q: int, n_kv: int, tiles: Tiles) -> tuple[Tensor, ...]:
-    """q_num, q_idx, full_q_num, full_q_idx, read down the class bytes' columns."""
-    lead = cls.shape[:-2]
-    q_num, full_q_num = (cls.new_empty(*lead, n_kv, dtype=torch.int32) for _ in range(2))
-    q_idx = cls.new_empty(*lead, n_kv, n_q, dtype=torch.int32)
-    full_q_idx = torch.empty_like(q_idx)
-    _column_strip_kernel[(lead.numel(), -(-n_kv // tiles.strip))](
-        cls, q_num, q_idx, full_q_num, full_q_idx, n_q, n_kv, QC=tiles.q_chunk,
-        STRIP=tiles.strip, num_warps=tiles.column_warps,
-    )
-    return q_num, q_idx, full_q_num, full_q_idx
+def _launch(launch: Launch) -> None:
+    kernel, grid, args, kw = launch
+    kernel[grid](*args, **kw)
+
+
+def _finish_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int, tiles: Tiles) -> Launch:
+    """The finish kernel over (kv_num, kv_idx, full_kv_num, full_kv_idx, cls): tensors, or
+    their dtypes (to compile only)."""
+    return (_finish_kernel, (bh, n_q), (*bufs, n_q, n_kv),
+            {"CHUNK": tiles.kv_chunk, "num_warps": tiles.finish_warps})
+
+
+def _column_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int, tiles: Tiles) -> Launch:
+    """The column kernel over (cls, q_num, q_idx, full_q_num, full_q_idx)."""
+    return (_column_strip_kernel, (bh, -(-n_kv // tiles.strip)), (*bufs, n_q, n_kv),
+            {"QC": tiles.q_chunk, "STRIP": tiles.strip, "num_warps": tiles.column_warps})
 
 
 def _finish(scratch: Tensor, n_q: int, n_kv: int, tiles: Tiles | None = None) -> tuple[Tensor, ...]:
     """All eight tensors from the counted difference arrays: classes and kv_* per row
-    block, then the q-direction ones read down the class bytes' columns."""
+    block (kv_idx and full_kv_idx in scratch's place), then the q-direction ones read down
+    the class bytes' columns."""
     tiles = tiles or TILES
-    *kv, cls = _finish_rows(scratch, n_q, n_kv, tiles)
-    return (*kv, *_columns(cls, n_q, n_kv, tiles))
+    kv_idx, full_kv_idx = scratch
+    lead = kv_idx.shape[:-2]
+    kv_num, full_kv_num = (kv_idx.new_empty(*lead, n_q) for _ in range(2))
+    cls = kv_idx.new_empty(*lead, n_q, n_kv, dtype=torch.int8)
+    kv = (kv_num, kv_idx, full_kv_num, full_kv_idx)
+    _launch(_finish_launch((*kv, cls), lead.numel(), n_q, n_kv, tiles))
+    q_num, full_q_num = (cls.new_empty(*lead, n_kv, dtype=torch.int32) for _ in range(2))
+    q_idx = cls.new_empty(*lead, n_kv, n_q, dtype=torch.int32)
+    full_q_idx = torch.empty_like(q_idx)
+    q = (q_num, q_idx, full_q_num, full_q_idx)
+    _launch(_column_launch((cls, *q), lead.numel(), n_q, n_kv, tiles))
+    return (*kv, *q)
 
 
 def classify_rows(
@@ -361,28 +368,92 @@ def generated(mask: ir.MaskIR) -> _Generated:
     return g
 
 
+def _count_launch(
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
+    scratch: tuple[Any, Any], block_size: tuple[int, int],
+) -> Launch:
+    """The spec's generated count kernel into scratch (tensors, or dtypes to compile only)."""
+    g = generated(mask)
+    loops, k = g.plan(sizes)
+    slots = _slots(k, g.least_slots)
+    (q_bs, kv_bs), lead = block_size, lower.lead_shape(mask, sizes)
+    n_q, n_kv = -(-sizes["Q_LEN"] // q_bs), -(-sizes["KV_LEN"] // kv_bs)
+    args = (*triton_rows.input_args(mask, inputs), *scratch, sizes["B"], sizes["H"],
+            sizes["Q_LEN"], sizes["KV_LEN"], lead[1], n_q, n_kv, *loops)
+    kw = {"KP": slots, "Q_BS": q_bs, "RC": _row_chunk(q_bs, slots), "KV_BS": kv_bs,
+          "num_warps": COUNT_WARPS}
+    return g.kernel, _grid(lead, n_q, q_bs, slots), args, kw
+
+
+def _fits(mask: ir.MaskIR, sizes: Mapping[str, int], block_size: tuple[int, int]) -> bool:
+    g = generated(mask)
+    slots = _slots(g.plan(sizes)[1], g.least_slots)
+    return fits(slots, sizes["Q_LEN"], sizes["KV_LEN"], block_size)
+
+
 def build(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
     device: torch.device, block_size: tuple[int, int],
 ) -> tuple[Tensor, ...] | None:
     """The eight tensors from the spec's generated count kernel (rows computed in registers,
     no row tensor) and ``_finish``. None when the shape does not fit (see ``fits``)."""
-    g = generated(mask)
-    loops, k = g.plan(sizes)
-    slots = _slots(k, g.least_slots)
-    q_len, kv_len = sizes["Q_LEN"], sizes["KV_LEN"]
-    if not fits(slots, q_len, kv_len, block_size):
+    if not _fits(mask, sizes, block_size):
         return None
-    q_bs, kv_bs = block_size
-    n_q, n_kv = -(-q_len // q_bs), -(-kv_len // kv_bs)
-    lead = lower.lead_shape(mask, sizes)
-    scratch = _scratch(lead, n_q, n_kv, device)
-    g.kernel[_grid(lead, n_q, q_bs, slots)](
-        *triton_rows.input_args(mask, inputs), *scratch, sizes["B"], sizes["H"], q_len,
-        kv_len, lead[1], n_q, n_kv, *loops, KP=slots, Q_BS=q_bs, RC=_row_chunk(q_bs, slots),
-        KV_BS=kv_bs, num_warps=COUNT_WARPS,
-    )
+    n_q, n_kv = -(-sizes["Q_LEN"] // block_size[0]), -(-sizes["KV_LEN"] // block_size[1])
+    scratch = _scratch(lower.lead_shape(mask, sizes), n_q, n_kv, device)
+    _launch(_count_launch(mask, sizes, inputs, (scratch[0], scratch[1]), block_size))
     return _finish(scratch, n_q, n_kv)
+
+
+def _compile(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
+             device: torch.device, block_size: tuple[int, int]) -> None:
+    """Compile the build's three kernels as ``build`` will launch them, and their launchers,
+    without a CUDA call that a concurrent graph capture forbids (no launch, no allocation,
+    no sync): the first launch then only loads them."""
+    i32, i8 = torch.int32, torch.int8
+    n_q, n_kv = -(-sizes["Q_LEN"] // block_size[0]), -(-sizes["KV_LEN"] // block_size[1])
+    bh = math.prod(lower.lead_shape(mask, sizes))
+    launches = [_count_launch(mask, sizes, inputs, (i32, i32), block_size),
+                _finish_launch((i32, i32, i32, i32, i8), bh, n_q, n_kv, TILES),
+                _column_launch((i8, i32, i32, i32, i32), bh, n_q, n_kv, TILES)]
+    with torch.cuda.device(device):
+        for kernel, grid, args, kw in launches:
+            binary = kernel.warmup(*args, grid=grid, **kw)
+            launcher = getattr(triton.runtime.driver.active, "launcher_cls", None)
+            if launcher is not None:  # builds (and caches) the binary's launcher
+                launcher(binary.src, binary.metadata)
+
+
+_COMPILED = background.Once()
+BACKGROUND_JIT = True  # a configuration's first builds take the torch path while it compiles
+
+
+def compiled(
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
+    device: torch.device, block_size: tuple[int, int], wait: bool = False,
+) -> bool:
+    """Whether this build's kernels (spec, interval slots, block size, tiles, device) are
+    compiled; if not, starts compiling them on a worker thread (``wait``: until done).
+    Inside a CUDA graph capture it waits: the torch path would sync the device."""
+    if not _fits(mask, sizes, block_size):
+        return True  # ``build`` declines the shape: nothing to compile
+    if device.index is None:
+        device = torch.device(device.type, torch.cuda.current_device())
+    g = generated(mask)
+    key = (id(g.kernel), _slots(g.plan(sizes)[1], g.least_slots), block_size, TILES, device)
+    wait = wait or not BACKGROUND_JIT or torch.cuda.is_current_stream_capturing()
+    work = functools.partial(_compile, mask, dict(sizes), dict(inputs), device, block_size)
+    return _COMPILED.done(key, work, wait)
+
+
+def torch_path(
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
+    device: torch.device, block_size: tuple[int, int],
+) -> tuple[Tensor, ...]:
+    """Lowering and ``blocks.classify``: torch ops only, nothing to compile (a CUDA build's
+    path while its kernels compile)."""
+    rows = lower.row_intervals(mask, sizes, inputs, device)
+    return flex.index_tensors(blocks.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], *block_size))
 
 
 def tensors(
@@ -390,8 +461,11 @@ def tensors(
     device: torch.device, block_size: tuple[int, int],
 ) -> tuple[Tensor, ...]:
     """The spec's eight BlockMask tensors at these sizes and bound inputs: the generated
-    kernel on CUDA where it fits, else lowering to row intervals and ``classify``."""
+    kernel on CUDA where it fits (``torch_path`` while it compiles, see ``compiled``), else
+    lowering to row intervals and ``classify``."""
     if device.type == "cuda" and triton is not None:
+        if not compiled(mask, sizes, inputs, device, block_size):
+            return torch_path(mask, sizes, inputs, device, block_size)
         out = build(mask, sizes, inputs, device, block_size)
         if out is not None:
             return out

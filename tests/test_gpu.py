@@ -1,6 +1,7 @@
 """On a CUDA device: exactness at large sizes, no recompiles as KV_LEN grows, CUDA graphs."""
 
 import random
+import threading
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from conftest import spec
 from torch._dynamo.utils import counters
 from torch.nn.attention.flex_attention import create_block_mask
 
+import maskspec
 from maskspec import blocks, fused, lower
 from maskspec.api import shipped_specs
 from maskspec.fast import Builder
@@ -19,6 +21,13 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 DEV = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def _compile_in_the_foreground(monkeypatch):
+    """These tests check the kernels: no build may take the torch path while they compile
+    (the last tests here check that path)."""
+    monkeypatch.setattr(fused, "BACKGROUND_JIT", False)
 
 
 def _seq_len(b: int, q: int, seed: int) -> torch.Tensor:
@@ -172,3 +181,72 @@ def test_builder_cuda_graph_restores_omitted_defaults(eagle3):
                      eagle3.block_mask(2, 1, q, 3 * q, DEV, **given))
     lists = graphs(2, 1, q, 3 * q, DEV, seq_len=[5, 7])  # bound and copied on every call
     _assert_same(lists, eagle3.block_mask(2, 1, q, 3 * q, DEV, seq_len=[5, 7]))
+
+
+def _fresh_spec() -> maskspec.CompiledMask:
+    """A spec whose kernel no cache holds yet (its source has a constant of its own)."""
+    left = random.randrange(10**6, 10**7)
+    return maskspec.compile(f"mask fresh\nregion r = window(left = {left})\n", "fresh.mask")
+
+
+def _held_worker(monkeypatch) -> threading.Event:
+    """Hold the compiling worker until the returned event is set."""
+    gate, compile_ = threading.Event(), fused._compile
+    monkeypatch.setattr(fused, "BACKGROUND_JIT", True)
+    monkeypatch.setattr(fused, "_compile", lambda *a: (gate.wait(60), compile_(*a)))
+    return gate
+
+
+def test_first_builds_take_the_torch_path_while_the_kernels_compile(monkeypatch):
+    """A new configuration's first build does not wait for Triton: it is the torch path's,
+    equal. Once the worker has compiled the kernels, builds launch them."""
+    gate = _held_worker(monkeypatch)
+    mask, q = _fresh_spec(), 4096
+    ref = create_block_mask(mask.mask_mod(Q_LEN=q, KV_LEN=q, device=DEV), 1, 1, q, q,
+                            device=DEV)
+    kernel = fused.generated(mask.ir).kernel
+    _assert_same(mask.block_mask(1, 1, q, q, DEV), ref)
+    assert _compiled_kernels(kernel) == 0  # the worker is still held
+    gate.set()
+    sizes, bound, dev = mask._bind(1, 1, q, q, DEV, {})
+    assert fused.compiled(mask.ir, sizes, bound, dev, (128, 128), wait=True)
+    assert _compiled_kernels(kernel) == 1
+    _assert_same(mask.block_mask(1, 1, q, q, DEV), ref)
+    assert _compiled_kernels(kernel) == 1
+
+
+def test_builder_captures_once_the_kernels_compiled(monkeypatch):
+    """Builder(cuda_graph=True) returns uncaptured builds until the kernels are compiled,
+    then captures them."""
+    gate = _held_worker(monkeypatch)
+    mask, q = _fresh_spec(), 2048
+    ref = create_block_mask(mask.mask_mod(Q_LEN=q, KV_LEN=q, device=DEV), 1, 1, q, q,
+                            device=DEV)
+    graphs = Builder(mask, cuda_graph=True)
+    _assert_same(graphs(1, 1, q, q, DEV), ref)
+    assert not graphs._graphs
+    gate.set()
+    sizes, bound, dev = mask._bind(1, 1, q, q, DEV, {})
+    assert fused.compiled(mask.ir, sizes, bound, dev, (128, 128), wait=True)
+    for _ in range(2):
+        _assert_same(graphs(1, 1, q, q, DEV), ref)
+    assert len(graphs._graphs) == 1
+
+
+def test_capture_right_after_a_first_build_waits_for_the_kernels(monkeypatch):
+    """Warm up (the torch path, while the worker is held), then capture as the worker
+    compiles: the capture waits for the kernels and records them, not the torch path."""
+    gate = _held_worker(monkeypatch)
+    mask, q = _fresh_spec(), 2048
+    ref = create_block_mask(mask.mask_mod(Q_LEN=q, KV_LEN=q, device=DEV), 1, 1, q, q,
+                            device=DEV)
+    _assert_same(mask.block_mask(1, 1, q, q, DEV, check_inputs=False), ref)
+    torch.cuda.synchronize()
+    threading.Timer(0.5, gate.set).start()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        bm = mask.block_mask(1, 1, q, q, DEV, check_inputs=False)
+    graph.replay()
+    torch.cuda.synchronize()
+    _assert_same(bm, ref)
+    assert _compiled_kernels(fused.generated(mask.ir).kernel) == 1
