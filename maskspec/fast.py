@@ -42,7 +42,8 @@ class Builder:
     graph and later calls copy the inputs in and replay it: the returned BlockMask wraps the
     graph's static outputs, which the next call at the same shape overwrites in place
     (``clone`` what must outlive it); each shape's graph has its own memory pool, so graphs
-    replayed in any order leave each other's masks intact. ``compiled=True`` traces the row
+    replayed in any order leave each other's masks intact. While the kernels still compile
+    (``fused.compiled``), calls return uncaptured builds. ``compiled=True`` traces the row
     stage with torch.compile instead of running the generated kernel; ``backend`` is
     torch.compile's (``"eager"`` traces only).
     """

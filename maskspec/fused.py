@@ -13,7 +13,8 @@ no array in a program grows with the sequence: one compiled kernel serves every 
 The rows come from a tensor (``classify_rows``, ``classify``) or are computed inside the
 count kernel, generated for the spec (``build``, ``tensors``; see targets/triton_rows.py).
 Each picks the torch path off CUDA, past MAX_SLOTS intervals per row, or when the grid would
-exceed CUDA's limits.
+exceed CUDA's limits. ``tensors`` also takes it while a configuration's kernels compile on a
+worker thread (``compiled``), so a first build never waits for Triton.
 """
 
 from __future__ import annotations
