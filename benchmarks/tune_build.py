@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bench_build  # run as a script: benchmarks/ is on the path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -38,17 +39,13 @@ STAGES = ("ast_to_ttir", "make_ttir", "make_ttgir", "make_llir", "make_ptx", "ma
 
 
 def cases(dev: torch.device) -> dict[str, tuple[str, int, int, int, dict[str, torch.Tensor]]]:
-    """name → (spec, B, Q_LEN, KV_LEN, inputs), the shapes of the build table."""
-    gen = torch.Generator().manual_seed(0)
-    docs = (torch.rand(1, 131072, generator=gen) < 1 / 2048).cumsum(-1).to(dev)
-    lens = torch.randint(8192, 16385, (8,), generator=gen).to(dev)
-    return {
-        "eagle3 Q=48K KV=5Q": ("eagle3", 1, 49152, 245760, {}),
-        "eagle3 TTT step 7 Q=4K": ("eagle3", 1, 4096, 7 * 4096, {}),
-        "eagle3 B=8 Q=16K KV=5Q": ("eagle3", 8, 16384, 81920, {"seq_len": lens}),
-        "causal 128K": ("causal", 1, 131072, 131072, {}),
-        "document_causal 128K": ("document_causal", 1, 131072, 131072, {"doc": docs}),
-    }
+    """name → (spec, B, Q_LEN, KV_LEN, inputs): the build table's cases (bench_build.py),
+    a TTT sequence by its last step."""
+    out = {}
+    for c in bench_build.cases("cuda"):
+        name = c.name if len(c.kvs) == 1 else f"{c.name}, the last"
+        out[name] = (c.spec, c.B, c.q, c.kvs[-1], c.inputs(dev))
+    return out
 
 
 def variants() -> dict[str, fused.Tiles]:

@@ -72,9 +72,14 @@ def allowed_per_row(rows: Rows) -> torch.Tensor:
     return torch.where(is_last, end - start, 0).sum(-1)
 
 
+def counts(q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> tuple[int, int]:
+    """Row blocks and key blocks covering the lengths (the last of each may be partial)."""
+    return -(-q_len // q_bs), -(-kv_len // kv_bs)
+
+
 def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> BlockGrid:
     """Exact FULL and PARTIAL blocks from per-row intervals (torch's semantics, ragged edges)."""
-    n_q, n_kv = -(-q_len // q_bs), -(-kv_len // kv_bs)
+    n_q, n_kv = counts(q_len, kv_len, q_bs, kv_bs)
     lo, hi = rows.lo, rows.hi
     nonempty = lo < hi
     touched = _count(lo // kv_bs, -(-hi // kv_bs), nonempty, q_bs, n_q, n_kv) > 0

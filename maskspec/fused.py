@@ -84,10 +84,10 @@ if triton is not None:
         covered = tl.max(((starts <= end) & (end < ends)).to(tl.int32), 2)
         gap_end = tl.min(tl.where(starts > end, starts, far), 2).to(tl.int64)
         _add_ranges(gaps_ptr, hi // KV_BS, ((gap_end + KV_BS - 1) // KV_BS).to(tl.int32),
-                        live & (covered == 0), n_kv)
+                    live & (covered == 0), n_kv)
         first = tl.min(tl.where(live, lo, far), 1)[:, None].to(tl.int64)  # before every interval
         _add_ranges(gaps_ptr, 0 * first, (first + KV_BS - 1) // KV_BS,
-                        in_block & (first > 0), n_kv)
+                    in_block & (first > 0), n_kv)
 
     @triton.jit(do_not_specialize=["n_q", "n_kv"])
     def _finish_kernel(kv_num_ptr, kv_idx_ptr, full_kv_num_ptr, full_kv_idx_ptr, cls_ptr, n_q,
@@ -230,7 +230,7 @@ def fits(slots: int, q_len: int, kv_len: int, block_size: tuple[int, int]) -> bo
     """Whether the fused kernels can classify rows of this many interval slots (else use
     the torch path): at most MAX_SLOTS, keys and block ends within int32, and a grid within
     CUDA's limits (65535 in y and z)."""
-    n_q, n_kv = -(-q_len // block_size[0]), -(-kv_len // block_size[1])
+    n_q, n_kv = blocks.counts(q_len, kv_len, *block_size)
     chunks = -(-block_size[0] // _row_chunk(block_size[0], slots))
     return (triton is not None and n_q <= 65535 and chunks <= 65535
             and kv_len + block_size[1] < 2**31 - 1
@@ -270,35 +270,34 @@ def _launch(launch: Launch) -> None:
     kernel[grid](*args, **kw)
 
 
-def _finish_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int, tiles: Tiles) -> Launch:
+def _finish_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int) -> Launch:
     """The finish kernel over (kv_num, kv_idx, full_kv_num, full_kv_idx, cls): tensors, or
     their dtypes (to compile only)."""
     return (_finish_kernel, (bh, n_q), (*bufs, n_q, n_kv),
-            {"CHUNK": tiles.kv_chunk, "num_warps": tiles.finish_warps})
+            {"CHUNK": TILES.kv_chunk, "num_warps": TILES.finish_warps})
 
 
-def _column_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int, tiles: Tiles) -> Launch:
+def _column_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int) -> Launch:
     """The column kernel over (cls, q_num, q_idx, full_q_num, full_q_idx)."""
-    return (_column_strip_kernel, (bh, -(-n_kv // tiles.strip)), (*bufs, n_q, n_kv),
-            {"QC": tiles.q_chunk, "STRIP": tiles.strip, "num_warps": tiles.column_warps})
+    return (_column_strip_kernel, (bh, -(-n_kv // TILES.strip)), (*bufs, n_q, n_kv),
+            {"QC": TILES.q_chunk, "STRIP": TILES.strip, "num_warps": TILES.column_warps})
 
 
-def _finish(scratch: Tensor, n_q: int, n_kv: int, tiles: Tiles | None = None) -> tuple[Tensor, ...]:
+def _finish(scratch: Tensor, n_q: int, n_kv: int) -> tuple[Tensor, ...]:
     """All eight tensors from the counted difference arrays: classes and kv_* per row
     block (kv_idx and full_kv_idx in scratch's place), then the q-direction ones read down
     the class bytes' columns."""
-    tiles = tiles or TILES
     kv_idx, full_kv_idx = scratch
     lead = kv_idx.shape[:-2]
     kv_num, full_kv_num = (kv_idx.new_empty(*lead, n_q) for _ in range(2))
     cls = kv_idx.new_empty(*lead, n_q, n_kv, dtype=torch.int8)
     kv = (kv_num, kv_idx, full_kv_num, full_kv_idx)
-    _launch(_finish_launch((*kv, cls), lead.numel(), n_q, n_kv, tiles))
+    _launch(_finish_launch((*kv, cls), lead.numel(), n_q, n_kv))
     q_num, full_q_num = (cls.new_empty(*lead, n_kv, dtype=torch.int32) for _ in range(2))
     q_idx = cls.new_empty(*lead, n_kv, n_q, dtype=torch.int32)
     full_q_idx = torch.empty_like(q_idx)
     q = (q_num, q_idx, full_q_num, full_q_idx)
-    _launch(_column_launch((cls, *q), lead.numel(), n_q, n_kv, tiles))
+    _launch(_column_launch((cls, *q), lead.numel(), n_q, n_kv))
     return (*kv, *q)
 
 
@@ -311,7 +310,7 @@ def classify_rows(
     outputs can take their memory (the build's peak is then about its own output).
     """
     q_bs, kv_bs = block_size
-    n_q, n_kv = -(-q_len // q_bs), -(-kv_len // kv_bs)
+    n_q, n_kv = blocks.counts(q_len, kv_len, q_bs, kv_bs)
     lead, k = rows.lo.shape[:-2], rows.lo.shape[-1]
     lo, hi = rows.lo.contiguous(), rows.hi.contiguous()
     scratch = _scratch(tuple(lead), n_q, n_kv, lo.device)
@@ -350,6 +349,10 @@ class _Generated:
         self.least_slots = 8 if triton_rows.loops_grow(mask) else 4
         self.plans: dict[tuple[int, ...], tuple[list[int], int]] = {}
 
+    def slots(self, sizes: Mapping[str, int]) -> int:
+        """Interval slots per row a program holds at these sizes."""
+        return _slots(self.plan(sizes)[1], self.least_slots)
+
     def plan(self, sizes: Mapping[str, int]) -> tuple[list[int], int]:
         key = tuple(sizes[k] for k in ir.SIZES)
         if key not in self.plans:
@@ -375,10 +378,9 @@ def _count_launch(
 ) -> Launch:
     """The spec's generated count kernel into scratch (tensors, or dtypes to compile only)."""
     g = generated(mask)
-    loops, k = g.plan(sizes)
-    slots = _slots(k, g.least_slots)
+    loops, slots = g.plan(sizes)[0], g.slots(sizes)
     (q_bs, kv_bs), lead = block_size, lower.lead_shape(mask, sizes)
-    n_q, n_kv = -(-sizes["Q_LEN"] // q_bs), -(-sizes["KV_LEN"] // kv_bs)
+    n_q, n_kv = blocks.counts(sizes["Q_LEN"], sizes["KV_LEN"], q_bs, kv_bs)
     args = (*triton_rows.input_args(mask, inputs), *scratch, sizes["B"], sizes["H"],
             sizes["Q_LEN"], sizes["KV_LEN"], lead[1], n_q, n_kv, *loops)
     kw = {"KP": slots, "Q_BS": q_bs, "RC": _row_chunk(q_bs, slots), "KV_BS": kv_bs,
@@ -387,9 +389,7 @@ def _count_launch(
 
 
 def _fits(mask: ir.MaskIR, sizes: Mapping[str, int], block_size: tuple[int, int]) -> bool:
-    g = generated(mask)
-    slots = _slots(g.plan(sizes)[1], g.least_slots)
-    return fits(slots, sizes["Q_LEN"], sizes["KV_LEN"], block_size)
+    return fits(generated(mask).slots(sizes), sizes["Q_LEN"], sizes["KV_LEN"], block_size)
 
 
 def build(
@@ -400,7 +400,7 @@ def build(
     no row tensor) and ``_finish``. None when the shape does not fit (see ``fits``)."""
     if not _fits(mask, sizes, block_size):
         return None
-    n_q, n_kv = -(-sizes["Q_LEN"] // block_size[0]), -(-sizes["KV_LEN"] // block_size[1])
+    n_q, n_kv = blocks.counts(sizes["Q_LEN"], sizes["KV_LEN"], *block_size)
     scratch = _scratch(lower.lead_shape(mask, sizes), n_q, n_kv, device)
     _launch(_count_launch(mask, sizes, inputs, (scratch[0], scratch[1]), block_size))
     return _finish(scratch, n_q, n_kv)
@@ -412,15 +412,15 @@ def _compile(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Ten
     without a CUDA call that a concurrent graph capture forbids (no launch, no allocation,
     no sync): the first launch then only loads them."""
     i32, i8 = torch.int32, torch.int8
-    n_q, n_kv = -(-sizes["Q_LEN"] // block_size[0]), -(-sizes["KV_LEN"] // block_size[1])
+    n_q, n_kv = blocks.counts(sizes["Q_LEN"], sizes["KV_LEN"], *block_size)
     bh = math.prod(lower.lead_shape(mask, sizes))
     launches = [_count_launch(mask, sizes, inputs, (i32, i32), block_size),
-                _finish_launch((i32, i32, i32, i32, i8), bh, n_q, n_kv, TILES),
-                _column_launch((i8, i32, i32, i32, i32), bh, n_q, n_kv, TILES)]
+                _finish_launch((i32, i32, i32, i32, i8), bh, n_q, n_kv),
+                _column_launch((i8, i32, i32, i32, i32), bh, n_q, n_kv)]
     with torch.cuda.device(device):
+        launcher = getattr(triton.runtime.driver.active, "launcher_cls", None)
         for kernel, grid, args, kw in launches:
             binary = kernel.warmup(*args, grid=grid, **kw)
-            launcher = getattr(triton.runtime.driver.active, "launcher_cls", None)
             if launcher is not None:  # builds (and caches) the binary's launcher
                 launcher(binary.src, binary.metadata)
 
@@ -441,7 +441,7 @@ def compiled(
     if device.index is None:
         device = torch.device(device.type, torch.cuda.current_device())
     g = generated(mask)
-    key = (id(g.kernel), _slots(g.plan(sizes)[1], g.least_slots), block_size, TILES, device)
+    key = (id(g.kernel), g.slots(sizes), block_size, TILES, device)
     wait = wait or not BACKGROUND_JIT or torch.cuda.is_current_stream_capturing()
     work = functools.partial(_compile, mask, dict(sizes), dict(inputs), device, block_size)
     return _COMPILED.done(key, work, wait)

@@ -172,14 +172,13 @@ def rounds(p: ir.Primitive, sizes: Mapping[str, int], t: ir.Term) -> tuple[int, 
     off = ir.const_value(p.args["offset"], sizes)
     first = -((off + sizes["Q_LEN"] - 1) // period)  # ceil((-off - (Q_LEN - 1)) / period)
     last = (sizes["KV_LEN"] - 1 - off) // period
-    rng = {"q": (0, sizes["Q_LEN"] - 1)}
     lows, highs = t.reach
     for e in lows:  # off + r·period >= lo - q for some q
-        least = ir.bounds(e, rng, sizes, {})[0]
+        least = _over_rows(e, sizes)[0]
         if math.isfinite(least):
             first = max(first, -((off - math.ceil(least)) // period))
     for e in highs:  # off + r·period < hi - q for some q
-        most = ir.bounds(e, rng, sizes, {})[1]
+        most = _over_rows(e, sizes)[1]
         if math.isfinite(most):
             last = torch.sym_min(last, (math.floor(most) - 1 - off) // period)
     return first, last + 1 - first
@@ -204,12 +203,21 @@ def _prim_rows(p: ir.Primitive, env: ir.Env, t: ir.Term) -> tuple[torch.Tensor, 
     return lo, hi
 
 
+def _kv_ranges(conds: tuple[ir.Cmp, ...]) -> list[KvRange]:
+    """The conditions that bound kv by expressions of the row."""
+    return [f for f in map(cond_form, conds) if isinstance(f, KvRange)]
+
+
+def _over_rows(e: ir.Expr, sizes: Mapping[str, int]) -> tuple[float, float]:
+    """Bounds of e over every row q in [0, Q_LEN)."""
+    return ir.bounds(e, {"q": (0, sizes["Q_LEN"] - 1)}, sizes, {})
+
+
 def width_exprs(prims: tuple[ir.Primitive, ...], conds: tuple[ir.Cmp, ...]) -> tuple[ir.Expr, ...]:
     """Expressions that bound a term's interval widths (q cancelled): found once, at compile
     time, so building only evaluates them."""
     pairs = [ir.interval(p) for p in prims]
-    ranges = [cond_form(c) for c in conds]
-    pairs += [(f.lo, f.hi) for f in ranges if isinstance(f, KvRange) and None not in (f.lo, f.hi)]
+    pairs += [(f.lo, f.hi) for f in _kv_ranges(conds) if None not in (f.lo, f.hi)]
     return tuple(ir.difference(hi, lo) for lo, hi in pairs)
 
 
@@ -226,7 +234,7 @@ Bounds = tuple[tuple[ir.Expr, ...], tuple[ir.Expr, ...]]  # expressions below / 
 def reach_exprs(conds: tuple[ir.Cmp, ...]) -> Bounds:
     """The term's plain kv bounds less q (lo - q, hi - q): they limit a diagonal's rounds
     (``rounds``). Found once, at compile time."""
-    forms = [f for f in map(cond_form, conds) if isinstance(f, KvRange)]
+    forms = _kv_ranges(conds)
     q = ir.Var("q")
     return (tuple(ir.difference(f.lo, q) for f in forms if f.lo is not None and _plain(f.lo)),
             tuple(ir.difference(f.hi, q) for f in forms if f.hi is not None and _plain(f.hi)))
@@ -236,15 +244,14 @@ def extent_exprs(prims: tuple[ir.Primitive, ...], conds: tuple[ir.Cmp, ...]) -> 
     """The term's plain kv bounds (primitives' and conditions'): every interval of the term
     lies between them, which limits the period slots it meets (``spans``)."""
     pairs = [ir.interval(p) for p in prims if p.kind != "diagonal"]
-    pairs += [(f.lo, f.hi) for f in map(cond_form, conds) if isinstance(f, KvRange)]
+    pairs += [(f.lo, f.hi) for f in _kv_ranges(conds)]
     return (tuple(lo for lo, _ in pairs if lo is not None and _plain(lo)),
             tuple(hi for _, hi in pairs if hi is not None and _plain(hi)))
 
 
 def _width_bound(t: ir.Term, sizes: Mapping[str, int]) -> float:
     """An upper bound on the width of any of the term's intervals at these sizes."""
-    rng = {"q": (0, sizes["Q_LEN"] - 1)}
-    widths = [ir.bounds(w, rng, sizes, {})[1] for w in t.widths]
+    widths = [_over_rows(w, sizes)[1] for w in t.widths]
     return min([float(sizes["KV_LEN"]), *widths])
 
 
@@ -254,10 +261,9 @@ def spans(t: ir.Term, f: ModRange, sizes: Mapping[str, int]) -> int:
     term's extent (an interval inside [0, P) meets one, however wide)."""
     period, width = ir.const_value(f.period, sizes), _width_bound(t, sizes)
     n = 1 if width <= 1 else math.ceil((width - 1) / period) + 1
-    rng = {"q": (0, sizes["Q_LEN"] - 1)}
     lows, highs = t.extent
-    least = max([0.0, *(ir.bounds(e, rng, sizes, {})[0] for e in lows)])
-    most = min([math.inf, *(ir.bounds(e, rng, sizes, {})[1] for e in highs)])
+    least = max([0.0, *(_over_rows(e, sizes)[0] for e in lows)])
+    most = min([math.inf, *(_over_rows(e, sizes)[1] for e in highs)])
     if math.isfinite(least) and math.isfinite(most):
         n = min(n, max(1, (math.ceil(most) - 1) // period - math.floor(least) // period + 1))
     return int(min(n, sizes["KV_LEN"] // period + 2))
