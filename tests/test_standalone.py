@@ -72,6 +72,6 @@ def test_standalone_refuses_what_maskspec_refuses(tmp_path):
     """B=0 is an error in both (None means 1, as in create_block_mask)."""
     module, _ = _module("causal", tmp_path)
     for build in (spec("causal").block_mask, module.make_block_mask):
-        with pytest.raises(ValueError, match="B"):
+        with pytest.raises(ValueError, match="B must be a positive int, got 0"):
             build(0, 1, 64, 64, "cpu", 16)
         assert build(None, None, 64, 64, "cpu", 16).kv_num_blocks.shape[:2] == (1, 1)
