@@ -1,12 +1,19 @@
-"""Row intervals → exact FULL / PARTIAL block classification, and ordered block indices.
+"""Row slots → exact FULL / PARTIAL block classification, and ordered block indices.
 
 For a block of rows [r0, r0+Q_BS) and keys [k0, k0+KV_BS):
-  touched ⇔ some row has an interval reaching into [k0, k1);
-  full    ⇔ every row has a merged interval covering [k0, k1) (ragged edge blocks never).
-Both are counted with difference arrays over (row block, key block): each row
-adds +1/-1 at the ends of the key-block ranges its intervals touch or cover, and
-a cumulative sum gives per-block counts. Exact for any union of intervals, in
-O(B·H·Q·K + B·H·Q_blocks·KV_blocks) time and memory.
+  touched ⇔ some row allows a key in [k0, k1);
+  full    ⇔ every row allows every key of [k0, k1) (ragged edge blocks never).
+Both are counted with difference arrays over (row block, key block): each row adds +1/-1
+at the ends of key-block ranges, and a cumulative sum gives per-block counts.
+
+A slot's keys are a strided family (``lower.Rows``). The key blocks its pieces touch are
+one range when its gaps are shorter than a block (or it has one piece), else one range
+per piece; likewise the blocks its gaps touch. A block is full for a row when the merged
+hulls of the row's slots cover it and no gap of a strided slot that the row's intervals
+leave open falls in it: exact for any union, since a mask keeps at most one term's
+families whole and their hulls are disjoint. Time and memory
+O(B·H·Q·K·P + B·H·Q_blocks·KV_blocks) for K slots of P enumerated pieces (P = 1 unless
+pieces or gaps are a key block or more apart).
 """
 
 from __future__ import annotations
@@ -47,13 +54,12 @@ def _running_max(x: torch.Tensor) -> torch.Tensor:
     return x.mT.contiguous().cummax(-2).values.mT
 
 
-def _merged(rows: Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _merged(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Merge each row's overlapping or touching intervals.
 
     Returns (start, end, is_last): for the last interval of every merged group,
     the group's start and end; other positions are marked not last.
     """
-    lo, hi = rows.lo, rows.hi
     if lo.shape[-1] == 1:
         return lo, hi, torch.ones_like(lo, dtype=torch.bool)
     lo, order = lo.sort(-1)
@@ -66,10 +72,88 @@ def _merged(rows: Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return start, reach, is_last
 
 
-def allowed_per_row(rows: Rows) -> torch.Tensor:
-    """Exact count of allowed keys in every row: the merged intervals' total length."""
-    start, end, is_last = _merged(rows)
-    return torch.where(is_last, end - start, 0).sum(-1)
+def tighten(rows: Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each slot's first allowed key and one past its last, and whether it allows any."""
+    lo, hi, ph, st, ln = rows.tensors()
+    return _tighten(lo, hi, ph, st, ln)
+
+
+def _tighten(lo: torch.Tensor, hi: torch.Tensor, ph: torch.Tensor, st: torch.Tensor,
+             ln: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r = (lo - ph) % st  # lo's place in its period: in the window when < ln
+    first = torch.where(r < ln, lo, lo - r + st)
+    e = (hi - 1 - ph) % st
+    end = torch.where(e < ln, hi, hi - 1 - e + ln)
+    return first, end, (lo < hi) & (ln > 0) & (first < end)
+
+
+def family_ranges(
+    lo: torch.Tensor, hi: torch.Tensor, ph: torch.Tensor, st: torch.Tensor, ln: torch.Tensor,
+    live: torch.Tensor, kv_bs: int, pieces: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The key-block ranges [first, last) a family's pieces touch, with a trailing dim of
+    1 + pieces: the whole hull where no block fits between pieces (or there is one piece),
+    else one range per piece (at most ``pieces``). The third tensor marks real ranges."""
+    lo, hi, ok = _tighten(lo, hi, ph, st, ln)
+    ok = ok & live
+    one = ((hi - 1 - ph) // st) == ((lo - ph) // st)
+    fine = ok & ((st - ln < kv_bs) | one)
+    first, last, real = lo // kv_bs, -(-hi // kv_bs), fine
+    first, last, real = first.unsqueeze(-1), last.unsqueeze(-1), real.unsqueeze(-1)
+    if pieces > 0:
+        j = torch.arange(pieces, device=lo.device)
+        start = (lo - (lo - ph) % st).unsqueeze(-1) + j * st.unsqueeze(-1)
+        a = torch.maximum(lo.unsqueeze(-1), start)
+        b = torch.minimum(hi.unsqueeze(-1), start + ln.unsqueeze(-1))
+        coarse = (ok & ~fine).unsqueeze(-1) & (start < hi.unsqueeze(-1))
+        first = torch.cat([first.expand_as(a), a // kv_bs], -1)
+        last = torch.cat([last.expand_as(b), -(-b // kv_bs)], -1)
+        real = torch.cat([real.expand_as(coarse), coarse], -1)
+    return torch.where(real, first, 0), torch.where(real, last, 0), real
+
+
+def _open_gaps(rows: Rows, live: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+               kv_len: int) -> tuple[torch.Tensor, ...]:
+    """The gaps of the family slots that the row's intervals leave open: for each family slot
+    (dim -2) and each gap [u, v) between the row's merged intervals (dim -1), that slot's
+    gap window clipped to it, as (lo, hi, phase, stride, length, live)."""
+    c0, c1 = rows.family_cols
+    strided = live & (rows.length < rows.stride)
+    plain = live & ~strided
+    sentinel = torch.zeros_like(lo[..., :1])  # [0, 0): the gap before the first interval
+    il = torch.cat([sentinel, torch.where(plain, lo, 0)], -1)
+    ih = torch.cat([sentinel, torch.where(plain, hi, 0)], -1)
+    il, order = il.sort(-1)
+    reach = _running_max(ih.gather(-1, order))
+    nxt = torch.cat([il[..., 1:], torch.full_like(il[..., :1], kv_len)], -1)
+    u, v = reach.unsqueeze(-2), nxt.unsqueeze(-2)
+    f = (slice(None),) * (lo.dim() - 1) + (slice(c0, c1),)
+    ph, st, ln = (x[f].unsqueeze(-1) for x in (rows.phase, rows.stride, rows.length))
+    glo = torch.maximum(u, lo[f].unsqueeze(-1))
+    ghi = torch.minimum(v, hi[f].unsqueeze(-1))
+    ok = strided[f].unsqueeze(-1) & (v > u)
+    return glo, ghi, ph + ln, st, st - ln, ok
+
+
+def _family_keys(lo: torch.Tensor, hi: torch.Tensor, ph: torch.Tensor, st: torch.Tensor,
+                 ln: torch.Tensor) -> torch.Tensor:
+    """How many keys of [lo, hi) lie in the window: closed form, no enumeration."""
+    def below(x: torch.Tensor) -> torch.Tensor:
+        return ((x - ph) // st) * ln + torch.minimum((x - ph) % st, ln)
+    return torch.where(lo < hi, below(hi) - below(lo), 0)
+
+
+def allowed_per_row(rows: Rows, kv_len: int) -> torch.Tensor:
+    """Exact count of allowed keys in every row: the merged hulls' total length less the
+    family gaps the row's intervals leave open."""
+    lo, hi, live = tighten(rows)
+    lo, hi = torch.where(live, lo, 0), torch.where(live, hi, 0)
+    start, end, is_last = _merged(lo, hi)
+    out = torch.where(is_last, end - start, 0).sum(-1)
+    if rows.family is not None:
+        glo, ghi, ph, st, ln, ok = _open_gaps(rows, live, lo, hi, kv_len)
+        out = out - torch.where(ok, _family_keys(glo, ghi, ph, st, ln), 0).sum((-1, -2))
+    return out
 
 
 def counts(q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> tuple[int, int]:
@@ -77,18 +161,30 @@ def counts(q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> tuple[int, int]:
     return -(-q_len // q_bs), -(-kv_len // kv_bs)
 
 
+def _ranges(first: torch.Tensor, last: torch.Tensor, ok: torch.Tensor, q_bs: int, n_q: int,
+            n_kv: int) -> torch.Tensor:
+    """``_count`` of ranges with trailing dims after the row dim (flattened into one)."""
+    flat = (*first.shape[:3], -1)
+    return _count(first.reshape(flat), last.reshape(flat), ok.reshape(flat), q_bs, n_q, n_kv)
+
+
 def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> BlockGrid:
-    """Exact FULL and PARTIAL blocks from per-row intervals (torch's semantics, ragged edges)."""
+    """Exact FULL and PARTIAL blocks from per-row slots (torch's semantics, ragged edges)."""
     n_q, n_kv = counts(q_len, kv_len, q_bs, kv_bs)
-    lo, hi = rows.lo, rows.hi
-    nonempty = lo < hi
-    touched = _count(lo // kv_bs, -(-hi // kv_bs), nonempty, q_bs, n_q, n_kv) > 0
-    start, end, is_last = _merged(rows)
+    lo, hi, live = tighten(rows)
+    pieces = int(rows.pieces)
+    touched = _ranges(*family_ranges(*rows.tensors(), live, kv_bs, pieces), q_bs, n_q, n_kv) > 0
+    lo, hi = torch.where(live, lo, 0), torch.where(live, hi, 0)
+    start, end, is_last = _merged(lo, hi)
     f0 = -(-start // kv_bs)
     f1 = (end // kv_bs).clamp(max=kv_len // kv_bs)  # no host-made tensor: graph-capturable
     covering = is_last & (f0 < f1)
     f0, f1 = torch.where(covering, f0, 0), torch.where(covering, f1, 0)
     full = _count(f0, f1, covering, q_bs, n_q, n_kv) == q_bs
+    if rows.family is not None:
+        glo, ghi, ph, st, ln, ok = _open_gaps(rows, live, lo, hi, kv_len)
+        gaps = family_ranges(glo, ghi, ph, st, ln, ok, kv_bs, pieces)
+        full = full & (_ranges(*gaps, q_bs, n_q, n_kv) == 0)
     return BlockGrid(partial=touched & ~full, full=full)
 
 
@@ -113,5 +209,5 @@ def build_grid(
     device: torch.device, block_size: tuple[int, int],
 ) -> BlockGrid:
     """The spec's block grid at these sizes and bound inputs: row intervals, then classes."""
-    rows = lower.row_intervals(mask, sizes, inputs, device)
+    rows = lower.row_slots(mask, sizes, inputs, device)
     return classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], *block_size)

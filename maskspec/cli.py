@@ -355,12 +355,12 @@ def block_stats(
     """Block counts by class, work left and exact density, from the row intervals (no Q×KV)."""
     cpu = torch.device("cpu")
     bound = bind_inputs(mask.ir, sizes, inputs, cpu)
-    rows = lower.row_intervals(mask.ir, sizes, bound, cpu)
+    rows = lower.row_slots(mask.ir, sizes, bound, cpu)
     grid = blocks.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], *bs)
     shape = (sizes["B"], sizes["H"], *grid.full.shape[-2:])
     full, part = int(grid.full.expand(shape).sum()), int(grid.partial.expand(shape).sum())
     total = math.prod(shape)
-    allowed = blocks.allowed_per_row(rows).expand(sizes["B"], sizes["H"], -1).sum()
+    allowed = blocks.allowed_per_row(rows, sizes["KV_LEN"]).expand(sizes["B"], sizes["H"], -1).sum()
     return {
         "FULL": full, "PARTIAL": part, "EMPTY": total - full - part,
         "work": (full + part) / total,

@@ -1,4 +1,5 @@
-"""Spec model → IR: resolve names, check primitives and their arguments, bind params."""
+"""Spec model → IR: resolve names, check primitives and their arguments, bind params, and
+analyse every term once into its element meaning and its row program (``analysis``)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,9 @@ import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from maskspec import ir
+from maskspec import analysis, ir, primitives
 from maskspec import model as m
 from maskspec.errors import MaskSpecError, did_you_mean
-from maskspec.lower import analyze_cond, extent_exprs, reach_exprs, width_exprs
 
 MAX_NUMBER = ir.MAX_NUMBER
 
@@ -48,6 +48,10 @@ class _Resolver:
             v = ir.const_value(value, {})
             if v < 1:
                 raise self.error(f"{what} must be positive, got {v}", pos)
+
+    def constant(self, e: m.Expr) -> ir.Expr:
+        """A constant expression (numbers, params, sizes), as input shapes are."""
+        return self.expr(e, CONST)
 
     def expr(self, e: m.Expr, scope: _Scope) -> ir.Expr:
         pos = e.pos
@@ -193,7 +197,7 @@ def _check_unique(spec: m.Spec) -> None:
     decls = [("param", p) for p in spec.params] + [("input", i) for i in spec.inputs]
     decls += [("region", r) for r in spec.regions]
     for kind, d in decls:
-        if d.name in reserved or d.name in ir.SIGNATURES:
+        if d.name in reserved or d.name in primitives.registry():
             raise MaskSpecError(
                 f"`{d.name}` is a built-in name and cannot name "
                 f"{'an' if kind == 'input' else 'a'} {kind}", d.pos,
@@ -207,67 +211,51 @@ def _check_unique(spec: m.Spec) -> None:
         seen[d.name] = kind
 
 
-def _document(r: _Resolver, call: m.Call) -> ir.Primitive:
-    """``document(ids)``: ids names an input int[B, N] of per-position document ids."""
-    arg = call.args[0].value if len(call.args) == 1 else None
-    decl = r.inputs.get(arg.id) if isinstance(arg, m.Name) else None
-    if decl is None or decl.dtype != "int" or len(decl.shape) != 2:
+def _argument(r: _Resolver, kind: primitives.PrimitiveKind, call: m.Call, i: int,
+              a: m.Arg) -> str:
+    """The name of the ``i``-th argument of ``call`` (positional or named), checked."""
+    order = list(kind.params)
+    if a.name is None:
+        if i >= len(order) or any(x.name for x in call.args[:i]):
+            raise r.error(
+                f"`{call.name}` takes {len(order)} argument(s): {', '.join(order) or 'none'}",
+                a.pos,
+            )
+        return order[i]
+    if a.name not in kind.params:
         raise r.error(
-            "`document` takes one argument: the name of an input declared as int[B, N] "
-            "holding each position's document id", call.pos,
-            hint="e.g. `input doc: int[B, KV_LEN]` then `causal & document(doc)`",
+            f"`{call.name}` has no argument `{a.name}`", a.pos,
+            hint=did_you_mean(a.name, order) or f"arguments: {', '.join(order) or 'none'}",
         )
-    first = decl.shape[0]
-    if not (isinstance(first, m.Name) and first.id == "B"):
-        raise r.error(
-            f"the ids of `document` are one row per batch element: declare `{decl.name}` "
-            f"as int[B, N]", first.pos, hint="e.g. `input doc: int[B, KV_LEN]`",
-        )
-    load = ir.Load(decl.name, (ir.Var("b"), ir.Var("q")), pos=arg.pos)
-    n = r.expr(decl.shape[1], CONST)
-    return ir.Primitive("document", {"ids": load, "n": n}, pos=call.pos)
+    return a.name
 
 
 def _primitive(r: _Resolver, call: m.Call) -> ir.Primitive:
-    if call.name == "document":
-        return _document(r, call)
-    sig = ir.SIGNATURES.get(call.name)
-    if sig is None:
-        hint = PRIMITIVE_HINTS.get(call.name) or did_you_mean(call.name, ir.SIGNATURES)
-        hint = hint or "primitives: " + ", ".join(ir.SIGNATURES)
-        raise r.error(f"unknown region primitive `{call.name}`", call.pos, hint=hint)
-    defaults, constant = sig
+    kind = primitives.get(call.name)
+    if kind is None:
+        names = list(primitives.registry())
+        hint = PRIMITIVE_HINTS.get(call.name) or did_you_mean(call.name, names)
+        raise r.error(f"unknown region primitive `{call.name}`", call.pos,
+                      hint=hint or "primitives: " + ", ".join(names))
+    bound = kind.bind(r, call)
+    if bound is not None:
+        return ir.Primitive(call.name, bound, pos=call.pos)
     given: dict[str, ir.Expr] = {}
-    order = list(defaults)
     for i, a in enumerate(call.args):
-        if a.name is None:
-            if i >= len(order) or any(x.name for x in call.args[:i]):
-                raise r.error(
-                    f"`{call.name}` takes {len(order)} argument(s): "
-                    f"{', '.join(order) or 'none'}", a.pos,
-                )
-            key = order[i]
-        else:
-            key = a.name
-        if key not in defaults:
-            raise r.error(
-                f"`{call.name}` has no argument `{key}`", a.pos,
-                hint=did_you_mean(key, order) or f"arguments: {', '.join(order) or 'none'}",
-            )
+        key = _argument(r, kind, call, i, a)
         if key in given:
             raise r.error(f"argument `{key}` given twice", a.pos)
-        value = r.number(a.value, ARG if key not in constant else CONST_ARG)
-        if key in ("period", "size"):
+        value = r.number(a.value, CONST_ARG if key in kind.constant else ARG)
+        if key in kind.positive:
             r.positive(value, a.value.pos, f"the {key} of `{call.name}`")
         given[key] = value
-    for key, default in defaults.items():
-        if key not in given:
-            if default is None:
-                raise r.error(
-                    f"`{call.name}` needs argument `{key}`", call.pos,
-                    hint=f"e.g. `{call.name}({key} = ...)`",
-                )
-            given[key] = ir.Const(default)
+    for key, default in kind.params.items():
+        if key in given:
+            continue
+        if default is None:
+            raise r.error(f"`{call.name}` needs argument `{key}`", call.pos,
+                          hint=f"e.g. `{call.name}({key} = ...)`")
+        given[key] = given[default] if isinstance(default, str) else ir.Const(default)
     return ir.Primitive(call.name, given, pos=call.pos)
 
 
@@ -278,7 +266,7 @@ def _cond(r: _Resolver, c: m.Cond) -> ir.Cmp:
             "a bare condition is a flag (true where it is not 0), and one on kv would split "
             "a row's keys", c.pos, hint="compare kv with an expression, e.g. `kv < q + 4`",
         )
-    analyze_cond(cmp, r.error)
+    analysis.analyze_cond(cmp, r.error)
     return cmp
 
 
@@ -291,24 +279,53 @@ def _input(r: _Resolver, d: m.Input) -> ir.InputDecl:
     return ir.InputDecl(d.name, d.dtype, shape, rng, default, pos=d.pos)
 
 
+def _parts(t: tuple[tuple[ir.Primitive, ...], tuple[ir.Cmp, ...]]) -> tuple[
+        list[ir.Cmp], list[analysis.Part]]:
+    """A term's guards, and the clips and levels of its primitives and kv conditions."""
+    prims, conds = t
+    parts: list[analysis.Part] = []
+    for p in prims:
+        parts += primitives.registry()[p.kind].lower(dict(p.args))
+    guards = []
+    for c in conds:
+        f = analysis.cond_form(c)
+        if isinstance(f, analysis.RowCond):
+            guards.append(f.cmp)
+        else:
+            parts.append(analysis.cond_part(f))
+    return guards, parts
+
+
+def _term(name: str, prims: tuple[ir.Primitive, ...], where: tuple[ir.Cmp, ...],
+          valid: tuple[ir.Cmp, ...], program: ir.RowProgram, pos: m.Pos | None) -> ir.Term:
+    meaning = tuple(c for p in prims for c in primitives.registry()[p.kind].meaning(dict(p.args)))
+    return ir.Term(name, prims, where, valid, meaning, program, pos=pos)
+
+
 def compile_spec(spec: m.Spec, **params: int) -> ir.MaskIR:
     """Resolve a parsed spec into the IR, binding ``params`` (overriding defaults)."""
     _check_unique(spec)
     r = _Resolver(spec, _params(spec, params))
     inputs = tuple(_input(r, d) for d in spec.inputs)
-    valid = [_cond(r, c) for v in spec.valid for c in v.conds]
-    terms = []
+    valid = tuple(_cond(r, c) for v in spec.valid for c in v.conds)
     regions: dict[str, tuple[tuple[ir.Primitive, ...], tuple[ir.Cmp, ...]]] = {}
     for reg in spec.regions:
         prims: tuple[ir.Primitive, ...] = ()
-        conds = tuple(_cond(r, c) for c in reg.where)
+        where = tuple(_cond(r, c) for c in reg.where)
         for c in reg.calls:
             if c.name in regions and not c.args:  # an earlier region: intersect with it
-                prims, conds = prims + regions[c.name][0], conds + regions[c.name][1]
+                prims, where = prims + regions[c.name][0], where + regions[c.name][1]
             else:
                 prims += (_primitive(r, c),)
-        regions[reg.name] = (prims, conds)
-        every = conds + tuple(valid)
-        terms.append(ir.Term(reg.name, prims, every, width_exprs(prims, every),
-                             reach_exprs(every), extent_exprs(prims, every), pos=reg.pos))
-    return ir.MaskIR(spec.name, tuple(terms), inputs, r.params, spec.source, spec.path)
+        regions[reg.name] = (prims, where)
+    analysed = [_parts((prims, where + valid)) for prims, where in regions.values()]
+    keep = analysis.family_term([parts for _, parts in analysed])
+    terms = tuple(
+        _term(reg.name, prims, where, valid, analysis.program(g, parts, i == keep), reg.pos)
+        for i, (reg, (prims, where), (g, parts))
+        in enumerate(zip(spec.regions, regions.values(), analysed, strict=True))
+    )
+    sorted_inputs = tuple(dict.fromkeys(
+        n for t in terms for p in t.prims
+        for n in primitives.registry()[p.kind].sorted_inputs(dict(p.args))))
+    return ir.MaskIR(spec.name, terms, inputs, r.params, spec.source, spec.path, sorted_inputs)

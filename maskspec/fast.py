@@ -3,7 +3,7 @@ row stage compiled once for all KV lengths.
 
 On CUDA a build is the spec's generated Triton count kernel and two fixed ones
 (``fused.tensors``); a CUDA graph removes what is left, the Python and launch overhead.
-``compiled=True`` instead traces ``lower.row_intervals`` with torch.compile, KV_LEN symbolic, so
+``compiled=True`` instead traces ``lower.row_slots`` with torch.compile, KV_LEN symbolic, so
 KV_LEN growing across TTT steps and new input values reuse one compiled graph (a new Q_LEN, B
 or H may compile once more), and classifies the rows with ``fused.classify``: the route for
 devices without Triton. Nothing here re-derives the pipeline; it only runs it faster.
@@ -21,7 +21,6 @@ from maskspec import fused, lower
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.api import CompiledMask
 from maskspec.inputs import block_size_of
-from maskspec.lower import Rows
 from maskspec.targets import flex
 
 
@@ -62,13 +61,11 @@ class Builder:
     def _rows(
         self, sizes: dict[str, int], kv: torch.Tensor, inputs: dict[str, torch.Tensor],
         device: torch.device,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row intervals (lo, hi): the part torch.compile traces (KV_LEN = len(kv)). Compiled,
-        they are written as int32 (KV_LEN < 2**31 is checked), halving the build's scratch."""
-        rows = lower.row_intervals(self.mask.ir, {**sizes, "KV_LEN": kv.shape[0]}, inputs, device)
-        if torch.compiler.is_compiling():
-            return rows.lo.to(torch.int32), rows.hi.to(torch.int32)
-        return rows.lo, rows.hi
+    ) -> tuple[torch.Tensor, ...]:
+        """Row slots (lo, hi, phase, stride, length): the part torch.compile traces
+        (KV_LEN = len(kv))."""
+        rows = lower.row_slots(self.mask.ir, {**sizes, "KV_LEN": kv.shape[0]}, inputs, device)
+        return rows.tensors()
 
     def __call__(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
@@ -101,7 +98,9 @@ class Builder:
         kv = torch.empty(sizes["KV_LEN"], 0)
         torch._dynamo.maybe_mark_dynamic(kv, 0)
         fixed = {k: v for k, v in sizes.items() if k != "KV_LEN"}
-        rows = Rows(*self.compiled(fixed, kv, inputs, device))
+        rows = lower.Rows(*self.compiled(fixed, kv, inputs, device))
+        rows.pieces = lower.family_pieces(self.mask.ir, sizes)
+        rows.family, rows.family_cols = lower.family_slots(self.mask.ir, sizes)
         return fused.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, True)
 
     def _replay(

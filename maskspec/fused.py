@@ -1,8 +1,8 @@
-"""Row intervals → the eight BlockMask tensors in three Triton kernels, for CUDA builds.
+"""Row slots → the eight BlockMask tensors in three Triton kernels, for CUDA builds.
 
 The same classification as ``blocks.classify`` followed by ``flex.index_tensors``, fused so a
 build is three kernels instead of a hundred. One program per chunk of a row block's rows
-(``count_rows``) finds, per row, the key blocks its intervals touch and those the gaps of
+(``count_rows``) finds, per row, the key blocks its slots touch and those the gaps of
 their union touch, and adds both as difference arrays (atomic adds) into the block's zeroed
 kv_idx and full_kv_idx rows. One program per row block (``_finish_kernel``) scans those rows
 a chunk of key blocks at a time, writes one class byte per block, then the ordered
@@ -65,29 +65,86 @@ if triton is not None:
         return seen0 + tl.sum(flag.to(tl.int32), AXIS, keep_dims=True)
 
     @triton.jit
-    def count_rows(lo, hi, ok, in_block, touched_ptr, gaps_ptr, n_kv, KV_BS: tl.constexpr):
-        """Rows' (R, KP) intervals → their difference arrays, added into the zeroed index rows
-        of the row block (which double as scratch): the key blocks each interval touches,
-        and those each gap of a row's union touches. A block is FULL when no row of the
+    def _tighten(lo, hi, ph, st, ln):
+        """A slot's first allowed key, one past its last, and whether it allows any
+        (``blocks.tighten``)."""
+        r = mod(lo - ph, st)
+        first = tl.where(r < ln, lo, lo - r + st)
+        e = mod(hi - 1 - ph, st)
+        end = tl.where(e < ln, hi, hi - 1 - e + ln)
+        return first, end, (lo < hi) & (ln > 0) & (first < end)
+
+    @triton.jit
+    def _add_family(row_ptr, lo, hi, ph, st, ln, live, n_kv, pieces, KV_BS: tl.constexpr):
+        """Add the key blocks a family's pieces touch (``blocks.family_ranges``): its hull
+        where no block fits between pieces (or it has one), else each piece's, up to
+        ``pieces`` of them."""
+        lo, hi, ok = _tighten(lo, hi, ph, st, ln)
+        ok = ok & live
+        one = floordiv(hi - 1 - ph, st) == floordiv(lo - ph, st)
+        fine = ok & ((st - ln < KV_BS) | one)
+        _add_ranges(row_ptr, lo // KV_BS, (hi + KV_BS - 1) // KV_BS, fine, n_kv)
+        coarse = ok & ~fine
+        start = lo - mod(lo - ph, st)
+        for j in range(pieces):
+            s = start + j * st
+            a = tl.maximum(lo, s)
+            b = tl.minimum(hi, s + ln)
+            _add_ranges(row_ptr, a // KV_BS, (b + KV_BS - 1) // KV_BS, coarse & (s < hi), n_kv)
+
+    @triton.jit
+    def _add_open_gaps(gaps_ptr, lo, hi, ph, st, ln, live, n_kv, pieces, KV_BS: tl.constexpr):
+        """Add the blocks the gaps of strided slots touch where the row's intervals leave
+        them open (``blocks._open_gaps``): each strided slot (axis 1) against each gap of
+        the intervals' union (axis 2: after an interval end no interval covers, up to the
+        next interval start), and against the gap before the first interval."""
+        strided = live & (ln < st)
+        plain = live & ~strided
+        far = tl.full((1,), 2**62, tl.int64)
+        starts = tl.where(plain, lo, far)[:, None, :]
+        ends = tl.where(plain, hi, -1)[:, None, :]
+        end = tl.where(plain, hi, -1)[:, :, None]
+        covered = tl.max(((starts <= end) & (end < ends)).to(tl.int32), 2)
+        gap_end = tl.min(tl.where(starts > end, starts, far), 2)
+        gap_ok = plain & (covered == 0)
+        glo = tl.maximum(hi[:, None, :], lo[:, :, None])
+        ghi = tl.minimum(gap_end[:, None, :], hi[:, :, None])
+        ok = strided[:, :, None] & gap_ok[:, None, :]
+        _add_family(gaps_ptr, glo, ghi, (ph + ln)[:, :, None], st[:, :, None],
+                    (st - ln)[:, :, None], ok, n_kv, pieces, KV_BS)
+        first = tl.min(tl.where(plain, lo, far), 1)[:, None]
+        _add_family(gaps_ptr, lo, tl.minimum(hi, first), ph + ln, st, st - ln, strided, n_kv,
+                    pieces, KV_BS)
+
+    @triton.jit
+    def count_rows(lo, hi, ph, st, ln, ok, in_block, touched_ptr, gaps_ptr, n_kv, pieces,
+                   KV_BS: tl.constexpr, FAMILY: tl.constexpr):
+        """Rows' (R, KP) slots → their difference arrays, added into the zeroed index rows of
+        the row block (which double as scratch): the key blocks each slot's pieces touch,
+        and those each gap of the row's keys touches. A block is FULL when no row of the
         block has a gap in it; rows past Q_LEN (ok false, in_block true) are all gap.
 
-        A gap starts at 0 or at an interval's end that no interval covers, and runs to the
-        next interval start: O(K²) compares per row, no sort. Live intervals lie in
-        [0, KV_LEN] and KV_LEN < 2**31 - 1 (``fits``), so they are compared as int32."""
-        live = ok & (lo < hi)
-        lo, hi = tl.where(live, lo, 0).to(tl.int32), tl.where(live, hi, 0).to(tl.int32)
-        _add_ranges(touched_ptr, lo // KV_BS, (hi + KV_BS - 1) // KV_BS, live, n_kv)
+        Gaps between the slots' hulls: a gap starts at 0 or at a hull's end that no hull
+        covers, and runs to the next hull start: O(K²) compares per row, no sort, in int32
+        (live hulls lie in [0, KV_LEN] and KV_LEN < 2**31 - 1, ``fits``). With a strided
+        family (FAMILY), its own gaps that the row's intervals leave open count too."""
+        lo, hi, live = _tighten(lo, hi, ph, st, ln)
+        live = live & ok
+        _add_family(touched_ptr, lo, hi, ph, st, ln, live, n_kv, pieces, KV_BS)
+        lo32, hi32 = tl.where(live, lo, 0).to(tl.int32), tl.where(live, hi, 0).to(tl.int32)
         far = tl.full((1,), 2**31 - 1, tl.int32)  # past every key
-        starts = tl.where(live, lo, far)[:, None, :]  # (R, 1, KP): interval k
-        ends = hi[:, None, :]
-        end = hi[:, :, None]  # (R, KP, 1): the end of interval j
+        starts = tl.where(live, lo32, far)[:, None, :]  # (R, 1, KP): hull k
+        ends = hi32[:, None, :]
+        end = hi32[:, :, None]  # (R, KP, 1): the end of hull j
         covered = tl.max(((starts <= end) & (end < ends)).to(tl.int32), 2)
         gap_end = tl.min(tl.where(starts > end, starts, far), 2).to(tl.int64)
-        _add_ranges(gaps_ptr, hi // KV_BS, ((gap_end + KV_BS - 1) // KV_BS).to(tl.int32),
+        _add_ranges(gaps_ptr, hi32 // KV_BS, ((gap_end + KV_BS - 1) // KV_BS).to(tl.int32),
                     live & (covered == 0), n_kv)
-        first = tl.min(tl.where(live, lo, far), 1)[:, None].to(tl.int64)  # before every interval
+        first = tl.min(tl.where(live, lo32, far), 1)[:, None].to(tl.int64)  # before every hull
         _add_ranges(gaps_ptr, 0 * first, (first + KV_BS - 1) // KV_BS,
                     in_block & (first > 0), n_kv)
+        if FAMILY:
+            _add_open_gaps(gaps_ptr, lo, hi, ph, st, ln, live, n_kv, pieces, KV_BS)
 
     @triton.jit(do_not_specialize=["n_q", "n_kv"])
     def _finish_kernel(kv_num_ptr, kv_idx_ptr, full_kv_num_ptr, full_kv_idx_ptr, cls_ptr, n_q,
@@ -130,12 +187,13 @@ if triton is not None:
         tl.store(kv_num_ptr + num, n_partial)
         tl.store(full_kv_num_ptr + num, n_full)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["pieces"])
     def _count_kernel(
-        lo_ptr, hi_ptr, kv_idx_ptr, full_kv_idx_ptr, q_len, n_q, n_kv, K: tl.constexpr,
-        KP: tl.constexpr, Q_BS: tl.constexpr, RC: tl.constexpr, KV_BS: tl.constexpr,
+        lo_ptr, hi_ptr, ph_ptr, st_ptr, ln_ptr, kv_idx_ptr, full_kv_idx_ptr, q_len, n_q, n_kv,
+        pieces, K: tl.constexpr, KP: tl.constexpr, Q_BS: tl.constexpr, RC: tl.constexpr,
+        KV_BS: tl.constexpr, FAMILY: tl.constexpr,
     ):
-        """RC rows of a row block of given intervals (B', H', Q_LEN, K): load, count_rows."""
+        """RC rows of a row block of given slots (B', H', Q_LEN, K): load, count_rows."""
         bh = tl.program_id(0).to(tl.int64)
         qb = tl.program_id(1)
         rows = tl.program_id(2) * RC + tl.arange(0, RC)[:, None]
@@ -143,10 +201,15 @@ if triton is not None:
         ok = (rows < Q_BS) & (row < q_len)
         j = tl.arange(0, KP)[None, :]
         offs = (bh * q_len + row) * K + j
-        lo = tl.load(lo_ptr + offs, mask=ok & (j < K), other=0)
-        hi = tl.load(hi_ptr + offs, mask=ok & (j < K), other=0)
+        real = ok & (j < K)
+        lo = tl.load(lo_ptr + offs, mask=real, other=0)
+        hi = tl.load(hi_ptr + offs, mask=real, other=0)
+        ph = tl.load(ph_ptr + offs, mask=real, other=0)
+        st = tl.load(st_ptr + offs, mask=real, other=1)
+        ln = tl.load(ln_ptr + offs, mask=real, other=1)
         out = (bh * n_q + qb) * n_kv
-        count_rows(lo, hi, ok, rows < Q_BS, kv_idx_ptr + out, full_kv_idx_ptr + out, n_kv, KV_BS)
+        count_rows(lo, hi, ph, st, ln, ok, rows < Q_BS, kv_idx_ptr + out, full_kv_idx_ptr + out,
+                   n_kv, pieces, KV_BS, FAMILY)
 
     @triton.jit(do_not_specialize=["n_q", "n_kv"])
     def _column_strip_kernel(
@@ -312,16 +375,18 @@ def classify_rows(
     q_bs, kv_bs = block_size
     n_q, n_kv = blocks.counts(q_len, kv_len, q_bs, kv_bs)
     lead, k = rows.lo.shape[:-2], rows.lo.shape[-1]
-    lo, hi = rows.lo.contiguous(), rows.hi.contiguous()
-    scratch = _scratch(tuple(lead), n_q, n_kv, lo.device)
+    fields = [x.expand(rows.lo.shape).contiguous() for x in rows.tensors()]
+    scratch = _scratch(tuple(lead), n_q, n_kv, rows.lo.device)
     slots = _slots(k)
     _count_kernel[_grid(tuple(lead), n_q, q_bs, slots)](
-        lo, hi, *scratch, q_len, n_q, n_kv, K=k, KP=slots, Q_BS=q_bs,
-        RC=_row_chunk(q_bs, slots), KV_BS=kv_bs, num_warps=COUNT_WARPS,
+        *fields, *scratch, q_len, n_q, n_kv, int(rows.pieces), K=k, KP=slots, Q_BS=q_bs,
+        RC=_row_chunk(q_bs, slots), KV_BS=kv_bs, FAMILY=rows.family is not None,
+        num_warps=COUNT_WARPS,
     )
     if release:
-        del lo, hi
-        rows.lo = rows.hi = rows.lo.new_empty(0)
+        del fields
+        empty = rows.lo.new_empty(0)
+        rows.lo = rows.hi = rows.phase = rows.stride = rows.length = empty
     return _finish(scratch, n_q, n_kv)
 
 
@@ -382,9 +447,10 @@ def _count_launch(
     (q_bs, kv_bs), lead = block_size, lower.lead_shape(mask, sizes)
     n_q, n_kv = blocks.counts(sizes["Q_LEN"], sizes["KV_LEN"], q_bs, kv_bs)
     args = (*triton_rows.input_args(mask, inputs), *scratch, sizes["B"], sizes["H"],
-            sizes["Q_LEN"], sizes["KV_LEN"], lead[1], n_q, n_kv, *loops)
+            sizes["Q_LEN"], sizes["KV_LEN"], lead[1], n_q, n_kv,
+            int(lower.family_pieces(mask, sizes)), *loops)
     kw = {"KP": slots, "Q_BS": q_bs, "RC": _row_chunk(q_bs, slots), "KV_BS": kv_bs,
-          "num_warps": COUNT_WARPS}
+          "FAMILY": mask.has_families(), "num_warps": COUNT_WARPS}
     return g.kernel, _grid(lead, n_q, q_bs, slots), args, kw
 
 
@@ -453,7 +519,7 @@ def torch_path(
 ) -> tuple[Tensor, ...]:
     """Lowering and ``blocks.classify``: torch ops only, nothing to compile (a CUDA build's
     path while its kernels compile)."""
-    rows = lower.row_intervals(mask, sizes, inputs, device)
+    rows = lower.row_slots(mask, sizes, inputs, device)
     return flex.index_tensors(blocks.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], *block_size))
 
 
@@ -470,5 +536,5 @@ def tensors(
         out = build(mask, sizes, inputs, device, block_size)
         if out is not None:
             return out
-    rows = lower.row_intervals(mask, sizes, inputs, device)
+    rows = lower.row_slots(mask, sizes, inputs, device)
     return classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], block_size, release=True)

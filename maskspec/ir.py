@@ -1,11 +1,12 @@
-"""The IR: resolved integer expressions, region primitives and conditions, with their meaning.
+"""The IR: resolved integer expressions, conditions, and each term's two readings.
 
 A mask is a union of terms; a term is an intersection of primitives (``causal``,
 ``diagonal`` ...) restricted by conditions (its region's ``where`` and every
-``valid`` clause). Each primitive has two IR forms: ``meaning``, element-level
-conditions on (q, kv) — the definition that dense, mask_mod and generated kernels
-evaluate — and ``interval``, its keys per query row as [lo, hi), which ``lower``
-evaluates for block classification. Tests hold the two equal.
+``valid`` clause). The compiler gives every term two forms, made once: ``meaning``,
+element-level conditions on (q, kv) — the definition that dense, mask_mod and the CuTe
+mask_mod evaluate — and a ``RowProgram``, its keys per query row as a strided family
+(``Level``) inside a key range, which the torch evaluator (``lower``) and the Triton
+generator (``targets/triton_rows``) both read. Tests hold the two equal.
 """
 
 from __future__ import annotations
@@ -340,17 +341,8 @@ def holds(c: Cmp, env: Env) -> Value:
 
 @dataclass(frozen=True)
 class Primitive:
-    """A region primitive with resolved arguments.
-
-    kinds and meaning (kv allowed for query q):
-      full                      every key
-      causal(offset)            kv <= q + offset
-      window(left, right)       q - left <= kv <= q + right
-      diagonal(period, offset)  kv ≡ q + offset (mod period)
-      chunk(size, offset)       q // size == (kv - offset) // size
-      document(ids, n)          kv < n and ids[b, kv] == ids[b, q], for ids: int[B, n]
-                                holding each position's document (non-decreasing)
-    """
+    """A region primitive with resolved arguments (``maskspec.primitives`` defines each kind:
+    its signature, meaning and lowering)."""
 
     kind: str
     args: Mapping[str, Expr]
@@ -360,69 +352,63 @@ class Primitive:
         return tuple(self.args.values())
 
 
-# name → (argument names in positional order, defaults; None = required,
-#         names that must be build-time constants)
-SIGNATURES: dict[str, tuple[dict[str, int | None], frozenset[str]]] = {
-    "full": ({}, frozenset()),
-    "causal": ({"offset": 0}, frozenset()),
-    "window": ({"left": None, "right": 0}, frozenset()),
-    "diagonal": ({"period": None, "offset": 0}, frozenset({"period", "offset"})),
-    "chunk": ({"size": None, "offset": 0}, frozenset({"size", "offset"})),
-    "document": ({"ids": None}, frozenset()),  # built by the compiler: ids and n
-}
+# ---------------------------------------------------------------- row programs
 
 
-def document_ids(p: Primitive) -> Load:
-    """The ``ids[b, q]`` lookup of a ``document`` primitive (its input names the ids)."""
-    ids = p.args["ids"]
-    assert isinstance(ids, Load)
-    return ids
+@dataclass(frozen=True)
+class Clip:
+    """kv ∈ [lo, hi) (None: that end open): what an interval primitive or a kv bound adds."""
+
+    lo: Expr | None
+    hi: Expr | None
 
 
-ROUND = Var("r")  # the round index of a diagonal's interval family
+@dataclass(frozen=True)
+class Level:
+    """The keys with (kv - phase) mod stride < length: one window of ``length`` keys in every
+    period of ``stride`` keys. ``stride`` is a build-time constant; ``phase`` and ``length``
+    are expressions of the row, with 0 <= phase and phase + length <= stride (windows never
+    wrap), length <= 0 allowing nothing. A diagonal is a level of length 1; ``kv % P < n``
+    one of length n."""
+
+    stride: Expr
+    phase: Expr
+    length: Expr
+
+    def exprs(self) -> tuple[Expr, ...]:
+        return (self.stride, self.phase, self.length)
 
 
-def meaning(p: Primitive) -> tuple[Cmp, ...]:
-    """The primitive's element-level meaning, as conditions on (q, kv): the definition."""
-    q, kv, a = Var("q"), Var("kv"), p.args
-    if p.kind == "full":
-        return ()
-    if p.kind == "causal":
-        return (Cmp("<=", kv, add(q, a["offset"])),)
-    if p.kind == "window":
-        return (Cmp(">=", kv, sub(q, a["left"])), Cmp("<=", kv, add(q, a["right"])))
-    if p.kind == "diagonal":
-        lag = sub(sub(kv, q), a["offset"])
-        return (Cmp("==", Bin("%", lag, a["period"]), Const(0)),)
-    if p.kind == "chunk":
-        return (Cmp("==", floordiv(q, a["size"]), floordiv(sub(kv, a["offset"]), a["size"])),)
-    if p.kind == "document":
-        ids = document_ids(p)
-        at_kv = Load(ids.input, (ids.args[0], kv))
-        return (Cmp("<", kv, a["n"]), Cmp("==", at_kv, ids))
-    raise ValueError(f"unknown primitive {p.kind}")
+Bounds = tuple[tuple[Expr, ...], tuple[Expr, ...]]  # expressions below / above kv
 
 
-def interval(p: Primitive) -> tuple[Expr, Expr]:
-    """The keys the primitive allows in row q, as [lo, hi): one interval, or one per round
-    ``r`` (diagonal). The lowering of ``meaning``; tests hold the two equal."""
-    q, a = Var("q"), p.args
-    one = Const(1)
-    if p.kind == "full":
-        return Const(0), Size("KV_LEN")
-    if p.kind == "causal":
-        return Const(0), add(add(q, a["offset"]), one)
-    if p.kind == "window":
-        return sub(q, a["left"]), add(add(q, a["right"]), one)
-    if p.kind == "diagonal":
-        lo = add(add(q, a["offset"]), mul(ROUND, a["period"]))
-        return lo, add(lo, one)
-    if p.kind == "chunk":
-        start = add(a["offset"], mul(floordiv(q, a["size"]), a["size"]))
-        return start, add(start, a["size"])
-    if p.kind == "document":
-        return DocEdge(document_ids(p), "start"), DocEdge(document_ids(p), "end")
-    raise ValueError(f"unknown primitive {p.kind}")
+@dataclass(frozen=True)
+class RowProgram:
+    """One term's keys in row (b, h, q), analysed once at compile time.
+
+    Rows failing a ``guard`` allow nothing. The others allow the keys in
+    [max(0, *lows), min(KV_LEN, *highs)) that lie in every level: the ``loops`` are
+    enumerated period by period (each piece of the clip is one slot of the row), the
+    ``family`` is kept whole (a slot is then a strided family of intervals, classified in
+    O(1) per row when its gaps or pieces are shorter than a key block). ``widths`` bound
+    the clip's width (q cancelled) and ``extent`` holds its plain ends: with them ``lower``
+    bounds the pieces of a loop at given sizes.
+    """
+
+    guards: tuple[Cmp, ...]
+    lows: tuple[Expr, ...]
+    highs: tuple[Expr, ...]
+    loops: tuple[Level, ...] = ()
+    family: Level | None = None
+    widths: tuple[Expr, ...] = ()
+    extent: Bounds = ((), ())
+
+    def exprs(self) -> Iterator[Expr]:
+        for c in self.guards:
+            yield from c.exprs()
+        yield from (*self.lows, *self.highs)
+        for lv in (*self.loops, *((self.family,) if self.family else ())):
+            yield from lv.exprs()
 
 
 # ---------------------------------------------------------------- the mask
@@ -440,15 +426,20 @@ class InputDecl:
 
 @dataclass(frozen=True)
 class Term:
-    """One region with every ``valid`` clause pushed in: prims ∩ conds."""
+    """One region with every ``valid`` clause pushed in: prims ∩ where ∩ valid."""
 
     name: str
     prims: tuple[Primitive, ...]
-    conds: tuple[Cmp, ...]
-    widths: tuple[Expr, ...] = ()  # bounds on its intervals' widths (see lower.width_exprs)
-    reach: tuple[tuple[Expr, ...], tuple[Expr, ...]] = ((), ())  # see lower.reach_exprs
-    extent: tuple[tuple[Expr, ...], tuple[Expr, ...]] = ((), ())  # see lower.extent_exprs
+    where: tuple[Cmp, ...]
+    valid: tuple[Cmp, ...]
+    meaning: tuple[Cmp, ...]  # the primitives' element meaning
+    program: RowProgram
     pos: Pos | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def conds(self) -> tuple[Cmp, ...]:
+        """The region's ``where`` conditions, then every ``valid`` clause."""
+        return self.where + self.valid
 
     def exprs(self) -> Iterator[Expr]:
         for p in self.prims:
@@ -458,7 +449,7 @@ class Term:
 
     def element_conds(self) -> tuple[Cmp, ...]:
         """Every condition an allowed (q, kv) meets: primitives' meanings, then conds."""
-        return tuple(c for p in self.prims for c in meaning(p)) + self.conds
+        return self.meaning + self.conds
 
 
 @dataclass(frozen=True)
@@ -471,6 +462,7 @@ class MaskIR:
     params: Mapping[str, int]
     source: str = ""
     path: str = "<spec>"
+    sorted_inputs: tuple[str, ...] = ()  # per-position document ids (non-decreasing)
 
     def exprs(self) -> Iterator[Expr]:
         for t in self.terms:
@@ -487,9 +479,11 @@ class MaskIR:
 
     def document_inputs(self) -> set[str]:
         """Inputs used as per-position document ids (they must be non-decreasing)."""
-        return {
-            document_ids(p).input for t in self.terms for p in t.prims if p.kind == "document"
-        }
+        return set(self.sorted_inputs)
+
+    def has_families(self) -> bool:
+        """Whether some term keeps a strided family (its rows are not plain intervals)."""
+        return any(t.program.family is not None for t in self.terms)
 
     def sizes_used(self) -> set[str]:
         names = {n.name for e in self.exprs() for n in e.walk() if isinstance(n, Size)}

@@ -14,11 +14,10 @@ from pathlib import Path
 import torch
 from rich.text import Text
 
-from maskspec import ir, lower
+from maskspec import analysis, ir, primitives
 from maskspec.blocks import BlockGrid
 from maskspec.mask_mod import MaskMod
 from maskspec.model import Pos
-from maskspec.parse import parse
 
 EMPTY, FULL, PARTIAL = 0, 1, 2
 NAMES = {EMPTY: "EMPTY", FULL: "FULL", PARTIAL: "PARTIAL"}
@@ -229,23 +228,16 @@ def source_text(source: str, pos: Pos | None) -> str:
 
 
 def primitive_meaning(p: ir.Primitive) -> str:
-    """A primitive's allowed keys for query q, in plain terms: its row interval (ir.interval)."""
-    lo, hi = ir.interval(p)
-    keys = f"kv in [{fmt(lo)}, {fmt(hi)})"
-    if p.kind == "diagonal":
-        return f"{keys} for each round r: kv ≡ {fmt(ir.add(ir.Var('q'), p.args['offset']))} " \
-            f"(mod {fmt(p.args['period'])}), one key per round"
-    if p.kind == "document":
-        return f"{keys}: the run of positions whose id equals {fmt(p.args['ids'])}"
-    return keys
+    """A primitive's allowed keys for query q, in plain terms (its class's explain text)."""
+    return primitives.registry()[p.kind].explain(dict(p.args), fmt)
 
 
 def condition_meaning(c: ir.Cmp) -> str:
-    """What a condition does to each row's keys, from its lowering (lower.cond_form)."""
-    form = lower.cond_form(c)
-    if isinstance(form, lower.RowCond):
+    """What a condition does to each row's keys, from its analysis (analysis.cond_form)."""
+    form = analysis.cond_form(c)
+    if isinstance(form, analysis.RowCond):
         return f"whole rows: keeps queries with {fmt(c.left)} {c.op} {fmt(c.right)}"
-    what = "kv" if isinstance(form, lower.KvRange) else f"kv % {_paren(form.period)}"
+    what = "kv" if isinstance(form, analysis.KvRange) else f"kv % {_paren(form.period)}"
     if form.lo is None:
         return f"key range: {what} < {fmt(form.hi)}"  # type: ignore[arg-type]
     if form.hi is None:
@@ -255,8 +247,7 @@ def condition_meaning(c: ir.Cmp) -> str:
 
 def describe(mask: ir.MaskIR) -> Iterator[str]:
     """Lines explaining a compiled spec: inputs, params, each region's keys, the valid clauses."""
-    spec = parse(mask.source, mask.path)
-    valid_at = {c.pos for v in spec.valid for c in v.conds}
+    valid = mask.terms[0].valid if mask.terms else ()
     for d in mask.inputs:
         shape = ", ".join(fmt(s) for s in d.shape)
         rng = f" in [{fmt(d.range[0])}, {fmt(d.range[1])}]" if d.range else ""
@@ -265,19 +256,30 @@ def describe(mask: ir.MaskIR) -> Iterator[str]:
     for k, v in mask.params.items():
         yield f"param {k} = {v}"
     names = " ∨ ".join(t.name for t in mask.terms)
-    names = f"({names})" if len(mask.terms) > 1 and valid_at else names
-    yield f"mask(b, h, q, kv) = {names}" + (" ∧ valid" if valid_at else "")
+    names = f"({names})" if len(mask.terms) > 1 and valid else names
+    yield f"mask(b, h, q, kv) = {names}" + (" ∧ valid" if valid else "")
     for t in mask.terms:
         yield ""
         yield source_text(mask.source, t.pos) or f"region {t.name}"
         for p in t.prims:
             yield f"  {source_text(mask.source, p.pos) or p.kind}  →  {primitive_meaning(p)}"
-        for c in t.conds:
-            if c.pos not in valid_at:
-                yield f"  where {source_text(mask.source, c.pos)}  →  {condition_meaning(c)}"
-    if valid_at and mask.terms:
+        for c in t.where:
+            yield f"  where {source_text(mask.source, c.pos)}  →  {condition_meaning(c)}"
+        yield f"  row program  →  {program_text(t.program)}"
+    if valid:
         yield ""
         yield "valid (intersected with every region)"
-        for c in mask.terms[0].conds:
-            if c.pos in valid_at:
-                yield f"  {source_text(mask.source, c.pos)}  →  {condition_meaning(c)}"
+        for c in valid:
+            yield f"  {source_text(mask.source, c.pos)}  →  {condition_meaning(c)}"
+
+
+def program_text(p: ir.RowProgram) -> str:
+    """How a term's rows are built: its strided family (classified whole) and the levels
+    enumerated piece by piece (one slot per piece)."""
+    def level(lv: ir.Level) -> str:
+        return f"kv ≡ {fmt(lv.phase)} + [0, {fmt(lv.length)}) (mod {fmt(lv.stride)})"
+    parts = ["one key range per row"]
+    if p.family is not None:
+        parts.append(f"one strided family {level(p.family)}")
+    parts += [f"one slot per period of {level(lv)}" for lv in p.loops]
+    return "; ".join(parts)

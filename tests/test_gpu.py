@@ -69,7 +69,7 @@ def test_fused_kernels_match_torch_classification(name):
         inputs = {k: t.to(DEV) for k, t in
                   random_inputs(mask, 2, 2, q, kv, random.Random(seed)).items()}
         sizes, bound, dev = mask._bind(2, 2, q, kv, DEV, inputs)
-        rows = lower.row_intervals(mask.ir, sizes, bound, dev)
+        rows = lower.row_slots(mask.ir, sizes, bound, dev)
         assert fused.fits(fused._slots(rows.lo.shape[-1]), q, kv, bs)
         want = flex.index_tensors(blocks.classify(rows, q, kv, *bs))
         got = fused.classify_rows(rows, q, kv, bs)

@@ -194,7 +194,7 @@ def local_grid(
     q_bs, kv_bs = block_size
     kv_len = sizes["KV_LEN"]
     g = math.gcd(kv_bs, run)
-    rows = lower.row_intervals(mask, sizes, inputs, q_positions.device, q_positions)
+    rows = lower.row_slots(mask, sizes, inputs, q_positions.device, q_positions)
     fine = blocks.classify(rows, q_positions.shape[-1], kv_len, q_bs, g)
     cols = keys[:, ::g] // g  # the global g-block held by every gathered g-block
     full = _gather_columns(fine.full, cols)

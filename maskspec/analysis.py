@@ -1,0 +1,273 @@
+"""Terms → row programs: each condition classified once, each term's keys per row analysed once.
+
+A condition without kv keeps or drops rows (a guard); one affine in kv bounds it (a clip);
+one on ``kv % P`` selects a window of every period (a ``Level``). Primitives contribute
+clips and levels too (``maskspec.primitives``). ``program`` merges a term's levels of equal
+stride and keeps one of them whole as the strided family of its slots; the others are
+enumerated piece by piece. Nothing here runs at build time: the IR carries the result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from maskspec import ir
+from maskspec.model import Pos
+
+_KV = ("kv",)
+
+
+class _NotAffine(Exception):
+    def __init__(self, node: ir.Expr, why: str) -> None:
+        self.node, self.why = node, why
+
+
+@dataclass(frozen=True)
+class RowCond:
+    """A condition without kv: it keeps or drops whole rows."""
+
+    cmp: ir.Cmp
+
+
+@dataclass(frozen=True)
+class KvRange:
+    """kv ∈ [lo, hi) (either end may be open)."""
+
+    lo: ir.Expr | None
+    hi: ir.Expr | None
+
+
+@dataclass(frozen=True)
+class ModRange:
+    """kv % period ∈ [lo, hi)."""
+
+    period: ir.Expr
+    lo: ir.Expr | None
+    hi: ir.Expr | None
+
+
+CondForm = RowCond | KvRange | ModRange
+_Form = tuple[tuple | None, int, ir.Expr]  # (atom, coefficient, rest): coef·atom + rest
+
+
+def _kv_form(e: ir.Expr) -> _Form:
+    """Write e as coef·atom + rest, atom being kv, kv % P or kv // d (or None)."""
+    if isinstance(e, ir.Var) and e.name == "kv":
+        return (_KV, 1, ir.Const(0))
+    if not ir.uses(e, ir.Var, "kv"):
+        return (None, 0, e)
+    if not isinstance(e, ir.Bin):
+        raise _NotAffine(e, "kv appears where it cannot be lowered")
+    if e.op in ("+", "-"):
+        (aa, ac, ar), (ba, bc, br) = _kv_form(e.a), _kv_form(e.b)
+        if aa is not None and ba is not None and aa != ba:
+            raise _NotAffine(e, "two different kv terms (e.g. kv and kv % P) in one comparison")
+        sign = 1 if e.op == "+" else -1
+        rest = ir.add(ar, br) if sign == 1 else ir.sub(ar, br)
+        return (aa or ba, ac + sign * bc, rest)
+    if e.op == "*":
+        for k, other in ((e.a, e.b), (e.b, e.a)):
+            if ir.is_constant(k) and not ir.uses(k, ir.Size):  # a number, maybe as -2 or (1 + 2)
+                k = ir.Const(ir.const_value(k, {}))
+                atom, c, rest = _kv_form(other)
+                return (atom, c * k.value, ir.mul(k, rest))
+        raise _NotAffine(e, "kv may only be multiplied by a number")
+    if e.op in ("//", "%"):
+        if isinstance(e.a, ir.Var) and e.a.name == "kv":
+            return (("div" if e.op == "//" else "mod", e.b), 1, ir.Const(0))
+        raise _NotAffine(e, f"only `kv {e.op} N` itself can be lowered, not an expression of kv")
+    raise _NotAffine(e, f"kv inside {e.op}() cannot be lowered to intervals")
+
+
+_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
+def _solve(op: str, c: int, rest: ir.Expr) -> tuple[ir.Expr | None, ir.Expr | None]:
+    """Solve c·A + rest OP 0 (c > 0) for A as A ∈ [lo, hi)."""
+    x = ir.neg(rest)  # c·A OP x
+    floor = ir.floordiv(x, ir.Const(c))
+    ceil = ir.neg(ir.floordiv(rest, ir.Const(c)))
+    one = ir.Const(1)
+    return {
+        "<": (None, ceil),
+        "<=": (None, ir.add(floor, one)),
+        ">": (ir.add(floor, one), None),
+        ">=": (ceil, None),
+        "==": (ceil, ir.add(floor, one)),
+    }[op]
+
+
+ErrorFactory = Callable[..., Exception]
+
+
+def analyze_cond(cmp: ir.Cmp, error: ErrorFactory) -> CondForm:
+    """Classify a comparison as a row condition, a kv range or a kv-modulo range.
+
+    Raises ``error(message, pos, hint=...)`` for comparisons that are not affine in kv.
+    """
+    try:
+        atom, c, rest = _kv_form(ir.sub(cmp.left, cmp.right))
+    except _NotAffine as err:
+        raise error(
+            f"condition is not affine in kv: {err.why}", err.node.pos or cmp.pos,
+            hint="compare kv (or kv % N, kv // N) with an expression of b, h, q, sizes, "
+            "params and inputs, e.g. `kv < q + 4`",
+        ) from None
+    if atom is None:
+        return RowCond(cmp)
+    if c == 0:  # kv cancels out (`kv - kv < q`): a row condition on what is left
+        return RowCond(ir.Cmp(cmp.op, rest, ir.const(0), pos=cmp.pos))
+    op = cmp.op
+    if op == "!=":
+        raise error(
+            "`!=` on kv would split a row's keys in two", cmp.pos,
+            hint="write two regions, one with `<` and one with `>`",
+        )
+    if c < 0:
+        c, rest, op = -c, ir.neg(rest), _FLIP[op]
+    lo, hi = _solve(op, c, rest)
+    if atom == _KV:
+        return KvRange(lo, hi)
+    kind, d = atom
+    if kind == "div":
+        return KvRange(None if lo is None else ir.mul(lo, d), None if hi is None else ir.mul(hi, d))
+    return ModRange(d, lo, hi)
+
+
+def _raise(msg: str, pos: Pos | None = None, hint: str | None = None) -> Exception:
+    return ValueError(msg + (f" ({hint})" if hint else ""))
+
+
+def cond_form(cmp: ir.Cmp) -> CondForm:
+    """analyze_cond for conditions the compiler has already accepted (they cannot fail)."""
+    return analyze_cond(cmp, _raise)
+
+
+# ---------------------------------------------------------------- row programs
+
+Part = ir.Clip | ir.Level
+
+
+def _clamp(e: ir.Expr, lo: ir.Expr, hi: ir.Expr) -> ir.Expr:
+    return ir.Bin("min", ir.Bin("max", e, lo), hi)
+
+
+def cond_part(f: KvRange | ModRange) -> Part:
+    """A kv condition's contribution: a clip, or the window ``kv % P ∈ [lo, hi)`` as a level
+    (both ends clamped into [0, P], so the window never wraps)."""
+    if isinstance(f, KvRange):
+        return ir.Clip(f.lo, f.hi)
+    zero = ir.Const(0)
+    a = zero if f.lo is None else _clamp(f.lo, zero, f.period)
+    b = f.period if f.hi is None else _clamp(f.hi, zero, f.period)
+    return ir.Level(f.period, a, ir.sub(b, a))
+
+
+def _merge(a: ir.Level, b: ir.Level) -> ir.Level:
+    """Two windows of one stride: their intersection, again one window."""
+    phase = ir.Bin("max", a.phase, b.phase)
+    end = ir.Bin("min", ir.add(a.phase, a.length), ir.add(b.phase, b.length))
+    return ir.Level(a.stride, phase, ir.sub(end, phase))
+
+
+def levels(parts: Sequence[Part]) -> list[ir.Level]:
+    """The parts' levels, those of equal stride merged (first appearance order)."""
+    out: list[ir.Level] = []
+    for p in parts:
+        if not isinstance(p, ir.Level):
+            continue
+        same = [i for i, lv in enumerate(out) if lv.stride == p.stride]
+        if same:
+            out[same[0]] = _merge(out[same[0]], p)
+        else:
+            out.append(p)
+    return out
+
+
+def stride_rank(lv: ir.Level) -> tuple[int, int]:
+    """Finer strides first (their enumeration costs most): constants by value, then the
+    strides made of sizes."""
+    s = lv.stride
+    return (0, s.value) if isinstance(s, ir.Const) else (1, 0)
+
+
+def _plain(e: ir.Expr) -> bool:
+    """Whether e depends on nothing but q, constants and fixed sizes: its bounds over the
+    rows are then plain numbers, also while torch.compile holds KV_LEN symbolic."""
+    return all(isinstance(n, ir.Const | ir.Bin) or n == ir.Var("q")
+               or (isinstance(n, ir.Size) and n.name != "KV_LEN") for n in e.walk())
+
+
+def _over_rows(e: ir.Expr, sizes: Mapping[str, int]) -> tuple[float, float]:
+    """Bounds of e over every row q in [0, Q_LEN)."""
+    return ir.bounds(e, {"q": (0, sizes["Q_LEN"] - 1)}, sizes, {})
+
+
+def pieces(prog: ir.RowProgram, stride: ir.Expr, sizes: Mapping[str, int],
+           width: float = math.inf) -> int:
+    """How many periods of ``stride`` one of the program's clips can meet (at most): bounded
+    by the clip's widths (and ``width``), by the periods between its extent, and by KV_LEN.
+    Plain arithmetic, so KV_LEN may be symbolic under torch.compile."""
+    period = ir.const_value(stride, sizes)
+    kv_len = sizes["KV_LEN"]
+    w = min([width, *(_over_rows(e, sizes)[1] for e in prog.widths)])
+    n = kv_len // period + 2
+    if math.isfinite(w):
+        n = torch.sym_min(n, 1 if w <= 1 else math.ceil((w - 1) / period) + 1)
+    lows, highs = prog.extent
+    least = max([0.0, *(_over_rows(e, sizes)[0] for e in lows)])
+    most = min([math.inf, *(_over_rows(e, sizes)[1] for e in highs)])
+    if math.isfinite(least) and math.isfinite(most):
+        span = (math.ceil(most) - 1) // period - math.floor(least) // period + 1
+        n = torch.sym_min(n, max(1, span))
+    return n
+
+
+def loop_counts(prog: ir.RowProgram, sizes: Mapping[str, int]) -> list[int]:
+    """The pieces each enumerated level of the program spans: the slot counts of its loops
+    (after the first, a clip lies inside one piece of the previous level)."""
+    out, width = [], math.inf
+    for lv in prog.loops:
+        out.append(pieces(prog, lv.stride, sizes, width))
+        width = ir.const_value(lv.stride, sizes)
+    return out
+
+
+# Sizes at which a compile-time choice weighs the cost of enumerating a level.
+NOMINAL = {"B": 1, "H": 1, "Q_LEN": 4096, "KV_LEN": 8 * 4096}
+
+
+def _enumeration_cost(parts: Sequence[Part], lv: ir.Level) -> float:
+    """The pieces a term would enumerate for ``lv`` at NOMINAL sizes (inf if unknown)."""
+    try:
+        return float(pieces(program((), parts, False), lv.stride, NOMINAL))
+    except (ZeroDivisionError, ValueError, TypeError):
+        return math.inf
+
+
+def family_term(parts: Sequence[Sequence[Part]]) -> int | None:
+    """The one term of a mask that keeps its finest level as a strided family: the one whose
+    enumeration would cost most (so at most one term's families stay whole; the others'
+    levels are enumerated)."""
+    costs = [(_enumeration_cost(ps, min(levels(ps), key=stride_rank)), -i)
+             for i, ps in enumerate(parts) if levels(ps)]
+    return -max(costs)[1] if costs else None
+
+
+def program(guards: Sequence[ir.Cmp], parts: Sequence[Part], keep_family: bool) -> ir.RowProgram:
+    """A term's row program: its guards, clip and levels; the finest level kept whole as
+    the family when ``keep_family`` (at most one term of a mask keeps one, so strided
+    families of one row never overlap), the others enumerated."""
+    lows = tuple(p.lo for p in parts if isinstance(p, ir.Clip) and p.lo is not None)
+    highs = tuple(p.hi for p in parts if isinstance(p, ir.Clip) and p.hi is not None)
+    lvs = sorted(levels(parts), key=stride_rank)
+    family = lvs[0] if keep_family and lvs else None
+    loops = tuple(lvs[1:] if family is not None else lvs)
+    widths = tuple(w for lo in (ir.Const(0), *lows) for hi in highs
+                   if _plain(w := ir.difference(hi, lo)))
+    extent = (tuple(e for e in lows if _plain(e)), tuple(e for e in highs if _plain(e)))
+    return ir.RowProgram(tuple(guards), lows, highs, loops, family, widths, extent)
