@@ -192,7 +192,9 @@ def stride_rank(lv: ir.Level) -> tuple[int, int]:
     """Finer strides first (their enumeration costs most): constants by value, then the
     strides made of sizes."""
     s = lv.stride
-    return (0, s.value) if isinstance(s, ir.Const) else (1, 0)
+    if ir.is_constant(s) and not ir.uses(s, ir.Size):
+        return (0, ir.const_value(s, {}))
+    return (1, 0)
 
 
 def _plain(e: ir.Expr) -> bool:

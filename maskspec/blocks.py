@@ -91,21 +91,23 @@ def family_ranges(
     lo: torch.Tensor, hi: torch.Tensor, ph: torch.Tensor, st: torch.Tensor, ln: torch.Tensor,
     live: torch.Tensor, kv_bs: int, pieces: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The key-block ranges [first, last) a family's pieces touch, with a trailing dim of
-    1 + pieces: the whole hull where no block fits between pieces (or there is one piece),
-    else one range per piece (at most ``pieces``). The third tensor marks real ranges."""
+    """The key-block ranges [first, last) a family's pieces touch, with a trailing dim: the
+    whole hull where no block fits between pieces (or there is one piece), else one range
+    per piece (at most ``pieces``; enumerated only if some slot needs it). The third tensor
+    marks real ranges."""
     lo, hi, ok = _tighten(lo, hi, ph, st, ln)
     ok = ok & live
     one = ((hi - 1 - ph) // st) == ((lo - ph) // st)
     fine = ok & ((st - ln < kv_bs) | one)
     first, last, real = lo // kv_bs, -(-hi // kv_bs), fine
     first, last, real = first.unsqueeze(-1), last.unsqueeze(-1), real.unsqueeze(-1)
-    if pieces > 0:
+    coarse = ok & ~fine
+    if pieces > 0 and bool(coarse.any()):
         j = torch.arange(pieces, device=lo.device)
         start = (lo - (lo - ph) % st).unsqueeze(-1) + j * st.unsqueeze(-1)
         a = torch.maximum(lo.unsqueeze(-1), start)
         b = torch.minimum(hi.unsqueeze(-1), start + ln.unsqueeze(-1))
-        coarse = (ok & ~fine).unsqueeze(-1) & (start < hi.unsqueeze(-1))
+        coarse = coarse.unsqueeze(-1) & (start < hi.unsqueeze(-1))
         first = torch.cat([first.expand_as(a), a // kv_bs], -1)
         last = torch.cat([last.expand_as(b), -(-b // kv_bs)], -1)
         real = torch.cat([real.expand_as(coarse), coarse], -1)
@@ -172,8 +174,12 @@ def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> Bloc
     """Exact FULL and PARTIAL blocks from per-row slots (torch's semantics, ragged edges)."""
     n_q, n_kv = counts(q_len, kv_len, q_bs, kv_bs)
     lo, hi, live = tighten(rows)
-    pieces = int(rows.pieces)
-    touched = _ranges(*family_ranges(*rows.tensors(), live, kv_bs, pieces), q_bs, n_q, n_kv) > 0
+    pieces = rows.enumerated(kv_bs)
+    c0, c1 = rows.family_cols  # only the family's slots can have pieces to enumerate
+    touched = _ranges(*family_ranges(*rows.tensors(), live, kv_bs, 0), q_bs, n_q, n_kv) > 0
+    if pieces > 0:
+        fam = [x[..., c0:c1] for x in (*rows.tensors(), live)]
+        touched |= _ranges(*family_ranges(*fam, kv_bs, pieces), q_bs, n_q, n_kv) > 0
     lo, hi = torch.where(live, lo, 0), torch.where(live, hi, 0)
     start, end, is_last = _merged(lo, hi)
     f0 = -(-start // kv_bs)

@@ -379,7 +379,7 @@ def classify_rows(
     scratch = _scratch(tuple(lead), n_q, n_kv, rows.lo.device)
     slots = _slots(k)
     _count_kernel[_grid(tuple(lead), n_q, q_bs, slots)](
-        *fields, *scratch, q_len, n_q, n_kv, int(rows.pieces), K=k, KP=slots, Q_BS=q_bs,
+        *fields, *scratch, q_len, n_q, n_kv, rows.enumerated(kv_bs), K=k, KP=slots, Q_BS=q_bs,
         RC=_row_chunk(q_bs, slots), KV_BS=kv_bs, FAMILY=rows.family is not None,
         num_warps=COUNT_WARPS,
     )
@@ -448,10 +448,17 @@ def _count_launch(
     n_q, n_kv = blocks.counts(sizes["Q_LEN"], sizes["KV_LEN"], q_bs, kv_bs)
     args = (*triton_rows.input_args(mask, inputs), *scratch, sizes["B"], sizes["H"],
             sizes["Q_LEN"], sizes["KV_LEN"], lead[1], n_q, n_kv,
-            int(lower.family_pieces(mask, sizes)), *loops)
+            _pieces(mask, sizes, kv_bs), *loops)
     kw = {"KP": slots, "Q_BS": q_bs, "RC": _row_chunk(q_bs, slots), "KV_BS": kv_bs,
           "FAMILY": mask.has_families(), "num_warps": COUNT_WARPS}
     return g.kernel, _grid(lead, n_q, q_bs, slots), args, kw
+
+
+def _pieces(mask: ir.MaskIR, sizes: Mapping[str, int], kv_bs: int) -> int:
+    """The family pieces the count kernel enumerates (``lower.Rows.enumerated``)."""
+    if kv_bs > lower.coarse_below(mask, sizes):
+        return 0
+    return int(lower.family_pieces(mask, sizes))
 
 
 def _fits(mask: ir.MaskIR, sizes: Mapping[str, int], block_size: tuple[int, int]) -> bool:

@@ -36,6 +36,12 @@ class Rows:
     pieces: int = 0
     family: ir.Level | None = None
     family_cols: tuple[int, int] = (0, 0)
+    coarse_below: float = 0  # key blocks up to this size may fall between pieces or gaps
+
+    def enumerated(self, kv_bs: int) -> int:
+        """The pieces classification enumerates at this key block size: none when every
+        gap and piece of the family is shorter than a block (its blocks are then ranges)."""
+        return int(self.pieces) if kv_bs <= self.coarse_below else 0
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return (self.lo, self.hi, self.phase, self.stride, self.length)
@@ -55,6 +61,31 @@ def family_pieces(mask: ir.MaskIR, sizes: Mapping[str, int]) -> int:
             width = ir.const_value(p.loops[-1].stride, sizes) if p.loops else math.inf
             return pieces(p, p.family.stride, sizes, width) + 1
     return 0
+
+
+def coarse_below(mask: ir.MaskIR, sizes: Mapping[str, int]) -> float:
+    """The largest gap or piece of the mask's strided family over every row: key blocks
+    of at most this size may fall between its pieces or inside one (then its pieces are
+    enumerated); larger blocks never do. Bounds from the inputs' declared ranges."""
+    family = next((t.program.family for t in mask.terms if t.program.family), None)
+    if family is None:
+        return 0
+    stride = ir.const_value(family.stride, sizes)
+    ranges = input_ranges(mask, sizes)
+    lo, hi = ir.bounds(family.length, {"q": (0, sizes["Q_LEN"] - 1)}, sizes, ranges)
+    lo, hi = max(lo, 0), min(hi, stride)
+    return max(stride - lo, hi)
+
+
+def input_ranges(mask: ir.MaskIR, sizes: Mapping[str, int]) -> dict[str, tuple[float, float]]:
+    """Each input's declared value range at these sizes (bool inputs: [0, 1])."""
+    out: dict[str, tuple[float, float]] = {}
+    for d in mask.inputs:
+        if d.range is not None:
+            out[d.name] = (ir.const_value(d.range[0], sizes), ir.const_value(d.range[1], sizes))
+        elif d.dtype == "bool":
+            out[d.name] = (0, 1)
+    return out
 
 
 def family_slots(mask: ir.MaskIR, sizes: Mapping[str, int]) -> tuple[ir.Level | None,
@@ -156,7 +187,7 @@ def row_slots(
             out.append(x.expand(*shape, x.shape[-1]))
     family, cols = family_slots(mask, sizes)
     return Rows(*(_concat(p) for p in parts), pieces=family_pieces(mask, sizes), family=family,
-                family_cols=cols)
+                family_cols=cols, coarse_below=coarse_below(mask, sizes))
 
 
 def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
