@@ -365,6 +365,7 @@ def block_stats(
         "FULL": full, "PARTIAL": part, "EMPTY": total - full - part,
         "work": (full + part) / total,
         "density": int(allowed) / (sizes["B"] * sizes["H"] * sizes["Q_LEN"] * sizes["KV_LEN"]),
+        "slots": rows.lo.shape[-1], "pieces": rows.enumerated(bs[1]),
     }
 
 
@@ -390,6 +391,8 @@ def cmd_explain(args: argparse.Namespace, out: Console) -> int:
     out.print(f"  block sparsity (EMPTY share): {s['EMPTY'] / total:.2%}", highlight=False)
     out.print(f"  attention work left (FULL + PARTIAL blocks): {s['work']:.2%}", highlight=False)
     out.print(f"  allowed (q, kv) pairs, exact: {s['density']:.4%}", highlight=False)
+    out.print(f"  build cost: {s['slots']} slot(s) per row; {s['pieces']} piece(s) enumerated per "
+              "strided slot at this key block size (0: its blocks are ranges)", highlight=False)
     return 0
 
 

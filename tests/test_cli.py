@@ -117,7 +117,7 @@ def test_explain_regions_and_numbers():
     r = run("explain", SPECS / "eagle3.mask", "--q-len", q, "--kv-len", kv,
             "--block-size", "256,128", "--input", f"seq_len={seq}")
     assert r.returncode == 0, r.stdout + r.stderr
-    for meaning in ("causal  →  kv in [0, q + 1)", "kv ≡ q (mod Q_LEN), one key per round",
+    for meaning in ("causal  →  kv in [0, q + 1)", "kv ≡ q (mod Q_LEN): one key per round",
                     "where kv < Q_LEN  →  key range: kv < Q_LEN",
                     "q < seq_len[b]  →  whole rows", "kv % Q_LEN < seq_len[b]"):
         assert meaning in r.stdout, meaning

@@ -1,0 +1,224 @@
+"""Build cost of every shipped spec and of the strided-family benchmark specs
+(``benchmarks/specs``: dilated window, NATTEN, STA-3D, Sparse-VideoGen temporal heads).
+
+CPU (``--device cpu``): build time at Q=KV=4096 against eager ``create_block_mask`` over the
+spec's mask_mod (each result checked equal, tensor for tensor), the peak resident memory of
+one build at Q=KV up to 131072 in a fresh process against the BlockMask's own tensors, and
+EAGLE-3 at Q=49152, KV=5Q against a hand-written analytic EAGLE-3 builder.
+
+GPU (``--device cuda``): build time at Q=KV=131072 against ``torch.compile(create_block_mask)``
+(checked equal), and the peak allocated memory of a build at every size up to 131072.
+
+  python benchmarks/bench_families.py --device cpu --json cpu.json
+  python benchmarks/bench_families.py --device cuda --json gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_build import _own_bytes, _peak_extra, _time_ms
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+
+import maskspec
+from maskspec import fused
+from maskspec.api import shipped_specs
+from maskspec.verify import first_difference, random_inputs
+
+ROOT = Path(__file__).resolve().parent
+SIZES = (4096, 16384, 65536, 131072)
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    spec: str  # a shipped spec's name or a path under benchmarks/specs
+    params: dict[str, int] = field(default_factory=dict)
+    rounds: int = 1  # KV_LEN = rounds · Q_LEN
+
+    def load(self) -> maskspec.CompiledMask:
+        path = ROOT / "specs" / f"{self.spec}.mask"
+        return maskspec.load(path if path.exists() else self.spec, **self.params)
+
+
+def cases() -> list[Case]:
+    shipped = [Case(n, n) for n in sorted(shipped_specs())]
+    return [
+        *shipped,
+        Case("eagle3 KV=5Q", "eagle3", rounds=5),
+        Case("dilated_sliding_window (±64, every 4th)", "dilated_sliding_window"),
+        Case("natten canvas 32 wide, 7×7", "natten", {"width": 32}),
+        Case("natten canvas 64 wide, 7×7", "natten", {"width": 64}),
+        Case("sta_3d tiles of 64, 4×4 tiles per frame, 3×3×3", "sta_3d"),
+        Case("svg_temporal, 3 tokens per frame", "svg_temporal", {"frame": 3}),
+        Case("svg_temporal, 226 prompt + frames of 1350", "svg_temporal"),
+    ]
+
+
+def _inputs(mask: maskspec.CompiledMask, q: int, kv: int, dev: torch.device) -> dict:
+    inputs = random_inputs(mask, 1, 1, q, kv, random.Random(0))
+    return {k: v.to(dev) for k, v in inputs.items()}
+
+
+def _build(mask: maskspec.CompiledMask, q: int, kv: int, dev: torch.device,
+           inputs: dict) -> BlockMask:
+    return mask.block_mask(1, 1, q, kv, dev, 128, check_inputs=False, **inputs)
+
+
+def _reference(mask: maskspec.CompiledMask, q: int, kv: int, dev: torch.device, inputs: dict,
+               compiled: bool) -> tuple[Any, float]:
+    """create_block_mask's BlockMask over the spec's mask_mod, and its build time."""
+    mm = mask.mask_mod(B=1, H=1, Q_LEN=q, KV_LEN=kv, device=dev, **inputs)
+    cbm = torch.compile(create_block_mask) if compiled else create_block_mask
+
+    def ref() -> BlockMask:
+        return cbm(mm, 1, 1, q, kv, device=dev, BLOCK_SIZE=128)
+    try:
+        bm = ref()
+        return bm, _time_ms(ref, dev, 3000.0)
+    except torch.OutOfMemoryError:
+        return None, float("nan")
+
+
+def time_case(case: Case, q: int, dev: torch.device, compiled: bool) -> dict[str, Any]:
+    mask = case.load()
+    kv = q * case.rounds
+    inputs = _inputs(mask, q, kv, dev)
+    if dev.type == "cuda":
+        fused.compiled(mask.ir, *mask._bind(1, 1, q, kv, dev, inputs)[:2], dev, (128, 128),
+                       wait=True)
+    peak, bm = _peak_extra(lambda: _build(mask, q, kv, dev, inputs), dev)
+    ms = _time_ms(lambda: _build(mask, q, kv, dev, inputs), dev)
+    ref, ref_ms = _reference(mask, q, kv, dev, inputs, compiled)
+    exact = "OOM" if ref is None else ("exact" if first_difference(bm, ref) is None else "WRONG")
+    own = _own_bytes(bm)
+    return {"case": case.label, "Q": q, "KV": kv, "maskspec_ms": ms, "torch_ms": ref_ms,
+            "ratio": ref_ms / ms, "exact": exact, "own_MB": own / 2**20,
+            "peak_over_own": None if peak is None else peak / own}
+
+
+# ---------------------------------------------------------------- memory
+
+
+def memory_child(label: str, q: int) -> None:
+    """One build in this (fresh) process: print the peak RSS it added, and its own bytes."""
+    case = next(c for c in cases() if c.label == label)
+    mask, dev = case.load(), torch.device("cpu")
+    kv = q * case.rounds
+    inputs = _inputs(mask, q, kv, dev)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    bm = _build(mask, q, kv, dev, inputs)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    print(json.dumps({"peak": peak, "own": _own_bytes(bm)}))
+
+
+def cpu_memory(case: Case, q: int) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", case.label, str(q)],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "2"})
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"case": case.label, "Q": q, "peak_MB": r["peak"] / 2**20, "own_MB": r["own"] / 2**20,
+            "peak_over_own": r["peak"] / r["own"]}
+
+
+def gpu_memory(case: Case, q: int, dev: torch.device) -> dict[str, Any]:
+    mask = case.load()
+    kv = q * case.rounds
+    inputs = _inputs(mask, q, kv, dev)
+    _build(mask, q, kv, dev, inputs)
+    peak, bm = _peak_extra(lambda: _build(mask, q, kv, dev, inputs), dev)
+    own = _own_bytes(bm)
+    return {"case": case.label, "Q": q, "peak_MB": peak / 2**20, "own_MB": own / 2**20,
+            "peak_over_own": peak / own}
+
+
+# ---------------------------------------------------------------- EAGLE-3 by hand
+
+
+def eagle3_by_hand(q_len: int, rounds: int, bs: int, dev: torch.device) -> BlockMask:
+    """EAGLE-3's BlockMask written out by hand, as analytic builders do: aligned shapes only
+    (Q_LEN % bs == 0, KV_LEN = rounds · Q_LEN), square blocks, no padding. Row block i: FULL
+    context blocks 0..i-1; PARTIAL the diagonal block i of the context and of every round."""
+    n = q_len // bs
+    i = torch.arange(n, device=dev, dtype=torch.int32)
+    r = torch.arange(rounds, device=dev, dtype=torch.int32)
+    n_kv = n * rounds
+    kv_num = torch.full((1, 1, n), rounds, device=dev, dtype=torch.int32)
+    kv_idx = torch.zeros(1, 1, n, n_kv, device=dev, dtype=torch.int32)
+    kv_idx[0, 0, :, :rounds] = i.view(-1, 1) + r * n
+    full_num = i.view(1, 1, n).clone()
+    full_idx = torch.zeros(1, 1, n, n_kv, device=dev, dtype=torch.int32)
+    full_idx[0, 0, :, :n] = i
+    j = torch.arange(n_kv, device=dev, dtype=torch.int32)
+    q_num = torch.ones(1, 1, n_kv, device=dev, dtype=torch.int32)
+    q_idx = torch.zeros(1, 1, n_kv, n, device=dev, dtype=torch.int32)
+    q_idx[0, 0, :, 0] = j % n
+    full_q_num = torch.where(j < n, n - 1 - j, 0).view(1, 1, -1).to(torch.int32)
+    full_q_idx = torch.zeros(1, 1, n_kv, n, device=dev, dtype=torch.int32)
+    full_q_idx[0, 0, :n, :] = (j[:n].view(-1, 1) + 1 + i) % n
+    return BlockMask((q_len, q_len * rounds), kv_num, kv_idx, full_num, full_idx, q_num, q_idx,
+                     full_q_num, full_q_idx, (bs, bs), lambda b, h, q, kv: q >= 0)
+
+
+def eagle3_vs_hand(dev: torch.device, q: int = 49152, rounds: int = 5) -> dict[str, Any]:
+    mask = maskspec.load("eagle3")
+    ours = _time_ms(lambda: mask.block_mask(1, 1, q, q * rounds, dev, 128), dev)
+    hand = _time_ms(lambda: eagle3_by_hand(q, rounds, 128, dev), dev)
+    a, b = mask.block_mask(1, 1, q, q * rounds, dev, 128), eagle3_by_hand(q, rounds, 128, dev)
+    same = all(torch.equal(getattr(a, t).int(), getattr(b, t).int()) for t in
+               ("kv_num_blocks", "full_kv_num_blocks", "q_num_blocks", "full_q_num_blocks"))
+    return {"Q": q, "KV": q * rounds, "maskspec_ms": ours, "hand_ms": hand,
+            "maskspec_over_hand": ours / hand, "counts_equal": same,
+            "blocks_equal": first_difference(a, b) is None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--only", default=None, help="substring of the case labels to run")
+    ap.add_argument("--memory-child", nargs=2, metavar=("LABEL", "Q"))
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child[0], int(args.memory_child[1]))
+        return
+    dev = torch.device(args.device)
+    fused.BACKGROUND_JIT = False
+    picked = [c for c in cases() if args.only is None or args.only in c.label]
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
+                               else "cpu", "torch": torch.__version__, "builds": [],
+                               "memory": []}
+    q = 131072 if dev.type == "cuda" else 4096
+    for c in picked:
+        if c.rounds > 1 and dev.type == "cuda":
+            continue  # KV=5Q at 128K: 640K keys; bench_build.py times EAGLE-3 on the GPU
+        row = time_case(c, q, dev, compiled=dev.type == "cuda")
+        print(json.dumps(row), flush=True)
+        results["builds"].append(row)
+    for c in [] if args.skip_memory else picked:
+        for n in SIZES:
+            if c.rounds > 1 and n > 32768:
+                continue
+            row = gpu_memory(c, n, dev) if dev.type == "cuda" else cpu_memory(c, n)
+            print(json.dumps(row), flush=True)
+            results["memory"].append(row)
+    if dev.type == "cpu" and args.only is None:
+        results["eagle3_vs_hand"] = eagle3_vs_hand(dev)
+        print(json.dumps(results["eagle3_vs_hand"]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
