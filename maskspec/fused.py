@@ -276,11 +276,10 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def _slots(k: int, least: int = 8) -> int:
-    """Interval slots per row held by a program: a power of two, at least ``least``. The
-    gap search costs slots² per row, so few slots are fast; but the interval count of a
-    spec with diagonals or ``kv % P`` grows with KV_LEN, and 8 slots let the TTT steps
-    share one compiled kernel."""
+def _slots(k: int, least: int = 4) -> int:
+    """Slots per row held by a program: a power of two, at least ``least``. The gap search
+    costs slots² per row, so few slots are fast; strided families keep a spec's slot count
+    fixed as KV_LEN grows (EAGLE-3: 2), so TTT steps share one compiled kernel."""
     return max(least, _pow2(k))
 
 
@@ -410,13 +409,11 @@ class _Generated:
         if src not in _KERNELS:
             _KERNELS[src] = codegen.load_source(src, triton_rows.KERNEL)
         self.kernel = _KERNELS[src]
-        # A spec without loops fills the same slots at every size: hold only those.
-        self.least_slots = 8 if triton_rows.loops_grow(mask) else 4
         self.plans: dict[tuple[int, ...], tuple[list[int], int]] = {}
 
     def slots(self, sizes: Mapping[str, int]) -> int:
         """Interval slots per row a program holds at these sizes."""
-        return _slots(self.plan(sizes)[1], self.least_slots)
+        return _slots(self.plan(sizes)[1])
 
     def plan(self, sizes: Mapping[str, int]) -> tuple[list[int], int]:
         key = tuple(sizes[k] for k in ir.SIZES)

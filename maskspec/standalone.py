@@ -1,6 +1,6 @@
 """Emit a standalone Python module for one compiled spec, importing only torch.
 
-The module carries maskspec's own runtime — IR evaluation, row-interval lowering, block
+The module carries maskspec's own runtime — IR evaluation, row-program evaluation, block
 classification, input checks and the flex target — flattened from the installed source,
 plus the spec's IR as a literal. Its BlockMasks are maskspec's by construction: the same
 code over the same IR, not a re-derivation.
@@ -15,7 +15,7 @@ from importlib import import_module
 from maskspec import ir
 
 # Dependency order: each module only uses names defined above it.
-RUNTIME = ("errors", "ir", "lower", "blocks", "mask_mod", "inputs", "targets.flex")
+RUNTIME = ("errors", "ir", "analysis", "lower", "blocks", "mask_mod", "inputs", "targets.flex")
 
 API = '''
 

@@ -405,7 +405,7 @@ def no_lowering(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("lowering ran before the inputs were checked")
 
-    monkeypatch.setattr(maskspec.lower, "row_intervals", boom)
+    monkeypatch.setattr(maskspec.lower, "row_slots", boom)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_fused import _assert_generated_equal
+from test_fused import DEV, _assert_generated_equal
 from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec
@@ -234,6 +234,8 @@ def test_family_classification_matches_brute_force(case, bs):
 @given(family_rows(), BLOCKS)
 def test_fused_family_classification_matches_torch(case, bs):
     rows, q, kv = case
+    for f in ("lo", "hi", "phase", "stride", "length"):
+        setattr(rows, f, getattr(rows, f).to(DEV))
     bs = (bs, bs) if isinstance(bs, int) else bs
     want = flex.index_tensors(blocks.classify(rows, q, kv, *bs))
     got = fused.classify_rows(rows, q, kv, bs)

@@ -182,13 +182,18 @@ def test_scans_carry_across_chunks(monkeypatch, name):
     _assert_equal(lower.row_slots(mask.ir, sizes, bound, dev), q, kv, (8, 4))
 
 
-def test_many_intervals_per_row(eagle3):
-    """40 draft rounds (K = 42, 64 slots): one row per count program, still exact."""
+def test_many_intervals_per_row():
+    """A second strided region enumerated round by round (K = 43, 64 slots): one row per
+    count program, still exact."""
+    mask = maskspec.compile("mask m\ninput n: int[B] in [0, 40] = 40\n"
+                            "region d = diagonal(period = Q_LEN)\n"
+                            "region e = diagonal(period = Q_LEN, offset = 3)"
+                            " where kv < q + n[b]\n")
     q, kv = 40, 40 * 41 + 7
-    inputs = _on_dev({"seq_len": torch.tensor([40, 23])})
-    _, k = fused.generated(eagle3.ir).plan({"B": 2, "H": 1, "Q_LEN": q, "KV_LEN": kv})
+    inputs = _on_dev({"n": torch.tensor([40, 23])})
+    _, k = fused.generated(mask.ir).plan({"B": 2, "H": 1, "Q_LEN": q, "KV_LEN": kv})
     assert fused._slots(k) == 64 and fused._row_chunk(16, fused._slots(k)) == 1
-    assert _assert_generated_equal(eagle3, 2, 1, q, kv, (16, 64), inputs)
+    assert _assert_generated_equal(mask, 2, 1, q, kv, (16, 64), inputs)
 
 
 def test_generated_source_is_one_kernel_per_spec(eagle3):
@@ -197,17 +202,18 @@ def test_generated_source_is_one_kernel_per_spec(eagle3):
     src = triton_rows.source(eagle3.ir)
     assert src.count("\n    # region ") == len(eagle3.ir.terms)
     assert fused.generated(eagle3.ir).kernel is fused.generated(spec("eagle3").ir).kernel
-    for name in ("Q_LEN", "KV_LEN", "n_kv", "t1_n0", "d0_seq_len"):
+    for name in ("Q_LEN", "KV_LEN", "n_kv", "t0_s0", "d0_seq_len", "pieces"):
         assert f"'{name}'" in src.split("do_not_specialize=")[1].split(")")[0]
     g = fused.generated(eagle3.ir)
     ks = [g.plan({"B": 1, "H": 1, "Q_LEN": 4096, "KV_LEN": 4096 * s + extra})[1]
           for s in range(1, 8) for extra in (0, 100)]
-    # unreachable draft rounds (round 0 is the context) and context pieces hold no slot
-    assert max(ks) == 8 and {fused._slots(k, g.least_slots) for k in ks} == {8}
+    # the draft rounds are one strided family, the context one piece: two slots at every step
+    assert set(ks) == {2} and {g.slots({"B": 1, "H": 1, "Q_LEN": 4096, "KV_LEN": 4096 * s})
+                               for s in range(1, 8)} == {4}
 
 
 def test_specs_without_loops_hold_few_slots():
     """A spec whose interval count is fixed holds just its slots (at least 4): the gap
     search costs slots² per row."""
     g = fused.generated(spec("causal").ir)
-    assert g.least_slots == 4 and g.plan({"B": 1, "H": 1, "Q_LEN": 64, "KV_LEN": 640})[1] == 1
+    assert g.slots({"B": 1, "H": 1, "Q_LEN": 64, "KV_LEN": 640}) == 4 and g.plan({"B": 1, "H": 1, "Q_LEN": 64, "KV_LEN": 640})[1] == 1

@@ -76,12 +76,6 @@ def _loops(t: ir.Term, i: int) -> list[str]:
     return [f"t{i}_s{k}" for k in range(len(t.program.loops))]
 
 
-def loops_grow(mask: ir.MaskIR) -> bool:
-    """Whether the spec's slot count depends on the sizes (it enumerates levels, each a
-    loop); else it is the number of regions."""
-    return any(t.program.loops for t in mask.terms)
-
-
 def _term_args(t: ir.Term, i: int) -> list[str]:
     return [*_loops(t, i), f"t{i}_col"]
 
