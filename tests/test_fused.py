@@ -111,8 +111,8 @@ def test_dispatch_falls_back_off_cuda(eagle3):
     want = flex.index_tensors(blocks.classify(rows, 64, 200, 16, 16))
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     # A second strided region is enumerated piece by piece: 64000 slots, too many.
-    two = maskspec.compile("mask m\nregion a = full where kv % 2 == 0\n"
-                           "region b = full where kv % 3 == 0\n")
+    two = maskspec.compile("mask m\nregion even = full where kv % 2 == 0\n"
+                           "region thirds = full where kv % 3 == 0\n")
     assert len(two.ir.terms[1].program.loops) == 1 and two.ir.terms[0].program.family
     huge = two._bind(1, 1, 64, 64 * 3000, "cpu", {})
     assert fused.build(two.ir, *huge, (16, 16)) is None
@@ -216,4 +216,5 @@ def test_specs_without_loops_hold_few_slots():
     """A spec whose interval count is fixed holds just its slots (at least 4): the gap
     search costs slots² per row."""
     g = fused.generated(spec("causal").ir)
-    assert g.slots({"B": 1, "H": 1, "Q_LEN": 64, "KV_LEN": 640}) == 4 and g.plan({"B": 1, "H": 1, "Q_LEN": 64, "KV_LEN": 640})[1] == 1
+    sizes = {"B": 1, "H": 1, "Q_LEN": 64, "KV_LEN": 640}
+    assert g.slots(sizes) == 4 and g.plan(sizes)[1] == 1
