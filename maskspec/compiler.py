@@ -79,11 +79,11 @@ class _Resolver:
                     "a product needs one constant factor (the mask must stay affine)", pos,
                     hint="multiply by a number, a param or a size, e.g. `2 * q`",
                 )
-            return ir.Bin(e.op, a, b, pos=pos)
+            return _fold(ir.Bin(e.op, a, b, pos=pos))
         args = [self.number(a, scope) for a in e.args]  # Func: min/max, left-folded
         out = args[0]
         for a in args[1:]:
-            out = ir.Bin(e.name, out, a, pos=pos)
+            out = _fold(ir.Bin(e.name, out, a, pos=pos))
         return out
 
     def number(self, e: m.Expr, scope: _Scope) -> ir.Expr:
@@ -140,6 +140,14 @@ class _Resolver:
                     hint="index by b, h or q (e.g. `q // block`); bound kv with a comparison",
                 )
         return ir.Load(e.id, args, pos=e.pos)
+
+
+def _fold(e: ir.Bin) -> ir.Expr:
+    """An operation on two numbers as its value (``64 * 4`` is 256): keeps products of params
+    constant factors, so the analysis cancels like terms (divisors are checked positive)."""
+    if isinstance(e.a, ir.Const) and isinstance(e.b, ir.Const):
+        return ir.Const(ir.BIN_OPS[e.op](e.a.value, e.b.value), pos=e.pos)
+    return e
 
 
 CONST = _Scope(vars=(), inputs=False, what="a constant (param default, input shape)")

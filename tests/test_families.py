@@ -255,5 +255,6 @@ def test_generated_kernel_builds_strided_specs(text, b, q, kv, bs, seed):
     mask = maskspec.compile(text, "m.mask", **({"tile": 2, "nh": 3, "nw": 4} if "tile" in text
                                                else {}))
     inputs = random_inputs(mask, b, 1, q, kv, random.Random(seed))
+    inputs = {k: v.to(DEV) for k, v in inputs.items()}
     bs = (bs, bs) if isinstance(bs, int) else bs
     assert _assert_generated_equal(mask, b, 1, q, kv, bs, inputs)
