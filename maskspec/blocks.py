@@ -174,7 +174,7 @@ def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> Bloc
     """Exact FULL and PARTIAL blocks from per-row slots (torch's semantics, ragged edges)."""
     n_q, n_kv = counts(q_len, kv_len, q_bs, kv_bs)
     lo, hi, live = tighten(rows)
-    pieces = rows.enumerated(kv_bs)
+    pieces, gap_pieces = rows.enumerated(kv_bs)
     c0, c1 = rows.family_cols  # only the family's slots can have pieces to enumerate
     touched = _ranges(*family_ranges(*rows.tensors(), live, kv_bs, 0), q_bs, n_q, n_kv) > 0
     if pieces > 0:
@@ -189,7 +189,7 @@ def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> Bloc
     full = _count(f0, f1, covering, q_bs, n_q, n_kv) == q_bs
     if rows.family is not None:
         glo, ghi, ph, st, ln, ok = _open_gaps(rows, live, lo, hi, kv_len)
-        gaps = family_ranges(glo, ghi, ph, st, ln, ok, kv_bs, pieces)
+        gaps = family_ranges(glo, ghi, ph, st, ln, ok, kv_bs, gap_pieces)
         full = full & (_ranges(*gaps, q_bs, n_q, n_kv) == 0)
     return BlockGrid(partial=touched & ~full, full=full)
 

@@ -101,7 +101,7 @@ class Builder:
         rows = lower.Rows(*self.compiled(fixed, kv, inputs, device))
         rows.pieces = lower.family_pieces(self.mask.ir, sizes)
         rows.family, rows.family_cols = lower.family_slots(self.mask.ir, sizes)
-        rows.coarse_below = lower.coarse_below(self.mask.ir, sizes)
+        rows.spans = lower.family_spans(self.mask.ir, sizes)
         return fused.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, True)
 
     def _replay(

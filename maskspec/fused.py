@@ -93,7 +93,8 @@ if triton is not None:
             _add_ranges(row_ptr, a // KV_BS, (b + KV_BS - 1) // KV_BS, coarse & (s < hi), n_kv)
 
     @triton.jit
-    def _add_open_gaps(gaps_ptr, lo, hi, ph, st, ln, live, n_kv, pieces, KV_BS: tl.constexpr):
+    def _add_open_gaps(gaps_ptr, lo, hi, ph, st, ln, live, n_kv, gap_pieces,
+                       KV_BS: tl.constexpr):
         """Add the blocks the gaps of strided slots touch where the row's intervals leave
         them open (``blocks._open_gaps``): each strided slot (axis 1) against each gap of
         the intervals' union (axis 2: after an interval end no interval covers, up to the
@@ -111,14 +112,14 @@ if triton is not None:
         ghi = tl.minimum(gap_end[:, None, :], hi[:, :, None])
         ok = strided[:, :, None] & gap_ok[:, None, :]
         _add_family(gaps_ptr, glo, ghi, (ph + ln)[:, :, None], st[:, :, None],
-                    (st - ln)[:, :, None], ok, n_kv, pieces, KV_BS)
+                    (st - ln)[:, :, None], ok, n_kv, gap_pieces, KV_BS)
         first = tl.min(tl.where(plain, lo, far), 1)[:, None]
         _add_family(gaps_ptr, lo, tl.minimum(hi, first), ph + ln, st, st - ln, strided, n_kv,
-                    pieces, KV_BS)
+                    gap_pieces, KV_BS)
 
     @triton.jit
     def count_rows(lo, hi, ph, st, ln, ok, in_block, touched_ptr, gaps_ptr, n_kv, pieces,
-                   KV_BS: tl.constexpr, FAMILY: tl.constexpr):
+                   gap_pieces, KV_BS: tl.constexpr, FAMILY: tl.constexpr):
         """Rows' (R, KP) slots → their difference arrays, added into the zeroed index rows of
         the row block (which double as scratch): the key blocks each slot's pieces touch,
         and those each gap of the row's keys touches. A block is FULL when no row of the
@@ -144,7 +145,7 @@ if triton is not None:
         _add_ranges(gaps_ptr, 0 * first, (first + KV_BS - 1) // KV_BS,
                     in_block & (first > 0), n_kv)
         if FAMILY:
-            _add_open_gaps(gaps_ptr, lo, hi, ph, st, ln, live, n_kv, pieces, KV_BS)
+            _add_open_gaps(gaps_ptr, lo, hi, ph, st, ln, live, n_kv, gap_pieces, KV_BS)
 
     @triton.jit(do_not_specialize=["n_q", "n_kv"])
     def _finish_kernel(kv_num_ptr, kv_idx_ptr, full_kv_num_ptr, full_kv_idx_ptr, cls_ptr, n_q,
@@ -187,10 +188,10 @@ if triton is not None:
         tl.store(kv_num_ptr + num, n_partial)
         tl.store(full_kv_num_ptr + num, n_full)
 
-    @triton.jit(do_not_specialize=["pieces"])
+    @triton.jit(do_not_specialize=["pieces", "gap_pieces"])
     def _count_kernel(
         lo_ptr, hi_ptr, ph_ptr, st_ptr, ln_ptr, kv_idx_ptr, full_kv_idx_ptr, q_len, n_q, n_kv,
-        pieces, K: tl.constexpr, KP: tl.constexpr, Q_BS: tl.constexpr, RC: tl.constexpr,
+        pieces, gap_pieces, K: tl.constexpr, KP: tl.constexpr, Q_BS: tl.constexpr, RC: tl.constexpr,
         KV_BS: tl.constexpr, FAMILY: tl.constexpr,
     ):
         """RC rows of a row block of given slots (B', H', Q_LEN, K): load, count_rows."""
@@ -209,7 +210,7 @@ if triton is not None:
         ln = tl.load(ln_ptr + offs, mask=real, other=1)
         out = (bh * n_q + qb) * n_kv
         count_rows(lo, hi, ph, st, ln, ok, rows < Q_BS, kv_idx_ptr + out, full_kv_idx_ptr + out,
-                   n_kv, pieces, KV_BS, FAMILY)
+                   n_kv, pieces, gap_pieces, KV_BS, FAMILY)
 
     @triton.jit(do_not_specialize=["n_q", "n_kv"])
     def _column_strip_kernel(
@@ -378,7 +379,7 @@ def classify_rows(
     scratch = _scratch(tuple(lead), n_q, n_kv, rows.lo.device)
     slots = _slots(k)
     _count_kernel[_grid(tuple(lead), n_q, q_bs, slots)](
-        *fields, *scratch, q_len, n_q, n_kv, rows.enumerated(kv_bs), K=k, KP=slots, Q_BS=q_bs,
+        *fields, *scratch, q_len, n_q, n_kv, *rows.enumerated(kv_bs), K=k, KP=slots, Q_BS=q_bs,
         RC=_row_chunk(q_bs, slots), KV_BS=kv_bs, FAMILY=rows.family is not None,
         num_warps=COUNT_WARPS,
     )
@@ -410,6 +411,15 @@ class _Generated:
             _KERNELS[src] = codegen.load_source(src, triton_rows.KERNEL)
         self.kernel = _KERNELS[src]
         self.plans: dict[tuple[int, ...], tuple[list[int], int]] = {}
+        self.families: dict[tuple[int, ...], tuple[int, tuple[float, float]]] = {}
+
+    def enumerated(self, sizes: Mapping[str, int], kv_bs: int) -> tuple[int, int]:
+        """The family pieces and gaps the kernel enumerates (``lower.Rows.enumerated``)."""
+        key = tuple(sizes[k] for k in ir.SIZES)
+        if key not in self.families:
+            self.families[key] = (int(lower.family_pieces(self.mask, sizes)),
+                                  lower.family_spans(self.mask, sizes))
+        return lower.enumeration(*self.families[key], kv_bs)
 
     def slots(self, sizes: Mapping[str, int]) -> int:
         """Interval slots per row a program holds at these sizes."""
@@ -440,22 +450,15 @@ def _count_launch(
 ) -> Launch:
     """The spec's generated count kernel into scratch (tensors, or dtypes to compile only)."""
     g = generated(mask)
-    loops, slots = g.plan(sizes)[0], g.slots(sizes)
+    loops, slots = g.plan(sizes)[0], g.slots(sizes)  # cached per sizes: no per-call analysis
     (q_bs, kv_bs), lead = block_size, lower.lead_shape(mask, sizes)
     n_q, n_kv = blocks.counts(sizes["Q_LEN"], sizes["KV_LEN"], q_bs, kv_bs)
     args = (*triton_rows.input_args(mask, inputs), *scratch, sizes["B"], sizes["H"],
             sizes["Q_LEN"], sizes["KV_LEN"], lead[1], n_q, n_kv,
-            _pieces(mask, sizes, kv_bs), *loops)
+            *g.enumerated(sizes, kv_bs), *loops)
     kw = {"KP": slots, "Q_BS": q_bs, "RC": _row_chunk(q_bs, slots), "KV_BS": kv_bs,
           "FAMILY": mask.has_families(), "num_warps": COUNT_WARPS}
     return g.kernel, _grid(lead, n_q, q_bs, slots), args, kw
-
-
-def _pieces(mask: ir.MaskIR, sizes: Mapping[str, int], kv_bs: int) -> int:
-    """The family pieces the count kernel enumerates (``lower.Rows.enumerated``)."""
-    if kv_bs > lower.coarse_below(mask, sizes):
-        return 0
-    return int(lower.family_pieces(mask, sizes))
 
 
 def _fits(mask: ir.MaskIR, sizes: Mapping[str, int], block_size: tuple[int, int]) -> bool:

@@ -36,12 +36,13 @@ class Rows:
     pieces: int = 0
     family: ir.Level | None = None
     family_cols: tuple[int, int] = (0, 0)
-    coarse_below: float = 0  # key blocks up to this size may fall between pieces or gaps
+    spans: tuple[float, float] = (0, 0)  # the family's largest gap and largest piece
 
-    def enumerated(self, kv_bs: int) -> int:
-        """The pieces classification enumerates at this key block size: none when every
-        gap and piece of the family is shorter than a block (its blocks are then ranges)."""
-        return int(self.pieces) if kv_bs <= self.coarse_below else 0
+    def enumerated(self, kv_bs: int) -> tuple[int, int]:
+        """The pieces classification enumerates at this key block size, for the family's
+        pieces and for its gaps: none where every gap (piece) is shorter than a block, since
+        the blocks its pieces (gaps) touch are then one range."""
+        return enumeration(self.pieces, self.spans, kv_bs)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return (self.lo, self.hi, self.phase, self.stride, self.length)
@@ -51,6 +52,12 @@ class Rows:
         """Plain intervals [lo, hi) (stride 1, length 1)."""
         one = torch.ones_like(lo)
         return cls(lo, hi, torch.zeros_like(lo), one, one)
+
+
+def enumeration(n: int, spans: tuple[float, float], kv_bs: int) -> tuple[int, int]:
+    """``Rows.enumerated`` for a bound of n pieces and the family's largest gap and piece."""
+    gap, piece = spans
+    return (int(n) if kv_bs <= gap else 0, int(n) if kv_bs <= piece else 0)
 
 
 def family_pieces(mask: ir.MaskIR, sizes: Mapping[str, int]) -> int:
@@ -63,18 +70,17 @@ def family_pieces(mask: ir.MaskIR, sizes: Mapping[str, int]) -> int:
     return 0
 
 
-def coarse_below(mask: ir.MaskIR, sizes: Mapping[str, int]) -> float:
-    """The largest gap or piece of the mask's strided family over every row: key blocks
-    of at most this size may fall between its pieces or inside one (then its pieces are
-    enumerated); larger blocks never do. Bounds from the inputs' declared ranges."""
+def family_spans(mask: ir.MaskIR, sizes: Mapping[str, int]) -> tuple[float, float]:
+    """The largest gap and the largest piece of the mask's strided family over every row
+    (bounds, from the inputs' declared ranges): a key block can fall inside a gap (a piece)
+    only if it is at most that long."""
     family = next((t.program.family for t in mask.terms if t.program.family), None)
     if family is None:
-        return 0
+        return (0, 0)
     stride = ir.const_value(family.stride, sizes)
     ranges = input_ranges(mask, sizes)
     lo, hi = ir.bounds(family.length, {"q": (0, sizes["Q_LEN"] - 1)}, sizes, ranges)
-    lo, hi = max(lo, 0), min(hi, stride)
-    return max(stride - lo, hi)
+    return (stride - max(lo, 1), min(hi, stride))
 
 
 def input_ranges(mask: ir.MaskIR, sizes: Mapping[str, int]) -> dict[str, tuple[float, float]]:
@@ -187,7 +193,7 @@ def row_slots(
             out.append(x.expand(*shape, x.shape[-1]))
     family, cols = family_slots(mask, sizes)
     return Rows(*(_concat(p) for p in parts), pieces=family_pieces(mask, sizes), family=family,
-                family_cols=cols, coarse_below=coarse_below(mask, sizes))
+                family_cols=cols, spans=family_spans(mask, sizes))
 
 
 def _concat(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -145,7 +145,8 @@ def source(mask: ir.MaskIR) -> str:
     em = _Emitter()
     inputs, input_sizes = _input_args(mask)
     loops = [a for i, t in enumerate(mask.terms) for a in _term_args(t, i)]
-    fixed = [*input_sizes, *SIZE_ARGS, "pieces", *loops]  # change per call: not specialized
+    # values that change per call: never specialized
+    fixed = [*input_sizes, *SIZE_ARGS, "pieces", "gap_pieces", *loops]
     rows = [
         "rows = row0 + tl.arange(0, RC)[:, None]",
         "q = qb.to(tl.int64) * Q_BS + rows",
@@ -159,7 +160,7 @@ def source(mask: ir.MaskIR) -> str:
     for i, t in enumerate(mask.terms):
         rows += _term_body(t, i, em)
     rows.append("count_rows(lo, hi, ph, st, ln, (rows < Q_BS) & (q < Q_LEN), rows < Q_BS, "
-                "kv_idx + out, full_kv_idx + out, n_kv, pieces, KV_BS, FAMILY)")
+                "kv_idx + out, full_kv_idx + out, n_kv, pieces, gap_pieces, KV_BS, FAMILY)")
     body = [
         "bh = tl.program_id(0)",
         "qb = tl.program_id(1)",
@@ -172,7 +173,7 @@ def source(mask: ir.MaskIR) -> str:
         "row0 = tl.program_id(2) * RC",
         *rows,
     ]
-    groups = [inputs, list(OUTPUTS), [*SIZE_ARGS, "pieces"], loops,
+    groups = [inputs, list(OUTPUTS), [*SIZE_ARGS, "pieces", "gap_pieces"], loops,
               [f"{c}: tl.constexpr" for c in (*CONSTEXPRS, "FAMILY")]]
     sig = ",\n    ".join(", ".join(g) for g in groups if g)
     terms = " | ".join(t.name for t in mask.terms)
