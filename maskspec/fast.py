@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import fused, lower
+from maskspec import fused, ir, lower
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.api import CompiledMask
 from maskspec.inputs import block_size_of
@@ -102,6 +102,8 @@ class Builder:
         rows.pieces = lower.family_pieces(self.mask.ir, sizes)
         rows.family, rows.family_cols = lower.family_slots(self.mask.ir, sizes)
         rows.spans = lower.family_spans(self.mask.ir, sizes)
+        if rows.family is not None:
+            rows.family_stride = ir.const_value(rows.family.stride, sizes)
         return fused.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, True)
 
     def _replay(

@@ -66,31 +66,39 @@ if triton is not None:
 
     @triton.jit
     def _tighten(lo, hi, ph, st, ln):
-        """A slot's first allowed key, one past its last, and whether it allows any
-        (``blocks.tighten``)."""
-        r = mod(lo - ph, st)
-        first = tl.where(r < ln, lo, lo - r + st)
-        e = mod(hi - 1 - ph, st)
+        """A slot's first allowed key, one past its last, whether it allows any
+        (``blocks.tighten``), and the periods of its first and last key (int32)."""
+        qa = floordiv(lo - ph, st)
+        r = lo - ph - qa * st
+        inside = r < ln
+        first = tl.where(inside, lo, lo - r + st)
+        qe = floordiv(hi - 1 - ph, st)
+        e = hi - 1 - ph - qe * st
         end = tl.where(e < ln, hi, hi - 1 - e + ln)
-        return first, end, (lo < hi) & (ln > 0) & (first < end)
+        live = (lo < hi) & (ln > 0) & (first < end)
+        return first, end, live, tl.where(inside, qa, qa + 1), qe
 
     @triton.jit
-    def _add_family(row_ptr, lo, hi, ph, st, ln, live, n_kv, pieces, KV_BS: tl.constexpr):
-        """Add the key blocks a family's pieces touch (``blocks.family_ranges``): its hull
-        where no block fits between pieces (or it has one), else each piece's, up to
-        ``pieces`` of them."""
-        lo, hi, ok = _tighten(lo, hi, ph, st, ln)
-        ok = ok & live
-        one = floordiv(hi - 1 - ph, st) == floordiv(lo - ph, st)
-        fine = ok & ((st - ln < KV_BS) | one)
+    def _add_tight(row_ptr, lo, hi, ph, st, ln, ok, q_lo, q_hi, n_kv, pieces,
+                   KV_BS: tl.constexpr):
+        """Add the key blocks a tightened family's pieces touch (``blocks.family_ranges``):
+        its hull where no block fits between pieces (or it has one), else each piece's, up
+        to ``pieces`` of them."""
+        fine = ok & ((st - ln < KV_BS) | (q_lo == q_hi))
         _add_ranges(row_ptr, lo // KV_BS, (hi + KV_BS - 1) // KV_BS, fine, n_kv)
         coarse = ok & ~fine
-        start = lo - mod(lo - ph, st)
+        start = ph + q_lo * st
         for j in range(pieces):
             s = start + j * st
             a = tl.maximum(lo, s)
             b = tl.minimum(hi, s + ln)
             _add_ranges(row_ptr, a // KV_BS, (b + KV_BS - 1) // KV_BS, coarse & (s < hi), n_kv)
+
+    @triton.jit
+    def _add_family(row_ptr, lo, hi, ph, st, ln, live, n_kv, pieces, KV_BS: tl.constexpr):
+        """``_add_tight`` of a family clipped to [lo, hi), tightened first."""
+        lo, hi, ok, q_lo, q_hi = _tighten(lo, hi, ph, st, ln)
+        _add_tight(row_ptr, lo, hi, ph, st, ln, ok & live, q_lo, q_hi, n_kv, pieces, KV_BS)
 
     @triton.jit
     def _add_open_gaps(gaps_ptr, lo, hi, ph, st, ln, live, n_kv, gap_pieces,
@@ -101,7 +109,7 @@ if triton is not None:
         next interval start), and against the gap before the first interval."""
         strided = live & (ln < st)
         plain = live & ~strided
-        far = tl.full((1,), 2**62, tl.int64)
+        far = tl.full((1,), 2**31 - 1, tl.int32)
         starts = tl.where(plain, lo, far)[:, None, :]
         ends = tl.where(plain, hi, -1)[:, None, :]
         end = tl.where(plain, hi, -1)[:, :, None]
@@ -126,22 +134,29 @@ if triton is not None:
         block has a gap in it; rows past Q_LEN (ok false, in_block true) are all gap.
 
         Gaps between the slots' hulls: a gap starts at 0 or at a hull's end that no hull
-        covers, and runs to the next hull start: O(K²) compares per row, no sort, in int32
-        (live hulls lie in [0, KV_LEN] and KV_LEN < 2**31 - 1, ``fits``). With a strided
-        family (FAMILY), its own gaps that the row's intervals leave open count too."""
-        lo, hi, live = _tighten(lo, hi, ph, st, ln)
-        live = live & ok
-        _add_family(touched_ptr, lo, hi, ph, st, ln, live, n_kv, pieces, KV_BS)
-        lo32, hi32 = tl.where(live, lo, 0).to(tl.int32), tl.where(live, hi, 0).to(tl.int32)
+        covers, and runs to the next hull start: O(K²) compares per row, no sort. With a
+        strided family (FAMILY), its own gaps that the row's intervals leave open count too.
+        All in int32: live slots lie in [0, KV_LEN] and ``fits`` keeps the family's
+        arithmetic below 2**31."""
+        lo, hi = lo.to(tl.int32), hi.to(tl.int32)
+        if FAMILY:
+            ph, st, ln = ph.to(tl.int32), st.to(tl.int32), ln.to(tl.int32)
+            lo, hi, live, q_lo, q_hi = _tighten(lo, hi, ph, st, ln)
+            live = live & ok
+            _add_tight(touched_ptr, lo, hi, ph, st, ln, live, q_lo, q_hi, n_kv, pieces, KV_BS)
+        else:  # plain intervals
+            live = ok & (lo < hi)
+            _add_ranges(touched_ptr, lo // KV_BS, (hi + KV_BS - 1) // KV_BS, live, n_kv)
+        lo, hi = tl.where(live, lo, 0), tl.where(live, hi, 0)
         far = tl.full((1,), 2**31 - 1, tl.int32)  # past every key
-        starts = tl.where(live, lo32, far)[:, None, :]  # (R, 1, KP): hull k
-        ends = hi32[:, None, :]
-        end = hi32[:, :, None]  # (R, KP, 1): the end of hull j
+        starts = tl.where(live, lo, far)[:, None, :]  # (R, 1, KP): hull k
+        ends = hi[:, None, :]
+        end = hi[:, :, None]  # (R, KP, 1): the end of hull j
         covered = tl.max(((starts <= end) & (end < ends)).to(tl.int32), 2)
         gap_end = tl.min(tl.where(starts > end, starts, far), 2).to(tl.int64)
-        _add_ranges(gaps_ptr, hi32 // KV_BS, ((gap_end + KV_BS - 1) // KV_BS).to(tl.int32),
+        _add_ranges(gaps_ptr, hi // KV_BS, ((gap_end + KV_BS - 1) // KV_BS).to(tl.int32),
                     live & (covered == 0), n_kv)
-        first = tl.min(tl.where(live, lo32, far), 1)[:, None].to(tl.int64)  # before every hull
+        first = tl.min(tl.where(live, lo, far), 1)[:, None].to(tl.int64)  # before every hull
         _add_ranges(gaps_ptr, 0 * first, (first + KV_BS - 1) // KV_BS,
                     in_block & (first > 0), n_kv)
         if FAMILY:
@@ -289,14 +304,15 @@ def _row_chunk(q_bs: int, slots: int) -> int:
     return min(ROW_CHUNK, _pow2(q_bs), max(1, MAX_PAIRS // slots**2))
 
 
-def fits(slots: int, q_len: int, kv_len: int, block_size: tuple[int, int]) -> bool:
-    """Whether the fused kernels can classify rows of this many interval slots (else use
-    the torch path): at most MAX_SLOTS, keys and block ends within int32, and a grid within
-    CUDA's limits (65535 in y and z)."""
+def fits(slots: int, q_len: int, kv_len: int, block_size: tuple[int, int],
+         stride: int = 0) -> bool:
+    """Whether the fused kernels can classify rows of this many slots (else use the torch
+    path): at most MAX_SLOTS, keys, block ends and the arithmetic of a family of this stride
+    within int32, and a grid within CUDA's limits (65535 in y and z)."""
     n_q, n_kv = blocks.counts(q_len, kv_len, *block_size)
     chunks = -(-block_size[0] // _row_chunk(block_size[0], slots))
     return (triton is not None and n_q <= 65535 and chunks <= 65535
-            and kv_len + block_size[1] < 2**31 - 1
+            and (2 * kv_len + 3 * stride if stride else kv_len) + block_size[1] < 2**31 - 1
             and -(-n_kv // TILES.strip) <= 65535 and slots <= MAX_SLOTS)
 
 
@@ -396,7 +412,8 @@ def classify(
     """The eight BlockMask tensors of these rows: fused kernels on CUDA where they fit, else
     ``blocks.classify`` and ``flex.index_tensors`` (``release`` as in ``classify_rows``)."""
     k = rows.lo.shape[-1]
-    if rows.lo.device.type == "cuda" and fits(_slots(k), q_len, kv_len, block_size):
+    if rows.lo.device.type == "cuda" and fits(_slots(k), q_len, kv_len, block_size,
+                                              rows.family_stride):
         return classify_rows(rows, q_len, kv_len, block_size, release)
     return flex.index_tensors(blocks.classify(rows, q_len, kv_len, *block_size))
 
@@ -462,7 +479,10 @@ def _count_launch(
 
 
 def _fits(mask: ir.MaskIR, sizes: Mapping[str, int], block_size: tuple[int, int]) -> bool:
-    return fits(generated(mask).slots(sizes), sizes["Q_LEN"], sizes["KV_LEN"], block_size)
+    family, _ = lower.family_slots(mask, sizes)
+    stride = 0 if family is None else ir.const_value(family.stride, sizes)
+    return fits(generated(mask).slots(sizes), sizes["Q_LEN"], sizes["KV_LEN"], block_size,
+                stride)
 
 
 def build(

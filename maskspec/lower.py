@@ -37,6 +37,7 @@ class Rows:
     family: ir.Level | None = None
     family_cols: tuple[int, int] = (0, 0)
     spans: tuple[float, float] = (0, 0)  # the family's largest gap and largest piece
+    family_stride: int = 0
 
     def enumerated(self, kv_bs: int) -> tuple[int, int]:
         """The pieces classification enumerates at this key block size, for the family's
@@ -193,7 +194,8 @@ def row_slots(
             out.append(x.expand(*shape, x.shape[-1]))
     family, cols = family_slots(mask, sizes)
     return Rows(*(_concat(p) for p in parts), pieces=family_pieces(mask, sizes), family=family,
-                family_cols=cols, spans=family_spans(mask, sizes))
+                family_cols=cols, spans=family_spans(mask, sizes),
+                family_stride=0 if family is None else ir.const_value(family.stride, sizes))
 
 
 def _concat(parts: list[torch.Tensor]) -> torch.Tensor:

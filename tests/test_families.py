@@ -195,7 +195,7 @@ def family_rows(draw: st.DrawFn) -> tuple[Rows, int, int]:
     rows = Rows(*(x.view(1, 1, q, k + 1) for x in (lo, hi, phase, st_, length)))
     rows.family, rows.family_cols = object(), (k, k + 1)  # any level: classification reads cols
     rows.pieces = -(-kv // stride) + 2
-    rows.spans = (stride, stride)
+    rows.spans, rows.family_stride = (stride, stride), stride
     return rows, q, kv
 
 
