@@ -428,15 +428,27 @@ class _Generated:
             _KERNELS[src] = codegen.load_source(src, triton_rows.KERNEL)
         self.kernel = _KERNELS[src]
         self.plans: dict[tuple[int, ...], tuple[list[int], int]] = {}
-        self.families: dict[tuple[int, ...], tuple[int, tuple[float, float]]] = {}
+        self.families: dict[tuple[int, ...], tuple[int, tuple[float, float], int]] = {}
+
+    def _family(self, sizes: Mapping[str, int]) -> tuple[int, tuple[float, float], int]:
+        """The strided family's piece bound, spans and stride at these sizes (cached: a
+        build does no analysis)."""
+        key = tuple(sizes[k] for k in ir.SIZES)
+        if key not in self.families:
+            family, _ = lower.family_slots(self.mask, sizes)
+            stride = 0 if family is None else ir.const_value(family.stride, sizes)
+            self.families[key] = (int(lower.family_pieces(self.mask, sizes)),
+                                  lower.family_spans(self.mask, sizes), stride)
+        return self.families[key]
 
     def enumerated(self, sizes: Mapping[str, int], kv_bs: int) -> tuple[int, int]:
         """The family pieces and gaps the kernel enumerates (``lower.Rows.enumerated``)."""
-        key = tuple(sizes[k] for k in ir.SIZES)
-        if key not in self.families:
-            self.families[key] = (int(lower.family_pieces(self.mask, sizes)),
-                                  lower.family_spans(self.mask, sizes))
-        return lower.enumeration(*self.families[key], kv_bs)
+        n, spans, _ = self._family(sizes)
+        return lower.enumeration(n, spans, kv_bs)
+
+    def stride(self, sizes: Mapping[str, int]) -> int:
+        """The strided family's stride at these sizes (0: none)."""
+        return self._family(sizes)[2]
 
     def slots(self, sizes: Mapping[str, int]) -> int:
         """Interval slots per row a program holds at these sizes."""
@@ -479,10 +491,8 @@ def _count_launch(
 
 
 def _fits(mask: ir.MaskIR, sizes: Mapping[str, int], block_size: tuple[int, int]) -> bool:
-    family, _ = lower.family_slots(mask, sizes)
-    stride = 0 if family is None else ir.const_value(family.stride, sizes)
-    return fits(generated(mask).slots(sizes), sizes["Q_LEN"], sizes["KV_LEN"], block_size,
-                stride)
+    g = generated(mask)
+    return fits(g.slots(sizes), sizes["Q_LEN"], sizes["KV_LEN"], block_size, g.stride(sizes))
 
 
 def build(

@@ -19,7 +19,7 @@ from test_fused import DEV, _assert_generated_equal
 from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec
-from maskspec import blocks, fused, lower
+from maskspec import blocks, fused, lower, render
 from maskspec.lower import Rows
 from maskspec.targets import flex
 from maskspec.verify import first_difference, random_inputs, validate
@@ -118,6 +118,32 @@ def test_svg_temporal_matches_its_published_definition(prompt, frame, n, bs):
 def test_dilated_window_matches_its_definition(reach, dilation, q, kv, bs):
     _against(bench("dilated_sliding_window", reach=reach, dilation=dilation),
              dilated_mod(reach, dilation), q, kv, bs)
+
+
+def window2d_mod(width: int, left: int, right: int, up: int, down: int):
+    """A 2-D window on a row-major canvas, cut at its edges."""
+    def mod(b, h, q, kv):
+        dr, dc = kv // width - q // width, kv % width - q % width
+        return (dr >= -up) & (dr <= down) & (dc >= -left) & (dc <= right)
+    return mod
+
+
+@settings(max_examples=25)
+@given(width=st.integers(1, 30), sides=st.tuples(*[st.integers(0, 6) for _ in range(4)]),
+       n=st.integers(1, 300), bs=BLOCKS)
+def test_window2d_matches_its_definition(width, sides, n, bs):
+    left, right, up, down = sides
+    mask = maskspec.compile(f"mask m\nregion r = window2d(width = {width}, left = {left}, "
+                            f"right = {right}, up = {up}, down = {down})\n")
+    _against(mask, window2d_mod(width, left, right, up, down), n, n, bs)
+
+
+def test_window2d_defaults_and_explain():
+    mask = maskspec.compile("mask m\nregion r = window2d(width = 8, left = 2)\n")
+    assert {k: v.value for k, v in mask.ir.terms[0].prims[0].args.items()} == {
+        "width": 8, "left": 2, "right": 2, "up": 2, "down": 2}
+    text = "\n".join(render.describe(mask.ir))
+    assert "one strided family" in text and "kv % 8" in text
 
 
 def test_benchmark_specs_keep_one_family_per_row():
