@@ -73,18 +73,25 @@ def _merged(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def tighten(rows: Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each slot's first allowed key and one past its last, and whether it allows any."""
-    lo, hi, ph, st, ln = rows.tensors()
-    return _tighten(lo, hi, ph, st, ln)
+    """Each slot's first allowed key and one past its last, and whether it allows any
+    (plain intervals, with no family, are their own hulls)."""
+    if rows.family is None:
+        return rows.lo, rows.hi, rows.lo < rows.hi
+    return _tighten(*rows.tensors())[:3]
 
 
 def _tighten(lo: torch.Tensor, hi: torch.Tensor, ph: torch.Tensor, st: torch.Tensor,
-             ln: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    r = (lo - ph) % st  # lo's place in its period: in the window when < ln
-    first = torch.where(r < ln, lo, lo - r + st)
-    e = (hi - 1 - ph) % st
+             ln: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tighten``, plus the periods of the first and of the last allowed key."""
+    qa = torch.div(lo - ph, st, rounding_mode="floor")
+    r = lo - ph - qa * st  # lo's place in its period: in the window when < ln
+    inside = r < ln
+    first = torch.where(inside, lo, lo - r + st)
+    qe = torch.div(hi - 1 - ph, st, rounding_mode="floor")
+    e = hi - 1 - ph - qe * st
     end = torch.where(e < ln, hi, hi - 1 - e + ln)
-    return first, end, (lo < hi) & (ln > 0) & (first < end)
+    live = (lo < hi) & (ln > 0) & (first < end)
+    return first, end, live, torch.where(inside, qa, qa + 1), qe
 
 
 def family_ranges(
@@ -95,16 +102,22 @@ def family_ranges(
     whole hull where no block fits between pieces (or there is one piece), else one range
     per piece (at most ``pieces``; enumerated only if some slot needs it). The third tensor
     marks real ranges."""
-    lo, hi, ok = _tighten(lo, hi, ph, st, ln)
-    ok = ok & live
-    one = ((hi - 1 - ph) // st) == ((lo - ph) // st)
-    fine = ok & ((st - ln < kv_bs) | one)
+    lo, hi, ok, q_lo, q_hi = _tighten(lo, hi, ph, st, ln)
+    return _tight_ranges(lo, hi, ph, st, ln, ok & live, q_lo, q_hi, kv_bs, pieces)
+
+
+def _tight_ranges(
+    lo: torch.Tensor, hi: torch.Tensor, ph: torch.Tensor, st: torch.Tensor, ln: torch.Tensor,
+    ok: torch.Tensor, q_lo: torch.Tensor, q_hi: torch.Tensor, kv_bs: int, pieces: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``family_ranges`` of tightened slots (first and last keys in periods q_lo, q_hi)."""
+    fine = ok & ((st - ln < kv_bs) | (q_lo == q_hi))
     first, last, real = lo // kv_bs, -(-hi // kv_bs), fine
     first, last, real = first.unsqueeze(-1), last.unsqueeze(-1), real.unsqueeze(-1)
     coarse = ok & ~fine
     if pieces > 0 and bool(coarse.any()):
         j = torch.arange(pieces, device=lo.device)
-        start = (lo - (lo - ph) % st).unsqueeze(-1) + j * st.unsqueeze(-1)
+        start = (ph + q_lo * st).unsqueeze(-1) + j * st.unsqueeze(-1)
         a = torch.maximum(lo.unsqueeze(-1), start)
         b = torch.minimum(hi.unsqueeze(-1), start + ln.unsqueeze(-1))
         coarse = coarse.unsqueeze(-1) & (start < hi.unsqueeze(-1))
@@ -123,8 +136,11 @@ def _open_gaps(rows: Rows, live: torch.Tensor, lo: torch.Tensor, hi: torch.Tenso
     strided = live & (rows.length < rows.stride)
     plain = live & ~strided
     sentinel = torch.zeros_like(lo[..., :1])  # [0, 0): the gap before the first interval
-    il = torch.cat([sentinel, torch.where(plain, lo, 0)], -1)
-    ih = torch.cat([sentinel, torch.where(plain, hi, 0)], -1)
+    if lo.device.type == "cpu" and not bool(plain.any()):  # no intervals: one gap, all keys
+        il = ih = sentinel
+    else:
+        il = torch.cat([sentinel, torch.where(plain, lo, 0)], -1)
+        ih = torch.cat([sentinel, torch.where(plain, hi, 0)], -1)
     il, order = il.sort(-1)
     reach = _running_max(ih.gather(-1, order))
     nxt = torch.cat([il[..., 1:], torch.full_like(il[..., :1], kv_len)], -1)
@@ -173,13 +189,19 @@ def _ranges(first: torch.Tensor, last: torch.Tensor, ok: torch.Tensor, q_bs: int
 def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> BlockGrid:
     """Exact FULL and PARTIAL blocks from per-row slots (torch's semantics, ragged edges)."""
     n_q, n_kv = counts(q_len, kv_len, q_bs, kv_bs)
-    lo, hi, live = tighten(rows)
     pieces, gap_pieces = rows.enumerated(kv_bs)
-    c0, c1 = rows.family_cols  # only the family's slots can have pieces to enumerate
-    touched = _ranges(*family_ranges(*rows.tensors(), live, kv_bs, 0), q_bs, n_q, n_kv) > 0
-    if pieces > 0:
-        fam = [x[..., c0:c1] for x in (*rows.tensors(), live)]
-        touched |= _ranges(*family_ranges(*fam, kv_bs, pieces), q_bs, n_q, n_kv) > 0
+    if rows.family is None:  # plain intervals: each its own hull, one range of blocks
+        lo, hi = rows.lo, rows.hi
+        live = lo < hi
+        touched = _count(lo // kv_bs, -(-hi // kv_bs), live, q_bs, n_q, n_kv) > 0
+    else:
+        lo, hi, live, q_lo, q_hi = _tighten(*rows.tensors())
+        c0, c1 = rows.family_cols  # only the family's slots can have pieces to enumerate
+        tight = (lo, hi, rows.phase, rows.stride, rows.length, live, q_lo, q_hi)
+        touched = _ranges(*_tight_ranges(*tight, kv_bs, 0), q_bs, n_q, n_kv) > 0
+        if pieces > 0:
+            fam = [x[..., c0:c1] for x in tight]
+            touched |= _ranges(*_tight_ranges(*fam, kv_bs, pieces), q_bs, n_q, n_kv) > 0
     lo, hi = torch.where(live, lo, 0), torch.where(live, hi, 0)
     start, end, is_last = _merged(lo, hi)
     f0 = -(-start // kv_bs)

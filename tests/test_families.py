@@ -184,6 +184,7 @@ def strided_specs(draw: st.DrawFn) -> str:
                        c=draw(st.integers(0, 90)))
 
 
+@pytest.mark.slow
 @settings(max_examples=120)
 @given(strided_specs(), st.integers(1, 3), st.integers(1, 260), st.integers(1, 260), BLOCKS,
        st.integers(0, 99))
@@ -255,6 +256,7 @@ def test_family_classification_matches_brute_force(case, bs):
     assert torch.equal(blocks.allowed_per_row(rows, kv), n)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(fused.triton is None, reason="Triton is not installed")
 @settings(max_examples=30)
 @given(family_rows(), BLOCKS)
@@ -269,6 +271,7 @@ def test_fused_family_classification_matches_torch(case, bs):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(fused.triton is None, reason="Triton is not installed")
 @settings(max_examples=30)
 @given(st.one_of(strided_specs(), st.sampled_from([
