@@ -222,7 +222,10 @@ def pieces(prog: ir.RowProgram, stride: ir.Expr, sizes: Mapping[str, int],
         n = torch.sym_min(n, 1 if w <= 1 else math.ceil((w - 1) / period) + 1)
     lows, highs = prog.extent
     least = max([0.0, *(_over_rows(e, sizes)[0] for e in lows)])
-    most = min([math.inf, *(_over_rows(e, sizes)[1] for e in highs)])
+    # Every clip ends by KV_LEN; counted only when it is a number (under torch.compile a
+    # symbolic KV_LEN would be guarded on).
+    top = float(kv_len) if isinstance(kv_len, int) else math.inf
+    most = min([top, *(_over_rows(e, sizes)[1] for e in highs)])
     if math.isfinite(least) and math.isfinite(most):
         span = (math.ceil(most) - 1) // period - math.floor(least) // period + 1
         n = torch.sym_min(n, max(1, span))
