@@ -189,7 +189,8 @@ def _ranges(first: torch.Tensor, last: torch.Tensor, ok: torch.Tensor, q_bs: int
 def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> BlockGrid:
     """Exact FULL and PARTIAL blocks from per-row slots (torch's semantics, ragged edges)."""
     n_q, n_kv = counts(q_len, kv_len, q_bs, kv_bs)
-    pieces, gap_pieces = rows.enumerated(kv_bs)
+    # Enumerate wherever a slot needs it (family_ranges checks): the spans only spare work.
+    pieces = gap_pieces = int(rows.pieces)
     if rows.family is None:  # plain intervals: each its own hull, one range of blocks
         lo, hi = rows.lo, rows.hi
         live = lo < hi
