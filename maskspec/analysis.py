@@ -213,23 +213,25 @@ def pieces(prog: ir.RowProgram, stride: ir.Expr, sizes: Mapping[str, int],
            width: float = math.inf) -> int:
     """How many periods of ``stride`` one of the program's clips can meet (at most): bounded
     by the clip's widths (and ``width``), by the periods between its extent, and by KV_LEN.
-    Plain arithmetic, so KV_LEN may be symbolic under torch.compile."""
+    Under torch.compile (KV_LEN symbolic) a bound that does not read KV_LEN is taken alone,
+    so the count stays a number and KV_LEN growing does not recompile."""
     period = ir.const_value(stride, sizes)
     kv_len = sizes["KV_LEN"]
+    known = not torch.compiler.is_compiling()  # else KV_LEN is symbolic
+    plain = []
     w = min([width, *(_over_rows(e, sizes)[1] for e in prog.widths)])
-    n = kv_len // period + 2
     if math.isfinite(w):
-        n = torch.sym_min(n, 1 if w <= 1 else math.ceil((w - 1) / period) + 1)
+        plain.append(1 if w <= 1 else math.ceil((w - 1) / period) + 1)
     lows, highs = prog.extent
     least = max([0.0, *(_over_rows(e, sizes)[0] for e in lows)])
-    # Every clip ends by KV_LEN; counted only when it is a number (under torch.compile a
-    # symbolic KV_LEN would be guarded on).
-    top = float(kv_len) if isinstance(kv_len, int) else math.inf
-    most = min([top, *(_over_rows(e, sizes)[1] for e in highs)])
+    most = min([float(kv_len) if known else math.inf,  # every clip ends by KV_LEN
+                *(_over_rows(e, sizes)[1] for e in highs)])
     if math.isfinite(least) and math.isfinite(most):
-        span = (math.ceil(most) - 1) // period - math.floor(least) // period + 1
-        n = torch.sym_min(n, max(1, span))
-    return n
+        plain.append(max(1, (math.ceil(most) - 1) // period - math.floor(least) // period + 1))
+    by_kv = kv_len // period + 2
+    if not plain:
+        return by_kv
+    return min(*plain, by_kv) if known else min(plain)
 
 
 def loop_counts(prog: ir.RowProgram, sizes: Mapping[str, int]) -> list[int]:

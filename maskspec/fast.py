@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import fused, ir, lower
+from maskspec import fused, lower
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.api import CompiledMask
 from maskspec.inputs import block_size_of
@@ -99,11 +99,7 @@ class Builder:
         torch._dynamo.maybe_mark_dynamic(kv, 0)
         fixed = {k: v for k, v in sizes.items() if k != "KV_LEN"}
         rows = lower.Rows(*self.compiled(fixed, kv, inputs, device))
-        rows.pieces = lower.family_pieces(self.mask.ir, sizes)
-        rows.family, rows.family_cols = lower.family_slots(self.mask.ir, sizes)
-        rows.spans = lower.family_spans(self.mask.ir, sizes)
-        if rows.family is not None:
-            rows.family_stride = ir.const_value(rows.family.stride, sizes)
+        lower.describe_family(rows, self.mask.ir, sizes)
         return fused.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, True)
 
     def _replay(

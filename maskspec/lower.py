@@ -192,10 +192,19 @@ def row_slots(
         slots = _term_rows(t.program, env, loop_counts(t.program, sizes))
         for out, x in zip(parts, slots, strict=True):
             out.append(x.expand(*shape, x.shape[-1]))
-    family, cols = family_slots(mask, sizes)
-    return Rows(*(_concat(p) for p in parts), pieces=family_pieces(mask, sizes), family=family,
-                family_cols=cols, spans=family_spans(mask, sizes),
-                family_stride=0 if family is None else ir.const_value(family.stride, sizes))
+    rows = Rows(*(_concat(p) for p in parts))
+    if not torch.compiler.is_compiling():  # plain numbers: the compiled caller sets them
+        describe_family(rows, mask, sizes)
+    return rows
+
+
+def describe_family(rows: Rows, mask: ir.MaskIR, sizes: Mapping[str, int]) -> None:
+    """Set the rows' family fields (level, columns, piece bound, spans, stride) at these
+    sizes."""
+    rows.family, rows.family_cols = family_slots(mask, sizes)
+    rows.pieces = int(family_pieces(mask, sizes))
+    rows.spans = family_spans(mask, sizes)
+    rows.family_stride = 0 if rows.family is None else ir.const_value(rows.family.stride, sizes)
 
 
 def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
