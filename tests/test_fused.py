@@ -63,6 +63,7 @@ def _assert_generated_equal(mask: CompiledMask, b: int, h: int, q: int, kv: int,
     return True
 
 
+@pytest.mark.slow
 @settings(max_examples=25)
 @given(name=st.sampled_from(sorted(shipped_specs())), b=st.integers(1, 2),
        q=st.integers(1, 160), extra=st.integers(0, 200), bs=BLOCKS, seed=st.integers(0, 99))
@@ -92,6 +93,7 @@ def _rows(draw):
     return Rows.intervals(lo.view(1, 1, q, k).to(DEV), hi.view(1, 1, q, k).to(DEV)), q, kv
 
 
+@pytest.mark.slow
 @settings(max_examples=40)
 @given(case=_rows(), bs=BLOCKS)
 def test_arbitrary_intervals(case, bs):
@@ -118,6 +120,7 @@ def test_dispatch_falls_back_off_cuda(eagle3):
     assert fused.build(two.ir, *huge, (16, 16)) is None
 
 
+@pytest.mark.slow
 @settings(max_examples=15)
 @given(name=st.sampled_from(sorted(shipped_specs())), b=st.integers(1, 2), h=st.integers(1, 2),
        q=st.integers(1, 130), extra=st.integers(0, 200), bs=BLOCKS, seed=st.integers(0, 99))
@@ -128,6 +131,7 @@ def test_generated_kernel_matches_lowering(name, b, h, q, extra, bs, seed):
     assert _assert_generated_equal(mask, b, h, q, kv, bs, inputs)
 
 
+@pytest.mark.slow
 @settings(max_examples=20)
 @given(valid_specs(), shapes(), st.integers(0, 2**31))
 def test_generated_kernel_builds_fuzzed_specs(spec_text, shape, seed):
@@ -142,6 +146,7 @@ def test_generated_kernel_builds_fuzzed_specs(spec_text, shape, seed):
 SMALL = (2, 90, 150, (16, 32))  # B, Q_LEN, KV_LEN, BLOCK_SIZE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("text", "shape"), [
     # floor division and modulo of negative values (Triton's own // and % truncate)
     ("mask m\nregion r = window(left = 3, right = (q - 50) // 7 + 9)"
@@ -168,6 +173,7 @@ def test_generated_kernel_edge_cases(text, shape):
     assert _assert_generated_equal(maskspec.compile(text, "m.mask"), b, 1, q, kv, bs, {})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["eagle3", "document_causal", "sliding_window", "prefix_lm"])
 def test_scans_carry_across_chunks(monkeypatch, name):
     """Rows, key blocks and row blocks taken a few at a time, so every scan carries counts
@@ -182,6 +188,7 @@ def test_scans_carry_across_chunks(monkeypatch, name):
     _assert_equal(lower.row_slots(mask.ir, sizes, bound, dev), q, kv, (8, 4))
 
 
+@pytest.mark.slow
 def test_many_intervals_per_row():
     """A second strided region enumerated round by round (K = 43, 64 slots): one row per
     count program, still exact."""
