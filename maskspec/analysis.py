@@ -152,18 +152,14 @@ def cond_form(cmp: ir.Cmp) -> CondForm:
 Part = ir.Clip | ir.Level
 
 
-def _clamp(e: ir.Expr, lo: ir.Expr, hi: ir.Expr) -> ir.Expr:
-    return ir.Bin("min", ir.Bin("max", e, lo), hi)
-
-
 def cond_part(f: KvRange | ModRange) -> Part:
     """A kv condition's contribution: a clip, or the window ``kv % P ∈ [lo, hi)`` as a level
     (both ends clamped into [0, P], so the window never wraps)."""
     if isinstance(f, KvRange):
         return ir.Clip(f.lo, f.hi)
     zero = ir.Const(0)
-    a = zero if f.lo is None else _clamp(f.lo, zero, f.period)
-    b = f.period if f.hi is None else _clamp(f.hi, zero, f.period)
+    a = zero if f.lo is None else ir.clamp(f.lo, zero, f.period)
+    b = f.period if f.hi is None else ir.clamp(f.hi, zero, f.period)
     return ir.Level(f.period, a, ir.sub(b, a))
 
 

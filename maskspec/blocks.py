@@ -75,7 +75,7 @@ def _merged(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
 def tighten(rows: Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each slot's first allowed key and one past its last, and whether it allows any
     (plain intervals, with no family, are their own hulls)."""
-    if rows.family is None:
+    if rows.family.level is None:
         return rows.lo, rows.hi, rows.lo < rows.hi
     return _tighten(*rows.tensors())[:3]
 
@@ -132,7 +132,7 @@ def _open_gaps(rows: Rows, live: torch.Tensor, lo: torch.Tensor, hi: torch.Tenso
     """The gaps of the family slots that the row's intervals leave open: for each family slot
     (dim -2) and each gap [u, v) between the row's merged intervals (dim -1), that slot's
     gap window clipped to it, as (lo, hi, phase, stride, length, live)."""
-    c0, c1 = rows.family_cols
+    c0, c1 = rows.family.cols
     strided = live & (rows.length < rows.stride)
     plain = live & ~strided
     sentinel = torch.zeros_like(lo[..., :1])  # [0, 0): the gap before the first interval
@@ -168,7 +168,7 @@ def allowed_per_row(rows: Rows, kv_len: int) -> torch.Tensor:
     lo, hi = torch.where(live, lo, 0), torch.where(live, hi, 0)
     start, end, is_last = _merged(lo, hi)
     out = torch.where(is_last, end - start, 0).sum(-1)
-    if rows.family is not None:
+    if rows.family.level is not None:
         glo, ghi, ph, st, ln, ok = _open_gaps(rows, live, lo, hi, kv_len)
         out = out - torch.where(ok, _family_keys(glo, ghi, ph, st, ln), 0).sum((-1, -2))
     return out
@@ -190,14 +190,14 @@ def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> Bloc
     """Exact FULL and PARTIAL blocks from per-row slots (torch's semantics, ragged edges)."""
     n_q, n_kv = counts(q_len, kv_len, q_bs, kv_bs)
     # Enumerate wherever a slot needs it (family_ranges checks): the spans only spare work.
-    pieces = gap_pieces = int(rows.pieces)
-    if rows.family is None:  # plain intervals: each its own hull, one range of blocks
+    pieces = gap_pieces = rows.family.pieces
+    if rows.family.level is None:  # plain intervals: each its own hull, one range of blocks
         lo, hi = rows.lo, rows.hi
         live = lo < hi
         touched = _count(lo // kv_bs, -(-hi // kv_bs), live, q_bs, n_q, n_kv) > 0
     else:
         lo, hi, live, q_lo, q_hi = _tighten(*rows.tensors())
-        c0, c1 = rows.family_cols  # only the family's slots can have pieces to enumerate
+        c0, c1 = rows.family.cols  # only the family's slots can have pieces to enumerate
         tight = (lo, hi, rows.phase, rows.stride, rows.length, live, q_lo, q_hi)
         touched = _ranges(*_tight_ranges(*tight, kv_bs, 0), q_bs, n_q, n_kv) > 0
         if pieces > 0:
@@ -210,7 +210,7 @@ def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> Bloc
     covering = is_last & (f0 < f1)
     f0, f1 = torch.where(covering, f0, 0), torch.where(covering, f1, 0)
     full = _count(f0, f1, covering, q_bs, n_q, n_kv) == q_bs
-    if rows.family is not None:
+    if rows.family.level is not None:
         glo, ghi, ph, st, ln, ok = _open_gaps(rows, live, lo, hi, kv_len)
         gaps = family_ranges(glo, ghi, ph, st, ln, ok, kv_bs, gap_pieces)
         full = full & (_ranges(*gaps, q_bs, n_q, n_kv) == 0)

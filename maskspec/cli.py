@@ -365,7 +365,7 @@ def block_stats(
         "FULL": full, "PARTIAL": part, "EMPTY": total - full - part,
         "work": (full + part) / total,
         "density": int(allowed) / (sizes["B"] * sizes["H"] * sizes["Q_LEN"] * sizes["KV_LEN"]),
-        "slots": rows.lo.shape[-1], "pieces": max(rows.enumerated(bs[1])),
+        "slots": rows.lo.shape[-1], "pieces": max(rows.family.enumerated(bs[1])),
     }
 
 

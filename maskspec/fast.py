@@ -3,7 +3,7 @@ row stage compiled once for all KV lengths.
 
 On CUDA a build is the spec's generated Triton count kernel and two fixed ones
 (``fused.tensors``); a CUDA graph removes what is left, the Python and launch overhead.
-``compiled=True`` instead traces ``lower.row_slots`` with torch.compile, KV_LEN symbolic, so
+``compiled=True`` instead traces ``lower.slot_tensors`` with torch.compile, KV_LEN symbolic, so
 KV_LEN growing across TTT steps and new input values reuse one compiled graph (a new Q_LEN, B
 or H may compile once more), and classifies the rows with ``fused.classify``: the route for
 devices without Triton. Nothing here re-derives the pipeline; it only runs it faster.
@@ -64,8 +64,7 @@ class Builder:
     ) -> tuple[torch.Tensor, ...]:
         """Row slots (lo, hi, phase, stride, length): the part torch.compile traces
         (KV_LEN = len(kv))."""
-        rows = lower.row_slots(self.mask.ir, {**sizes, "KV_LEN": kv.shape[0]}, inputs, device)
-        return rows.tensors()
+        return lower.slot_tensors(self.mask.ir, {**sizes, "KV_LEN": kv.shape[0]}, inputs, device)
 
     def __call__(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
@@ -98,8 +97,8 @@ class Builder:
         kv = torch.empty(sizes["KV_LEN"], 0)
         torch._dynamo.maybe_mark_dynamic(kv, 0)
         fixed = {k: v for k, v in sizes.items() if k != "KV_LEN"}
-        rows = lower.Rows(*self.compiled(fixed, kv, inputs, device))
-        lower.describe_family(rows, self.mask.ir, sizes)
+        rows = lower.Rows(*self.compiled(fixed, kv, inputs, device),
+                          family=lower.family_plan(self.mask.ir, sizes))
         return fused.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, True)
 
     def _replay(

@@ -148,8 +148,8 @@ def classify_rows(
     scratch = _scratch(tuple(lead), n_q, n_kv, rows.lo.device)
     slots = _slots(k)
     kernels.rows_count_kernel[_grid(tuple(lead), n_q, q_bs, slots)](
-        *fields, *scratch, q_len, n_q, n_kv, *rows.enumerated(kv_bs), K=k, KP=slots, Q_BS=q_bs,
-        RC=_row_chunk(q_bs, slots), KV_BS=kv_bs, FAMILY=rows.family is not None,
+        *fields, *scratch, q_len, n_q, n_kv, *rows.family.enumerated(kv_bs), K=k, KP=slots,
+        Q_BS=q_bs, RC=_row_chunk(q_bs, slots), KV_BS=kv_bs, FAMILY=rows.family.level is not None,
         num_warps=COUNT_WARPS,
     )
     if release:
@@ -166,7 +166,7 @@ def classify(
     ``blocks.classify`` and ``flex.index_tensors`` (``release`` as in ``classify_rows``)."""
     k = rows.lo.shape[-1]
     if rows.lo.device.type == "cuda" and fits(_slots(k), q_len, kv_len, block_size,
-                                              rows.family_stride):
+                                              rows.family.stride):
         return classify_rows(rows, q_len, kv_len, block_size, release)
     return flex.index_tensors(blocks.classify(rows, q_len, kv_len, *block_size))
 
@@ -181,27 +181,14 @@ class _Generated:
             _KERNELS[src] = codegen.load_source(src, triton_rows.KERNEL)
         self.kernel = _KERNELS[src]
         self.plans: dict[tuple[int, ...], tuple[list[int], int]] = {}
-        self.families: dict[tuple[int, ...], tuple[int, tuple[float, float], int]] = {}
+        self.families: dict[tuple[int, ...], lower.FamilyPlan] = {}
 
-    def _family(self, sizes: Mapping[str, int]) -> tuple[int, tuple[float, float], int]:
-        """The strided family's piece bound, spans and stride at these sizes (cached: a
-        build does no analysis)."""
+    def family(self, sizes: Mapping[str, int]) -> lower.FamilyPlan:
+        """The strided family's plan at these sizes (cached: a build does no analysis)."""
         key = tuple(sizes[k] for k in ir.SIZES)
         if key not in self.families:
-            family, _ = lower.family_slots(self.mask, sizes)
-            stride = 0 if family is None else ir.const_value(family.stride, sizes)
-            self.families[key] = (int(lower.family_pieces(self.mask, sizes)),
-                                  lower.family_spans(self.mask, sizes), stride)
+            self.families[key] = lower.family_plan(self.mask, sizes)
         return self.families[key]
-
-    def enumerated(self, sizes: Mapping[str, int], kv_bs: int) -> tuple[int, int]:
-        """The family pieces and gaps the kernel enumerates (``lower.Rows.enumerated``)."""
-        n, spans, _ = self._family(sizes)
-        return lower.enumeration(n, spans, kv_bs)
-
-    def stride(self, sizes: Mapping[str, int]) -> int:
-        """The strided family's stride at these sizes (0: none)."""
-        return self._family(sizes)[2]
 
     def slots(self, sizes: Mapping[str, int]) -> int:
         """Interval slots per row a program holds at these sizes."""
@@ -237,7 +224,7 @@ def _count_launch(
     n_q, n_kv = blocks.counts(sizes["Q_LEN"], sizes["KV_LEN"], q_bs, kv_bs)
     args = (*triton_rows.input_args(mask, inputs), *scratch, sizes["B"], sizes["H"],
             sizes["Q_LEN"], sizes["KV_LEN"], lead[1], n_q, n_kv,
-            *g.enumerated(sizes, kv_bs), *loops)
+            *g.family(sizes).enumerated(kv_bs), *loops)
     kw = {"KP": slots, "Q_BS": q_bs, "RC": _row_chunk(q_bs, slots), "KV_BS": kv_bs,
           "FAMILY": mask.has_families(), "num_warps": COUNT_WARPS}
     return g.kernel, _grid(lead, n_q, q_bs, slots), args, kw
@@ -245,7 +232,8 @@ def _count_launch(
 
 def _fits(mask: ir.MaskIR, sizes: Mapping[str, int], block_size: tuple[int, int]) -> bool:
     g = generated(mask)
-    return fits(g.slots(sizes), sizes["Q_LEN"], sizes["KV_LEN"], block_size, g.stride(sizes))
+    return fits(g.slots(sizes), sizes["Q_LEN"], sizes["KV_LEN"], block_size,
+                g.family(sizes).stride)
 
 
 def build(

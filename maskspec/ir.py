@@ -159,6 +159,11 @@ def neg(a: Expr) -> Expr:
     return mul(Const(-1), a) if not isinstance(a, Const) else Const(-a.value)
 
 
+def clamp(e: Expr, lo: Expr, hi: Expr) -> Expr:
+    """min(max(e, lo), hi): e kept inside [lo, hi]."""
+    return Bin("min", Bin("max", e, lo), hi)
+
+
 def floordiv(a: Expr, b: Expr) -> Expr:
     if isinstance(a, Const) and isinstance(b, Const) and b.value != 0:
         return Const(a.value // b.value)

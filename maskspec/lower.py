@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,30 +20,40 @@ from maskspec import ir
 from maskspec.analysis import loop_counts, pieces
 
 
+@dataclass(frozen=True)
+class FamilyPlan:
+    """A mask's strided family at given sizes: its ``level`` (None: plain intervals), the
+    slot columns ``cols`` its term fills, a bound on the ``pieces`` (and gaps) of any of its
+    slots, its largest gap and largest piece (``spans``, bounds from the inputs' declared
+    ranges) and its ``stride``."""
+
+    level: ir.Level | None = None
+    cols: tuple[int, int] = (0, 0)
+    pieces: int = 0
+    spans: tuple[float, float] = (0, 0)
+    stride: int = 0
+
+    def enumerated(self, kv_bs: int) -> tuple[int, int]:
+        """The pieces the count kernel enumerates at this key block size, for the family's
+        pieces and for its gaps: none where every gap (piece) is shorter than a block, since
+        the blocks its pieces (gaps) touch are then one range."""
+        gap, piece = self.spans
+        return (self.pieces if kv_bs <= gap else 0, self.pieces if kv_bs <= piece else 0)
+
+
 @dataclass
 class Rows:
     """Per-row slots, each (B', H', Q_LEN, K) int64: keys k in [lo, hi) with
-    (k - phase) mod stride < length. ``pieces`` bounds the pieces of any slot, and of its
-    gaps, at these sizes (block classification enumerates them where they are a key block
-    or more apart); ``family`` is the strided family's level (None: plain intervals), its
-    slots the columns ``family_cols``."""
+    (k - phase) mod stride < length, and the mask's ``FamilyPlan`` at these sizes (block
+    classification enumerates a family's pieces where they are a key block or more
+    apart)."""
 
     lo: torch.Tensor
     hi: torch.Tensor
     phase: torch.Tensor
     stride: torch.Tensor
     length: torch.Tensor
-    pieces: int = 0
-    family: ir.Level | None = None
-    family_cols: tuple[int, int] = (0, 0)
-    spans: tuple[float, float] = (0, 0)  # the family's largest gap and largest piece
-    family_stride: int = 0
-
-    def enumerated(self, kv_bs: int) -> tuple[int, int]:
-        """The pieces classification enumerates at this key block size, for the family's
-        pieces and for its gaps: none where every gap (piece) is shorter than a block, since
-        the blocks its pieces (gaps) touch are then one range."""
-        return enumeration(self.pieces, self.spans, kv_bs)
+    family: FamilyPlan = field(default_factory=FamilyPlan)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return (self.lo, self.hi, self.phase, self.stride, self.length)
@@ -55,33 +65,23 @@ class Rows:
         return cls(lo, hi, torch.zeros_like(lo), one, one)
 
 
-def enumeration(n: int, spans: tuple[float, float], kv_bs: int) -> tuple[int, int]:
-    """``Rows.enumerated`` for a bound of n pieces and the family's largest gap and piece."""
-    gap, piece = spans
-    return (int(n) if kv_bs <= gap else 0, int(n) if kv_bs <= piece else 0)
-
-
-def family_pieces(mask: ir.MaskIR, sizes: Mapping[str, int]) -> int:
-    """A bound on the pieces (and gaps) of any strided slot of the mask at these sizes."""
+def family_plan(mask: ir.MaskIR, sizes: Mapping[str, int]) -> FamilyPlan:
+    """The mask's ``FamilyPlan`` at these sizes (plain numbers: called outside
+    torch.compile's trace)."""
+    at = 0
     for t in mask.terms:
         p = t.program
-        if p.family is not None:
-            width = ir.const_value(p.loops[-1].stride, sizes) if p.loops else math.inf
-            return pieces(p, p.family.stride, sizes, width) + 1
-    return 0
-
-
-def family_spans(mask: ir.MaskIR, sizes: Mapping[str, int]) -> tuple[float, float]:
-    """The largest gap and the largest piece of the mask's strided family over every row
-    (bounds, from the inputs' declared ranges): a key block can fall inside a gap (a piece)
-    only if it is at most that long."""
-    family = next((t.program.family for t in mask.terms if t.program.family), None)
-    if family is None:
-        return (0, 0)
-    stride = ir.const_value(family.stride, sizes)
-    ranges = input_ranges(mask, sizes)
-    lo, hi = ir.bounds(family.length, {"q": (0, sizes["Q_LEN"] - 1)}, sizes, ranges)
-    return (stride - max(lo, 1), min(hi, stride))
+        n = math.prod(loop_counts(p, sizes))
+        if p.family is None:
+            at += n
+            continue
+        stride = ir.const_value(p.family.stride, sizes)
+        width = ir.const_value(p.loops[-1].stride, sizes) if p.loops else math.inf
+        q_rows = {"q": (0, sizes["Q_LEN"] - 1)}
+        lo, hi = ir.bounds(p.family.length, q_rows, sizes, input_ranges(mask, sizes))
+        return FamilyPlan(p.family, (at, at + n), int(pieces(p, p.family.stride, sizes, width)) + 1,
+                          (stride - max(lo, 1), min(hi, stride)), stride)
+    return FamilyPlan()
 
 
 def input_ranges(mask: ir.MaskIR, sizes: Mapping[str, int]) -> dict[str, tuple[float, float]]:
@@ -93,23 +93,6 @@ def input_ranges(mask: ir.MaskIR, sizes: Mapping[str, int]) -> dict[str, tuple[f
         elif d.dtype == "bool":
             out[d.name] = (0, 1)
     return out
-
-
-def family_slots(mask: ir.MaskIR, sizes: Mapping[str, int]) -> tuple[ir.Level | None,
-                                                                     tuple[int, int]]:
-    """The strided family's level and the slot columns its term fills (None, (0, 0) without)."""
-    at = 0
-    for t in mask.terms:
-        n = math.prod(loop_counts(t.program, sizes))
-        if t.program.family is not None:
-            return t.program.family, (at, at + n)
-        at += n
-    return None, (0, 0)
-
-
-def slot_count(mask: ir.MaskIR, sizes: Mapping[str, int]) -> int:
-    """Slots per row at these sizes."""
-    return sum(math.prod(loop_counts(t.program, sizes)) for t in mask.terms)
 
 
 def _term_rows(prog: ir.RowProgram, env: ir.Env, counts: list[int]) -> tuple[torch.Tensor, ...]:
@@ -179,11 +162,22 @@ def row_slots(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor],
     device: torch.device, q_positions: torch.Tensor | None = None,
 ) -> Rows:
-    """Every row's allowed keys as K slots, broadcast to (B', H', Q_LEN, K).
+    """Every row's allowed keys as K slots, broadcast to (B', H', Q_LEN, K), with the
+    mask's family plan at these sizes.
 
     B' is B when the mask reads ``b`` (or ``q_positions`` differ per batch) and 1
     otherwise; likewise H'. With ``q_positions`` the rows are those positions (see row_env).
     """
+    tensors = slot_tensors(mask, sizes, inputs, device, q_positions)
+    return Rows(*tensors, family=family_plan(mask, sizes))
+
+
+def slot_tensors(
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor],
+    device: torch.device, q_positions: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """``row_slots``' (lo, hi, phase, stride, length): tensor work only, which
+    torch.compile traces with KV_LEN symbolic."""
     env = row_env(sizes, inputs, device, q_positions)
     q = env.vars["q"]
     shape = (*lead_shape(mask, sizes, q.shape[0] > 1), q.shape[2])
@@ -192,19 +186,7 @@ def row_slots(
         slots = _term_rows(t.program, env, loop_counts(t.program, sizes))
         for out, x in zip(parts, slots, strict=True):
             out.append(x.expand(*shape, x.shape[-1]))
-    rows = Rows(*(_concat(p) for p in parts))
-    if not torch.compiler.is_compiling():  # plain numbers: the compiled caller sets them
-        describe_family(rows, mask, sizes)
-    return rows
-
-
-def describe_family(rows: Rows, mask: ir.MaskIR, sizes: Mapping[str, int]) -> None:
-    """Set the rows' family fields (level, columns, piece bound, spans, stride) at these
-    sizes."""
-    rows.family, rows.family_cols = family_slots(mask, sizes)
-    rows.pieces = int(family_pieces(mask, sizes))
-    rows.spans = family_spans(mask, sizes)
-    rows.family_stride = 0 if rows.family is None else ir.const_value(rows.family.stride, sizes)
+    return tuple(_concat(p) for p in parts)
 
 
 def _concat(parts: list[torch.Tensor]) -> torch.Tensor:

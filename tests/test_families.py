@@ -153,7 +153,8 @@ def test_benchmark_specs_keep_one_family_per_row():
     for name, slots in [("dilated_sliding_window", 1), ("natten", 1), ("sta_3d", 4),
                         ("svg_temporal", 3)]:
         mask = bench(name, **({"frame": 3} if name == "svg_temporal" else {}))
-        assert mask.ir.has_families() and lower.slot_count(mask.ir, sizes) == slots, name
+        rows = lower.row_slots(mask.ir, sizes, {}, torch.device("cpu"))
+        assert mask.ir.has_families() and rows.lo.shape[-1] == slots, name
 
 
 # ---------------------------------------------------------------- random strided specs
@@ -220,9 +221,9 @@ def family_rows(draw: st.DrawFn) -> tuple[Rows, int, int]:
     phase, st_, length = torch.zeros_like(one), one.clone(), one.clone()
     phase[:, k], st_[:, k], length[:, k] = ph, stride, ln
     rows = Rows(*(x.view(1, 1, q, k + 1) for x in (lo, hi, phase, st_, length)))
-    rows.family, rows.family_cols = object(), (k, k + 1)  # any level: classification reads cols
-    rows.pieces = -(-kv // stride) + 2
-    rows.spans, rows.family_stride = (stride, stride), stride
+    # any level: classification reads the columns and the bounds
+    rows.family = lower.FamilyPlan(object(), (k, k + 1), -(-kv // stride) + 2, (stride, stride),
+                                   stride)
     return rows, q, kv
 
 

@@ -42,8 +42,8 @@ class Window2d(PrimitiveKind):
         row, col = ir.floordiv(Q, w), ir.Bin("%", Q, w)
         one, zero = ir.Const(1), ir.Const(0)
         clip = ir.Clip(ir.mul(ir.sub(row, up), w), ir.mul(ir.add(ir.add(row, down), one), w))
-        first = ir.Bin("min", ir.Bin("max", ir.sub(col, left), zero), w)
-        end = ir.Bin("min", ir.Bin("max", ir.add(ir.add(col, right), one), zero), w)
+        first = ir.clamp(ir.sub(col, left), zero, w)
+        end = ir.clamp(ir.add(ir.add(col, right), one), zero, w)
         return (clip, ir.Level(w, first, ir.sub(end, first)))
 
     def explain(self, a: Args, fmt: Fmt) -> str:
