@@ -217,26 +217,65 @@ def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> Bloc
     return BlockGrid(partial=touched & ~full, full=full)
 
 
+ORDER_CHUNK = 1 << 18  # grid entries ``ordered`` processes at a time (bounds its temporaries)
+
+
 def ordered(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(counts, indices) along the last dim: set columns first, ascending, then the unset ones.
 
     Each row of indices is a permutation of the columns, so padding entries are valid block
-    indices and the scatter writes the output in place (no spill column, no copy).
+    indices and the scatter writes the output in place (no spill column, no copy). Rows are
+    taken ORDER_CHUNK entries at a time: the temporaries (an int64 scatter index among them)
+    stay a bounded few MB however large the grid, next to the int32 output.
     """
     n = grid.shape[-1]
-    seen = grid.cumsum(-1, dtype=torch.int32)  # set columns up to and including each one
-    counts = seen[..., -1].contiguous()
+    flat = grid.reshape(-1, n)
+    counts = torch.zeros(flat.shape[0], dtype=torch.int32, device=grid.device)
+    out = torch.empty(flat.shape, dtype=torch.int32, device=grid.device)
     cols = torch.arange(n, dtype=torch.int32, device=grid.device)
-    slot = torch.where(grid, seen - 1, counts.unsqueeze(-1) + cols - seen)
-    out = torch.empty_like(seen)
-    out.scatter_(-1, slot.long(), cols.expand_as(slot))
-    return counts, out
+    step = max(1, ORDER_CHUNK // max(n, 1))
+    for a in range(0, flat.shape[0] if n else 0, step):
+        g = flat[a:a + step]
+        seen = g.cumsum(-1, dtype=torch.int32)  # set columns up to and including each one
+        c = counts[a:a + step]
+        c.copy_(seen[:, -1])
+        unset = (c.unsqueeze(-1) + cols).sub_(seen)
+        slot = torch.where(g, seen.sub_(1), unset)
+        out[a:a + step].scatter_(-1, slot.long(), cols.expand_as(slot))
+    return counts.view(grid.shape[:-1]), out.view(grid.shape)
+
+
+ROW_BUDGET = 1 << 18  # slot entries (rows × slots × pieces) a chunk of rows evaluates at once
+
+
+def chunk_rows(mask: ir.MaskIR, sizes: dict[str, int], block_size: tuple[int, int]) -> int:
+    """Rows evaluated together: whole row blocks, as many as keep the chunk's slot entries
+    (slots per row times the family pieces enumerated at this key block size) within
+    ROW_BUDGET, at least one block. The per-row temporaries are then a few MB however long
+    Q_LEN is, beside the output; most specs take one chunk at Q_LEN = 16K or more."""
+    pieces = max(lower.family_plan(mask, sizes).enumerated(block_size[1]))
+    width = lower.slot_count(mask, sizes) * (1 + pieces)
+    return max(1, ROW_BUDGET // (width * block_size[0])) * block_size[0]
 
 
 def build_grid(
     mask: ir.MaskIR, sizes: dict[str, int], inputs: dict[str, torch.Tensor],
     device: torch.device, block_size: tuple[int, int],
 ) -> BlockGrid:
-    """The spec's block grid at these sizes and bound inputs: row intervals, then classes."""
-    rows = lower.row_slots(mask, sizes, inputs, device)
-    return classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], *block_size)
+    """The spec's block grid at these sizes and bound inputs: row slots, then classes, a
+    chunk of row blocks at a time (``chunk_rows``)."""
+    q_len, kv_len = sizes["Q_LEN"], sizes["KV_LEN"]
+    step = chunk_rows(mask, sizes, block_size)
+    if step >= q_len:
+        return classify(lower.row_slots(mask, sizes, inputs, device), q_len, kv_len, *block_size)
+    n_q, n_kv = counts(q_len, kv_len, *block_size)
+    shape = (*lower.lead_shape(mask, sizes), n_q, n_kv)
+    out = BlockGrid(*(torch.empty(shape, dtype=torch.bool, device=device) for _ in range(2)))
+    for a in range(0, q_len, step):
+        rows = torch.arange(a, min(a + step, q_len), device=device)
+        part = classify(lower.row_slots(mask, sizes, inputs, device, rows), rows.numel(),
+                        kv_len, *block_size)
+        at = slice(a // block_size[0], a // block_size[0] + part.full.shape[-2])
+        out.partial[..., at, :] = part.partial
+        out.full[..., at, :] = part.full
+    return out

@@ -42,6 +42,20 @@ class _Resolver:
         out = [*scope.vars, *ir.SIZES, *self.params]
         return out + (list(self.inputs) if scope.inputs else [])
 
+    def fold(self, e: ir.Bin) -> ir.Expr:
+        """An operation on two numbers as its value (``64 * 4`` is 256): keeps products of
+        params constant factors, so the analysis cancels like terms (divisors are checked
+        positive). A value past ±MAX_VALUE is refused: 64-bit arithmetic would wrap it."""
+        if not (isinstance(e.a, ir.Const) and isinstance(e.b, ir.Const)):
+            return e
+        value = ir.BIN_OPS[e.op](e.a.value, e.b.value)
+        if abs(value) > ir.MAX_VALUE:
+            raise self.error(
+                f"this constant is {value:.3g}, past the ±2**62 within which the mask's "
+                "64-bit arithmetic is exact", e.pos, hint="use smaller factors",
+            )
+        return ir.Const(value, pos=e.pos)
+
     def positive(self, value: ir.Expr, pos: m.Pos, what: str) -> None:
         """Reject a divisor, period or chunk size known now to be < 1 (sizes are known later)."""
         if ir.is_constant(value) and not ir.uses(value, ir.Size):
@@ -79,11 +93,11 @@ class _Resolver:
                     "a product needs one constant factor (the mask must stay affine)", pos,
                     hint="multiply by a number, a param or a size, e.g. `2 * q`",
                 )
-            return _fold(ir.Bin(e.op, a, b, pos=pos))
+            return self.fold(ir.Bin(e.op, a, b, pos=pos))
         args = [self.number(a, scope) for a in e.args]  # Func: min/max, left-folded
         out = args[0]
         for a in args[1:]:
-            out = _fold(ir.Bin(e.name, out, a, pos=pos))
+            out = self.fold(ir.Bin(e.name, out, a, pos=pos))
         return out
 
     def number(self, e: m.Expr, scope: _Scope) -> ir.Expr:
@@ -140,14 +154,6 @@ class _Resolver:
                     hint="index by b, h or q (e.g. `q // block`); bound kv with a comparison",
                 )
         return ir.Load(e.id, args, pos=e.pos)
-
-
-def _fold(e: ir.Bin) -> ir.Expr:
-    """An operation on two numbers as its value (``64 * 4`` is 256): keeps products of params
-    constant factors, so the analysis cancels like terms (divisors are checked positive)."""
-    if isinstance(e.a, ir.Const) and isinstance(e.b, ir.Const):
-        return ir.Const(ir.BIN_OPS[e.op](e.a.value, e.b.value), pos=e.pos)
-    return e
 
 
 CONST = _Scope(vars=(), inputs=False, what="a constant (param default, input shape)")

@@ -18,6 +18,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask
 
 from maskspec import fused, lower
+from maskspec import inputs as inputs_stage
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.api import CompiledMask
 from maskspec.inputs import block_size_of
@@ -151,8 +152,9 @@ class Builder:
             self._run(sizes, static, dev)
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            tensors = self._run(sizes, static, dev)
-        mm = mask_mod_backend.mask_mod(self.mask.ir, sizes, static)
+        with torch.cuda.graph(graph):  # replays read what the call copies into ``static``
+            clean = inputs_stage.sanitized(self.mask.ir, sizes, static)
+            tensors = self._run(sizes, clean, dev)
+        mm = mask_mod_backend.mask_mod(self.mask.ir, sizes, clean)
         bm = flex.from_tensors(tensors, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, mm)
         return _Captured(graph, static, bm)

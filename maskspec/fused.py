@@ -35,21 +35,22 @@ from maskspec.kernels import triton
 from maskspec.lower import Rows
 from maskspec.targets import codegen, flex, triton_rows
 
-ROW_CHUNK = 32  # rows of a row block counted by one program (fewer when rows hold many slots)
-COUNT_WARPS = 4
+ROW_CHUNK = 16  # rows of a row block counted by one program (fewer when rows hold many slots)
+COUNT_WARPS = 2
 MAX_PAIRS = 2**12  # interval pairs one program compares (rows × slots²) in the gap search
 MAX_SLOTS = 128  # interval slots per row past which the torch path classifies
+MIN_SLOTS = 2  # slots per row a program holds at least
 
 
 def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def _slots(k: int, least: int = 4) -> int:
-    """Slots per row held by a program: a power of two, at least ``least``. The gap search
+def _slots(k: int) -> int:
+    """Slots per row held by a program: a power of two, at least MIN_SLOTS. The gap search
     costs slots² per row, so few slots are fast; strided families keep a spec's slot count
     fixed as KV_LEN grows (EAGLE-3: 2), so TTT steps share one compiled kernel."""
-    return max(least, _pow2(k))
+    return max(MIN_SLOTS, _pow2(k))
 
 
 def _row_chunk(q_bs: int, slots: int) -> int:
@@ -295,10 +296,10 @@ def torch_path(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
     device: torch.device, block_size: tuple[int, int],
 ) -> tuple[Tensor, ...]:
-    """Lowering and ``blocks.classify``: torch ops only, nothing to compile (a CUDA build's
-    path while its kernels compile)."""
-    rows = lower.row_slots(mask, sizes, inputs, device)
-    return flex.index_tensors(blocks.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], *block_size))
+    """Lowering and ``blocks.classify`` a chunk of row blocks at a time
+    (``blocks.build_grid``): torch ops only, nothing to compile (the CPU's path, and a CUDA
+    build's while its kernels compile)."""
+    return flex.index_tensors(blocks.build_grid(mask, sizes, inputs, device, block_size))
 
 
 def tensors(
@@ -307,12 +308,13 @@ def tensors(
 ) -> tuple[Tensor, ...]:
     """The spec's eight BlockMask tensors at these sizes and bound inputs: the generated
     kernel on CUDA where it fits (``torch_path`` while it compiles, see ``compiled``), else
-    lowering to row intervals and ``classify``."""
-    if device.type == "cuda" and triton is not None:
-        if not compiled(mask, sizes, inputs, device, block_size):
-            return torch_path(mask, sizes, inputs, device, block_size)
-        out = build(mask, sizes, inputs, device, block_size)
-        if out is not None:
-            return out
+    lowering to row intervals and ``classify`` (``torch_path`` off CUDA)."""
+    if device.type != "cuda" or triton is None:
+        return torch_path(mask, sizes, inputs, device, block_size)
+    if not compiled(mask, sizes, inputs, device, block_size):
+        return torch_path(mask, sizes, inputs, device, block_size)
+    out = build(mask, sizes, inputs, device, block_size)
+    if out is not None:
+        return out
     rows = lower.row_slots(mask, sizes, inputs, device)
     return classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], block_size, release=True)

@@ -99,7 +99,7 @@ def bind_inputs(
     """Tensors for every declared input: given ones checked, missing ones from defaults.
 
     ``check`` also verifies value ranges, which reads the values (a device sync on GPU);
-    turn it off inside CUDA graphs or hot loops once inputs are known to be good.
+    turn it off inside CUDA graphs or hot loops. Unchecked values are ``sanitized``.
     """
     decls = {d.name: d for d in mask.inputs}
     for k in given:
@@ -143,9 +143,49 @@ def bind_inputs(
         if check and name in mask.document_inputs():
             _check_sorted(name, t)
         out[name] = t
-    check_divisors(mask, sizes)
-    check_index_bounds(mask, sizes, out, check)
+    key = (id(mask), *(sizes[k] for k in ir.SIZES))
+    if _STATIC_OK.get(key) is not mask:  # what the sizes alone decide, once per sizes
+        check_divisors(mask, sizes)
+        check_value_ranges(mask, sizes, out)
+        check_index_bounds(mask, sizes, out, check, static=True)
+        if len(_STATIC_OK) > 4096:  # bounded: a run through many sizes keeps only recent ones
+            _STATIC_OK.clear()
+        _STATIC_OK[key] = mask
+    if check:
+        check_index_bounds(mask, sizes, out, check, static=False)
+        return out
+    return sanitized(mask, sizes, out)
+
+
+def sanitized(
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """What an unchecked build reads in place of its inputs: integer inputs clamped into
+    their declared ranges (undeclared: ±MAX_NUMBER), document ids made non-decreasing
+    along each sequence (each id raised to the largest one before it). Values that would
+    pass the checks are unchanged. The BlockMask and the mask_mod it carries read the same
+    values, so an unchecked build never disagrees with its own mask_mod, whatever it is
+    given; tensor ops only (no sync: graph-capturable)."""
+    decls = {d.name: d for d in mask.inputs}
+    out = dict(inputs)
+    for name, t in inputs.items():
+        d = decls[name]
+        if d.dtype != "int":
+            continue
+        lo, hi = -ir.MAX_NUMBER, ir.MAX_NUMBER
+        if d.range is not None:
+            lo, hi = (_at_sizes(e, sizes, f"the range of input `{name}`", d, mask)
+                      for e in d.range)
+        t = t.clamp(lo, hi)
+        if name in mask.document_inputs():
+            t = t.cummax(-1).values
+        out[name] = t
     return out
+
+
+# (id(mask), *sizes) → the mask whose divisors and input lookups these sizes were checked
+# for (a repeated build skips them; the entry holds the mask, so its id is not reused).
+_STATIC_OK: dict[tuple[int, ...], ir.MaskIR] = {}
 
 
 def sizes_text(sizes: Mapping[str, int]) -> str:
@@ -179,12 +219,13 @@ def _value_bounds(
 
 def check_index_bounds(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor],
-    check: bool = True,
+    check: bool = True, static: bool | None = None,
 ) -> None:
     """Every input lookup stays inside its tensor for all real (b, h, q): from the index's
     bounds at these sizes or, for an index that reads inputs, from its values everywhere
     (when ``check`` lets it read them). Lookups are clamped when evaluated, so an unchecked
-    out-of-range index would silently reuse an edge value."""
+    out-of-range index would silently reuse an edge value. ``static`` True (False) checks
+    only the indices whose bounds the sizes decide (that read inputs); None, both."""
     ranges = {"b": (0, sizes["B"] - 1), "h": (0, sizes["H"] - 1), "q": (0, sizes["Q_LEN"] - 1)}
     for e in mask.exprs():
         for node in e.walk():
@@ -192,10 +233,10 @@ def check_index_bounds(
                 continue
             for dim, a in enumerate(node.args):
                 lo, hi = ir.bounds(a, ranges, sizes, {})
-                static = math.isfinite(lo - hi)
-                if not static and not check:
+                known = math.isfinite(lo - hi)
+                if (not known and not check) or static is (not known):
                     continue
-                if not static:
+                if not known:
                     lo, hi = _value_bounds(a, sizes, inputs)
                 n = inputs[node.input].shape[dim]
                 if lo < 0 or hi > n - 1:
@@ -204,9 +245,36 @@ def check_index_bounds(
                         f"{sizes_text(sizes)}, but that dimension has {n} entries", node.pos,
                         source=mask.source, path=mask.path,
                         hint="declare the input's shape to cover every index, e.g. "
-                        "`(Q_LEN + block - 1) // block` for `q // block`" if static else
+                        "`(Q_LEN + block - 1) // block` for `q // block`" if known else
                         "the index reads inputs whose values send it outside",
                     )
+
+
+def check_value_ranges(
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor]
+) -> None:
+    """Every value the mask's arithmetic computes at these sizes — its conditions, its
+    primitives' arguments and the row programs derived from them — stays within
+    ±MAX_VALUE, by interval arithmetic over the positions and the inputs' value ranges: a
+    larger one would wrap in 64-bit integers and silently change the mask."""
+    ranges = {"b": (0, sizes["B"] - 1), "h": (0, sizes["H"] - 1),
+              "q": (0, sizes["Q_LEN"] - 1), "kv": (0, sizes["KV_LEN"] - 1)}
+    values = mask.value_ranges(sizes)
+    lengths = {k: t.shape[-1] for k, t in inputs.items() if t.dim()}
+    for t in mask.terms:
+        def visit(e: ir.Expr, iv: ir.Interval, pos: ir.Pos | None = t.pos) -> None:
+            far = max((abs(x) for x in iv if math.isfinite(x)), default=0)
+            if far > ir.MAX_VALUE:
+                raise MaskSpecError(
+                    f"this expression reaches {far:.3g} at {sizes_text(sizes)}, past the "
+                    f"±2**62 within which the mask's 64-bit arithmetic is exact",
+                    e.pos or pos, source=mask.source, path=mask.path,
+                    hint="use smaller factors, or build at smaller sizes",
+                )
+        program = t.program
+        for e in (*t.exprs(), *program.exprs(), *program.widths, *program.extent[0],
+                  *program.extent[1]):
+            ir.bounds(e, ranges, sizes, values, lengths, visit)
 
 
 def check_divisors(mask: ir.MaskIR, sizes: Mapping[str, int]) -> None:

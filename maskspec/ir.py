@@ -11,6 +11,7 @@ generator (``targets/triton_rows``) both read. Tests hold the two equal.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +29,8 @@ SIZES = ("B", "H", "Q_LEN", "KV_LEN")
 # The largest magnitude of a literal, a param or an input value: sums and small products of
 # them stay far from int64's limits (and BlockMask indices are int32 anyway).
 MAX_NUMBER = 2**31 - 1
+# Largest magnitude a mask's arithmetic may reach: 64-bit integers with a margin of 2×.
+MAX_VALUE = 2**62
 
 
 # ---------------------------------------------------------------- expressions
@@ -271,11 +274,17 @@ def const_value(e: Expr, sizes: Mapping[str, int]) -> int:
     return int(v)
 
 
+Interval = tuple[float, float]  # inclusive (min, max); infinite ends: unknown
+
+
 def bounds(
-    e: Expr, ranges: Mapping[str, tuple[float, float]], sizes: Mapping[str, int],
-    input_ranges: Mapping[str, tuple[float, float]],
-) -> tuple[float, float]:
-    """Interval arithmetic: inclusive (min, max) of ``e`` given the variables' ranges."""
+    e: Expr, ranges: Mapping[str, Interval], sizes: Mapping[str, int],
+    input_ranges: Mapping[str, Interval], lengths: Mapping[str, int] | None = None,
+    visit: Callable[[Expr, Interval], None] | None = None,
+) -> Interval:
+    """Interval arithmetic: inclusive (min, max) of ``e`` given the variables' ranges, the
+    inputs' value ranges and (for document edges) the inputs' last dimensions. ``visit``
+    sees every compound node with its interval, children first."""
     if isinstance(e, Const):
         return (e.value, e.value)
     if isinstance(e, Size):
@@ -283,12 +292,24 @@ def bounds(
     if isinstance(e, Var):
         return ranges.get(e.name, (-math.inf, math.inf))
     if isinstance(e, Load):
-        return input_ranges.get(e.input, (-math.inf, math.inf))
-    if not isinstance(e, Bin):
+        for a in e.args:
+            bounds(a, ranges, sizes, input_ranges, lengths, visit)
+        out = input_ranges.get(e.input, (-math.inf, math.inf))
+    elif isinstance(e, DocEdge):
+        bounds(e.ids, ranges, sizes, input_ranges, lengths, visit)
+        out = (0, (lengths or {}).get(e.ids.input, math.inf))
+    elif isinstance(e, Bin):
+        out = _bin_bounds(e.op, bounds(e.a, ranges, sizes, input_ranges, lengths, visit),
+                          bounds(e.b, ranges, sizes, input_ranges, lengths, visit))
+    else:
         return (-math.inf, math.inf)
-    a = bounds(e.a, ranges, sizes, input_ranges)  # type: ignore[attr-defined]
-    b = bounds(e.b, ranges, sizes, input_ranges)  # type: ignore[attr-defined]
-    op = e.op  # type: ignore[attr-defined]
+    if visit is not None:
+        visit(e, out)
+    return out
+
+
+def _bin_bounds(op: str, a: Interval, b: Interval) -> Interval:
+    """The interval of ``a op b``; divisions only by divisors known to be positive."""
     if op == "+":
         return (a[0] + b[0], a[1] + b[1])
     if op == "-":
@@ -296,17 +317,15 @@ def bounds(
     if op in ("min", "max"):
         f = min if op == "min" else max
         return (f(a[0], b[0]), f(a[1], b[1]))
-    if op == "*":
-        prods = [x * y for x in a for y in b if not (math.isinf(x) or math.isinf(y))]
-        if len(prods) < 4:
-            return (-math.inf, math.inf)
+    finite = not any(math.isinf(x) for x in (*a, *b))
+    if op == "*" and finite:
+        prods = [x * y for x in a for y in b]
         return (min(prods), max(prods))
-    if op in ("//", "%") and b[0] == b[1] and b[0] > 0:
-        d = b[0]
-        if op == "%":
-            return (0, d - 1)
-        lo = a[0] // d if not math.isinf(a[0]) else -math.inf
-        hi = a[1] // d if not math.isinf(a[1]) else math.inf
+    if op == "%" and b[0] >= 1 and not math.isinf(b[1]):
+        return (0, b[1] - 1)
+    if op == "//" and b[0] >= 1 and not math.isinf(b[1]):  # monotone for positive divisors
+        lo = min(a[0] // b[0], a[0] // b[1]) if not math.isinf(a[0]) else -math.inf
+        hi = max(a[1] // b[0], a[1] // b[1]) if not math.isinf(a[1]) else math.inf
         return (lo, hi)
     return (-math.inf, math.inf)
 
@@ -473,9 +492,14 @@ class MaskIR:
         for t in self.terms:
             yield from t.exprs()
 
+    @functools.cached_property
+    def variables(self) -> frozenset[str]:
+        """The variables (b, h, q, kv) the mask reads anywhere (computed once)."""
+        return frozenset(n.name for e in self.exprs() for n in e.walk() if isinstance(n, Var))
+
     def depends_on(self, var: str) -> bool:
         """Whether the mask reads variable ``var`` (b or h) anywhere."""
-        return any(uses(e, Var, var) for e in self.exprs())
+        return var in self.variables
 
     def inputs_indexed_by(self, var: str) -> set[str]:
         """Inputs some lookup indexes with an expression of ``var`` (b, h or q)."""
@@ -485,6 +509,17 @@ class MaskIR:
     def document_inputs(self) -> set[str]:
         """Inputs used as per-position document ids (they must be non-decreasing)."""
         return set(self.sorted_inputs)
+
+    def value_ranges(self, sizes: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        """Each input's value range at these sizes: declared, [0, 1] for bool, else
+        ±MAX_NUMBER (what a checked build verifies and an unchecked one clamps to)."""
+        out = {}
+        for d in self.inputs:
+            if d.range is not None:
+                out[d.name] = (const_value(d.range[0], sizes), const_value(d.range[1], sizes))
+            else:
+                out[d.name] = (0, 1) if d.dtype == "bool" else (-MAX_NUMBER, MAX_NUMBER)
+        return out
 
     def has_families(self) -> bool:
         """Whether some term keeps a strided family (its rows are not plain intervals)."""

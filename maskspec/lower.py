@@ -78,21 +78,15 @@ def family_plan(mask: ir.MaskIR, sizes: Mapping[str, int]) -> FamilyPlan:
         stride = ir.const_value(p.family.stride, sizes)
         width = ir.const_value(p.loops[-1].stride, sizes) if p.loops else math.inf
         q_rows = {"q": (0, sizes["Q_LEN"] - 1)}
-        lo, hi = ir.bounds(p.family.length, q_rows, sizes, input_ranges(mask, sizes))
+        lo, hi = ir.bounds(p.family.length, q_rows, sizes, mask.value_ranges(sizes))
         return FamilyPlan(p.family, (at, at + n), int(pieces(p, p.family.stride, sizes, width)) + 1,
                           (stride - max(lo, 1), min(hi, stride)), stride)
     return FamilyPlan()
 
 
-def input_ranges(mask: ir.MaskIR, sizes: Mapping[str, int]) -> dict[str, tuple[float, float]]:
-    """Each input's declared value range at these sizes (bool inputs: [0, 1])."""
-    out: dict[str, tuple[float, float]] = {}
-    for d in mask.inputs:
-        if d.range is not None:
-            out[d.name] = (ir.const_value(d.range[0], sizes), ir.const_value(d.range[1], sizes))
-        elif d.dtype == "bool":
-            out[d.name] = (0, 1)
-    return out
+def slot_count(mask: ir.MaskIR, sizes: Mapping[str, int]) -> int:
+    """K, the slots per row at these sizes: one per term and enumerated piece."""
+    return sum(math.prod(loop_counts(t.program, sizes)) for t in mask.terms)
 
 
 def _term_rows(prog: ir.RowProgram, env: ir.Env, counts: list[int]) -> tuple[torch.Tensor, ...]:

@@ -20,6 +20,7 @@ from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec
 from maskspec import blocks, fused, lower, render
+from maskspec.api import shipped_specs
 from maskspec.lower import Rows
 from maskspec.targets import flex
 from maskspec.verify import first_difference, random_inputs, validate
@@ -194,6 +195,27 @@ def test_strided_specs_match_create_block_mask(text, b, q, kv, bs, seed):
     inputs = random_inputs(mask, b, 1, q, kv, random.Random(seed))
     rep = validate(mask, b, 1, q, kv, bs, **inputs)
     assert rep.ok, (text, b, q, kv, bs, inputs, rep.problems)
+
+
+CHUNKED = [*sorted(shipped_specs()), *sorted(str(f) for f in BENCH.glob("*.mask"))]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(CHUNKED), st.integers(1, 2), st.integers(1, 300), st.integers(1, 300),
+       BLOCKS, st.integers(1, 64), st.integers(0, 99))
+def test_row_chunks_build_the_same_mask(spec, b, q, kv, bs, order_chunk, seed):
+    """The CPU path a chunk of row blocks at a time (one block per chunk here) and index
+    rows a few at a time: the same BlockMask as create_block_mask over the spec's
+    mask_mod."""
+    mask = maskspec.load(spec)
+    inputs = random_inputs(mask, b, 1, q, kv, random.Random(seed))
+    saved = blocks.ROW_BUDGET, blocks.ORDER_CHUNK
+    blocks.ROW_BUDGET, blocks.ORDER_CHUNK = 1, order_chunk
+    try:
+        rep = validate(mask, b, 1, q, kv, bs, **inputs)
+    finally:
+        blocks.ROW_BUDGET, blocks.ORDER_CHUNK = saved
+    assert rep.ok, (spec, b, q, kv, bs, inputs, rep.problems)
 
 
 def test_jointly_covered_blocks_are_full():

@@ -160,6 +160,21 @@ def test_builder_cuda_graph_replays_with_new_inputs(eagle3, compiled):
                          eagle3.block_mask(2, 1, q, kv, DEV, seq_len=lens))
 
 
+@pytest.mark.parametrize("name", ["eagle3", "document_causal"])
+def test_graph_replays_sanitize_values_the_checks_would_refuse(name):
+    """Values copied into a captured graph are sanitized inside it (out-of-range lengths,
+    decreasing document ids): every replay's mask agrees with the mask_mod it carries."""
+    mask, q = maskspec.load(name), 1024
+    graphs = Builder(mask, cuda_graph=True)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        inputs = {d.name: torch.randint(-2 * q, 2 * q, (2, 3 * q) if d.name == "doc" else (2,),
+                                        generator=gen).to(DEV) for d in mask.ir.inputs}
+        bm = graphs(2, 1, q, 3 * q, DEV, **inputs)
+        ref = create_block_mask(bm.mask_mod, 2, 1, q, 3 * q, device=DEV)
+        assert first_difference(bm, ref) is None
+
+
 def test_builder_graphs_replayed_out_of_order_keep_their_masks(eagle3):
     """Each shape's graph owns its memory: replaying one never overwrites another's mask."""
     graphs, q = Builder(eagle3, cuda_graph=True), 2048

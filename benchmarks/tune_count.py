@@ -1,0 +1,78 @@
+"""The generated count kernel's launch shape compared: slots per program, rows per program,
+warps (``fused.MIN_SLOTS``, ``fused.ROW_CHUNK``, ``fused.COUNT_WARPS``).
+
+    python benchmarks/tune_count.py [--json results.json]
+
+For EAGLE-3 at Q=48K, KV=5Q and a 7-step TTT sequence at Q=4K (the build table's graph
+cases) and two 128K cases: the CUDA-graph replay time of the whole build (``fused.build``,
+all steps of a sequence summed) and the count kernel's device time (torch.profiler), for
+every variant; each variant's eight tensors are checked equal to the default's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tune_build import builder, kernel_times, replay_ms  # run as a script
+
+from maskspec import fused
+
+CASES = {  # name → (spec, B, Q_LEN, [KV_LEN, ...], inputs)
+    "eagle3 Q=48K KV=5Q": ("eagle3", 1, 49152, [245760]),
+    "eagle3 TTT Q=4K, 7 steps": ("eagle3", 1, 4096, [4096 * s for s in range(1, 8)]),
+    "causal 128K": ("causal", 1, 131072, [131072]),
+    "sliding_window 128K": ("sliding_window", 1, 131072, [131072]),
+}
+KNOBS = ("MIN_SLOTS", "ROW_CHUNK", "COUNT_WARPS")
+
+
+def variants() -> list[tuple[int, int, int]]:
+    """The default first, then every combination."""
+    default = tuple(getattr(fused, k) for k in KNOBS)
+    grid = itertools.product((2, 4), (16, 32, 64), (1, 2, 4))
+    return [default, *(v for v in grid if v != default)]
+
+
+def measure(case: tuple[Any, ...], dev: torch.device) -> dict[str, Any]:
+    spec, b, q, kvs = case
+    builds = [builder(spec, b, q, kv, {}, dev) for kv in kvs]
+    out = {"replay_ms": sum(replay_ms(f) for f in builds), "count_us": 0.0,
+           "tensors": [f() for f in builds]}
+    for f in builds:
+        times = kernel_times(f)
+        out["count_us"] += sum(v for k, v in times.items() if k.startswith("count_"))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    fused.BACKGROUND_JIT = False
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name(dev),
+                               "torch": torch.__version__, "rows": []}
+    reference: dict[str, list] = {}
+    for v in variants():
+        for k, x in zip(KNOBS, v, strict=True):
+            setattr(fused, k, x)
+        for name, case in CASES.items():
+            m = measure(case, dev)
+            tensors = m.pop("tensors")
+            ref = reference.setdefault(name, tensors)
+            m["equal"] = all(torch.equal(a, b) for ta, tb in zip(tensors, ref, strict=True)
+                             for a, b in zip(ta, tb, strict=True))
+            row = {"case": name, **dict(zip(KNOBS, v, strict=True)), **m}
+            print(json.dumps(row), flush=True)
+            results["rows"].append(row)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Unchecked builds (``check_inputs=False``, ``fast.Builder``) given values the checks would
+refuse — out of their declared ranges, document ids that decrease — still give a BlockMask
+that agrees with the mask_mod it carries: the values are sanitized (clamped, ids raised to
+a running maximum), never trusted."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn.attention.flex_attention import create_block_mask
+
+import maskspec
+from maskspec.api import shipped_specs
+from maskspec.fast import Builder
+from maskspec.verify import first_difference, random_inputs
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "specs"
+SPECS = [n for n in sorted(shipped_specs()) if maskspec.load(n).ir.inputs]
+BLOCKS = st.sampled_from([1, 8, 16, 128, (16, 8), (24, 40)])
+
+
+def hostile(mask: maskspec.CompiledMask, b: int, q: int, kv: int, seed: int) -> dict:
+    """Inputs of the declared shapes whose integer values ignore every declared range and
+    order: anywhere in [-2·KV, 2·KV]."""
+    rng = random.Random(seed)
+    out = random_inputs(mask, b, 1, q, kv, rng)
+    gen = torch.Generator().manual_seed(seed)
+    for d in mask.ir.inputs:
+        if d.dtype == "int":
+            out[d.name] = torch.randint(-2 * kv, 2 * kv + 1, out[d.name].shape, generator=gen)
+    return out
+
+
+def _agrees(bm, b: int, q: int, kv: int, bs) -> None:
+    ref = create_block_mask(bm.mask_mod, b, 1, q, kv, device="cpu", BLOCK_SIZE=bs)
+    assert first_difference(bm, ref) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(SPECS), st.integers(1, 3), st.integers(1, 200), st.integers(1, 200),
+       BLOCKS, st.integers(0, 10**6))
+def test_unchecked_build_agrees_with_its_mask_mod(spec, b, q, kv, bs, seed):
+    mask = maskspec.load(spec)
+    inputs = hostile(mask, b, q, kv, seed)
+    bm = mask.block_mask(b, 1, q, kv, "cpu", bs, check_inputs=False, **inputs)
+    _agrees(bm, b, q, kv, bs)
+
+
+def test_in_range_values_are_unchanged():
+    """Sanitizing leaves values that pass the checks alone: the same mask either way."""
+    mask = maskspec.load("eagle3")
+    lens = torch.tensor([100, 3])
+    checked = mask.block_mask(2, 1, 128, 256, "cpu", 16, seq_len=lens)
+    unchecked = mask.block_mask(2, 1, 128, 256, "cpu", 16, check_inputs=False, seq_len=lens)
+    assert first_difference(checked, unchecked) is None
+
+
+def test_decreasing_document_ids_follow_the_running_maximum():
+    """Documented behaviour: an unchecked id that drops below an earlier one joins that
+    earlier (largest) id's document."""
+    mask = maskspec.load("document_causal")
+    ids = torch.tensor([[0, 0, 3, 1, 1, 4]])
+    bm = mask.block_mask(1, 1, 6, 6, "cpu", 1, check_inputs=False, doc=ids)
+    dense = torch.zeros(6, 6, dtype=torch.bool)
+    for q, kv in [(0, 0), (1, 0), (1, 1), (5, 5)] + [(q, kv) for q in (2, 3, 4)
+                                                     for kv in (2, 3, 4) if kv <= q]:
+        dense[q, kv] = True
+    assert torch.equal(bm.to_dense()[0, 0].bool(), dense)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        mask.block_mask(1, 1, 6, 6, "cpu", 1, doc=ids)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.sampled_from(SPECS), st.integers(1, 2), st.integers(1, 160), st.integers(1, 160),
+       st.integers(0, 10**6))
+def test_builder_sanitizes_like_the_plain_call(spec, b, q, kv, seed):
+    """fast.Builder never checks values: its masks agree with their mask_mods too."""
+    mask = maskspec.load(spec)
+    inputs = hostile(mask, b, q, kv, seed)
+    bm = Builder(mask, 16)(b, 1, q, kv, "cpu", **inputs)
+    _agrees(bm, b, q, kv, 16)
