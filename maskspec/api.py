@@ -56,7 +56,9 @@ class CompiledMask:
         """A flex_attention BlockMask, same argument order as ``create_block_mask``.
 
         B' (H') is 1 when the mask does not depend on the batch (head): flex_attention
-        broadcasts it. ``check_inputs=False`` skips value-range checks (no device sync).
+        broadcasts it. ``check_inputs=False`` skips the value checks (no device sync) and
+        builds from the sanitized values (``inputs.sanitized``): clamped into range, ids
+        made non-decreasing.
         """
         bs = block_size_of(BLOCK_SIZE)
         sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)

@@ -17,12 +17,26 @@ from typing import Any
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import fused, lower
+from maskspec import fused, ir, lower
 from maskspec import inputs as inputs_stage
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.api import CompiledMask
 from maskspec.inputs import block_size_of
 from maskspec.targets import flex
+
+
+class _RowStage:
+    """The part torch.compile traces, over the IR alone (see ``Builder.__init__``)."""
+
+    def __init__(self, mask: ir.MaskIR) -> None:
+        self.mask = mask
+
+    def rows(
+        self, sizes: dict[str, int], kv: torch.Tensor, inputs: dict[str, torch.Tensor],
+        device: torch.device,
+    ) -> tuple[torch.Tensor, ...]:
+        """Row slots (lo, hi, phase, stride, length), KV_LEN = len(kv)."""
+        return lower.slot_tensors(self.mask, {**sizes, "KV_LEN": kv.shape[0]}, inputs, device)
 
 
 @dataclass
@@ -37,14 +51,15 @@ class _Captured:
 class Builder:
     """BlockMasks of one spec and block size from the compiled pipeline.
 
-    Call it like ``CompiledMask.block_mask`` (input values are not range-checked: that would
-    sync the device). With ``cuda_graph=True`` the first call at a shape captures a CUDA
-    graph and later calls copy the inputs in and replay it: the returned BlockMask wraps the
-    graph's static outputs, which the next call at the same shape overwrites in place
-    (``clone`` what must outlive it); each shape's graph has its own memory pool, so graphs
-    replayed in any order leave each other's masks intact. While the kernels still compile
-    (``fused.compiled``), calls return uncaptured builds. ``compiled=True`` traces the row
-    stage with torch.compile instead of running the generated kernel; ``backend`` is
+    Call it like ``CompiledMask.block_mask`` (input values are not checked, which would sync
+    the device, but sanitized as with ``check_inputs=False``, inside captured graphs too).
+    With ``cuda_graph=True`` the first call at a shape captures a CUDA graph and later calls
+    copy the inputs in and replay it: the returned BlockMask wraps the graph's static
+    outputs, which the next call at the same shape overwrites in place (``clone`` what must
+    outlive it); each shape's graph has its own memory pool, so graphs replayed in any order
+    leave each other's masks intact. While the kernels still compile (``fused.compiled``),
+    calls return uncaptured builds. ``compiled=True`` traces the row stage with
+    torch.compile instead of running the generated kernel; ``backend`` is
     torch.compile's (``"eager"`` traces only).
     """
 
@@ -56,16 +71,10 @@ class Builder:
         self.block_size = block_size_of(BLOCK_SIZE)
         self.cuda_graph = cuda_graph
         self.use_compiled = compiled
-        self.compiled = torch.compile(self._rows, dynamic=False, backend=backend)
+        # Over the IR, not a bound method: no reference cycle, so a dropped Builder frees its
+        # graphs at once, never in a garbage collection that might run during a capture.
+        self.compiled = torch.compile(_RowStage(mask.ir).rows, dynamic=False, backend=backend)
         self._graphs: dict[tuple, _Captured] = {}
-
-    def _rows(
-        self, sizes: dict[str, int], kv: torch.Tensor, inputs: dict[str, torch.Tensor],
-        device: torch.device,
-    ) -> tuple[torch.Tensor, ...]:
-        """Row slots (lo, hi, phase, stride, length): the part torch.compile traces
-        (KV_LEN = len(kv))."""
-        return lower.slot_tensors(self.mask.ir, {**sizes, "KV_LEN": kv.shape[0]}, inputs, device)
 
     def __call__(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,

@@ -11,7 +11,6 @@ generator (``targets/triton_rows``) both read. Tests hold the two equal.
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 from collections.abc import Callable, Iterator, Mapping
@@ -487,15 +486,17 @@ class MaskIR:
     source: str = ""
     path: str = "<spec>"
     sorted_inputs: tuple[str, ...] = ()  # per-position document ids (non-decreasing)
+    # The variables (b, h, q, kv) the mask reads anywhere: computed once, a plain attribute
+    # (which torch.compile reads without a graph break).
+    variables: frozenset[str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names = frozenset(n.name for e in self.exprs() for n in e.walk() if isinstance(n, Var))
+        object.__setattr__(self, "variables", names)
 
     def exprs(self) -> Iterator[Expr]:
         for t in self.terms:
             yield from t.exprs()
-
-    @functools.cached_property
-    def variables(self) -> frozenset[str]:
-        """The variables (b, h, q, kv) the mask reads anywhere (computed once)."""
-        return frozenset(n.name for e in self.exprs() for n in e.walk() if isinstance(n, Var))
 
     def depends_on(self, var: str) -> bool:
         """Whether the mask reads variable ``var`` (b or h) anywhere."""

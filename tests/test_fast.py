@@ -1,5 +1,7 @@
 """The compiled builder (traced on CPU): same masks as the eager path, one graph for all KV_LEN."""
 
+import weakref
+
 import torch
 from torch._dynamo.utils import counters
 
@@ -17,3 +19,14 @@ def test_builder_matches_eager_path_without_recompiling(eagle3):
             ref = eagle3.block_mask(2, 1, q, kv, None, 64, seq_len=seq_len)
             assert first_difference(ours, ref) is None
     assert counters["stats"]["unique_graphs"] - before == 1
+
+
+def test_a_dropped_builder_is_freed_at_once(eagle3):
+    """No reference cycle: dropping a Builder frees it (and its graphs) immediately, not in
+    a later garbage collection, which could run in the middle of another graph capture."""
+    for compiled in (False, True):
+        builder = Builder(eagle3, compiled=compiled)
+        builder(1, 1, 256, 512, "cpu")
+        ref = weakref.ref(builder)
+        del builder
+        assert ref() is None
