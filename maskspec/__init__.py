@@ -7,7 +7,7 @@ reference — built analytically, in the time and memory of the output.
 
 from maskspec.api import CompiledMask, compile, load
 from maskspec.documents import document_ids
-from maskspec.errors import MaskSpecError
+from maskspec.errors import MaskSpecError, MaskSpecWarning
 
-__all__ = ["CompiledMask", "MaskSpecError", "compile", "document_ids", "load"]
+__all__ = ["CompiledMask", "MaskSpecError", "MaskSpecWarning", "compile", "document_ids", "load"]
 __version__ = "0.1.0"

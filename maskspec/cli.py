@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from rich.table import Table
 
 import maskspec
 from maskspec import blocks, ir, lower, render, standalone, verify
-from maskspec.errors import MaskSpecError, did_you_mean
+from maskspec.errors import MaskSpecError, MaskSpecWarning, did_you_mean
 from maskspec.inputs import bind_inputs, sizes_of
 from maskspec.targets import triton_rows
 
@@ -98,6 +100,9 @@ def _number(token: str, dtype: str, name: str) -> int | bool:
         raise UsageError(f"--input {name}: {token!r} is not {kind}") from None
     if dtype == "bool" and n not in (0, 1):
         raise UsageError(f"--input {name}: bool values are 0, 1, true or false, got {token!r}")
+    if abs(n) > ir.MAX_NUMBER:
+        raise UsageError(f"--input {name}: {token!r} lies outside [-{ir.MAX_NUMBER}, "
+                         f"{ir.MAX_NUMBER}], the values an input may hold")
     return bool(n) if dtype == "bool" else n
 
 
@@ -251,6 +256,7 @@ def cmd_validate(args: argparse.Namespace, out: Console) -> int:
     out.print(f"[bold]{mask.name}[/] at {case.title()}", highlight=False)
     for line in _inputs_lines(mask, case.inputs, randomized, seed):
         out.print("  " + line, highlight=False)
+    _dense_fits(case)
     rep = verify.validate(mask, case.B, case.H, case.Q_LEN, case.KV_LEN, case.bs, **case.inputs)
     out.print(_report_table(rep))
     out.print(f"allowed (q, kv) pairs: {rep.density:.2%}  (sparsity {1 - rep.density:.2%})")
@@ -262,6 +268,21 @@ def cmd_validate(args: argparse.Namespace, out: Console) -> int:
     for p in rep.problems:
         out.print(f"  {p}", highlight=False, markup=False)
     return 1
+
+
+DENSE_BYTES_PER_PAIR = 40  # what validate's dense evaluations hold per (q, kv) pair, at most
+
+
+def _dense_fits(case: Case) -> None:
+    """Refuse sizes whose dense evaluation would not fit in this machine's memory, with the
+    estimate, rather than dying in the allocator."""
+    need = case.B * case.H * case.Q_LEN * case.KV_LEN * DENSE_BYTES_PER_PAIR
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > 0.8 * have:
+        raise UsageError(
+            f"validating at {case.title()} evaluates every (q, kv) pair densely: about "
+            f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB allows; "
+            "validate at smaller sizes (or --random up to them)")
 
 
 def _validate_random(mask: maskspec.CompiledMask, args: argparse.Namespace, out: Console) -> int:
@@ -343,9 +364,19 @@ def cmd_show(args: argparse.Namespace, out: Console) -> int:
         lens = (sizes["Q_LEN"], sizes["KV_LEN"])
         zooms = [render.zoom(mm, "AB"[i], r, c, bs, lens, b, h)
                  for i, (r, c) in enumerate(picks)]
-        render.png(args.png, codes, bs, zooms, _header(mask, sizes, bs) + f"  b={b} h={h}")
-        out.print(f"wrote {args.png}", highlight=False)
+        path = _png_path(args.png, mask.name)
+        render.png(path, codes, bs, zooms, _header(mask, sizes, bs) + f"  b={b} h={h}")
+        out.print(f"wrote {path}", highlight=False)
     return 0
+
+
+def _png_path(given: str, name: str) -> Path:
+    """Where ``--png`` writes: into a directory as ``<mask name>.png``; a name without an
+    extension gets ``.png``."""
+    path = Path(given)
+    if path.is_dir():
+        return path / f"{name}.png"
+    return path if path.suffix else path.with_suffix(".png")
 
 
 def block_stats(
@@ -425,11 +456,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="maskspec",
         description="Compile .mask attention-mask specs: validate, show, explain, compile.",
     )
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an internal error (exit code 3)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str, sizes_required: bool) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help)
-        c.add_argument("spec", help="the .mask file")
+        c.add_argument("spec", help="a .mask file, or a shipped spec's name (eagle3)")
         c.add_argument("--q-len", type=_positive, required=sizes_required, help="Q_LEN")
         c.add_argument("--kv-len", type=_positive, required=sizes_required, help="KV_LEN")
         c.add_argument("--batch", type=_positive,
@@ -473,15 +506,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``maskspec`` command; returns the exit code."""
+    """Entry point of the ``maskspec`` command; returns the exit code: 0 agreed (or done),
+    1 a disagreement, 2 a bad spec or argument, 3 an internal error (one line; ``--debug``
+    shows its traceback)."""
     args = _parser().parse_args(argv)
-    err = Console(stderr=True)
-    try:
-        return args.run(args, Console(soft_wrap=True))
-    except MaskSpecError as e:
-        err.print(str(e), highlight=False, markup=False)
-    except (UsageError, ValueError, OSError) as e:
-        err.print(f"error: {e}", highlight=False, markup=False)
+    err = Console(stderr=True, soft_wrap=True)  # messages stay whole lines
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", MaskSpecWarning)
+        warnings.showwarning = lambda message, *_: err.print(
+            str(message), highlight=False, markup=False)
+        try:
+            return args.run(args, Console(soft_wrap=True))
+        except MaskSpecError as e:
+            err.print(str(e), highlight=False, markup=False)
+        except (UsageError, ValueError, OSError) as e:
+            err.print(f"error: {e}", highlight=False, markup=False)
+        except Exception as e:
+            if args.debug:
+                raise
+            err.print(f"internal error: {type(e).__name__}: {e} (this is a bug in maskspec; "
+                      "rerun with --debug for the traceback)", highlight=False, markup=False)
+            return 3
     return 2
 
 

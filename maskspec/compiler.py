@@ -3,13 +3,15 @@ analyse every term once into its element meaning and its row program (``analysis
 
 from __future__ import annotations
 
+import math
 import operator
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from maskspec import analysis, ir, primitives
 from maskspec import model as m
-from maskspec.errors import MaskSpecError, did_you_mean
+from maskspec.errors import MaskSpecError, MaskSpecWarning, did_you_mean
 
 MAX_NUMBER = ir.MAX_NUMBER
 
@@ -78,7 +80,7 @@ class _Resolver:
         if isinstance(e, m.Index):
             return self.index(e, scope)
         if isinstance(e, m.Neg):
-            return ir.Bin("*", ir.Const(-1), self.number(e.operand, scope), pos=pos)
+            return self.fold(ir.Bin("*", ir.Const(-1), self.number(e.operand, scope), pos=pos))
         if isinstance(e, m.BinOp):
             a, b = self.number(e.left, scope), self.number(e.right, scope)
             if e.op in ("//", "%") and not ir.is_constant(b):
@@ -244,6 +246,17 @@ def _argument(r: _Resolver, kind: primitives.PrimitiveKind, call: m.Call, i: int
     return a.name
 
 
+def _not_a_later_region(r: _Resolver, spec: m.Spec, reg: m.Region, call: m.Call) -> None:
+    """A call naming this region or a later one (not a primitive) is refused as such."""
+    names = [x.name for x in spec.regions]
+    if call.name in names and primitives.get(call.name) is None:
+        which = "itself" if call.name == reg.name else f"`{call.name}`, declared after it"
+        raise r.error(
+            f"region `{reg.name}` names {which}: a region may only name regions declared "
+            "before it", call.pos, hint="move the region it names above it",
+        )
+
+
 def _primitive(r: _Resolver, call: m.Call) -> ir.Primitive:
     kind = primitives.get(call.name)
     if kind is None:
@@ -273,8 +286,20 @@ def _primitive(r: _Resolver, call: m.Call) -> ir.Primitive:
     return ir.Primitive(call.name, given, pos=call.pos)
 
 
+def _bool_read(r: _Resolver, e: ir.Expr) -> bool:
+    return isinstance(e, ir.Load) and r.inputs[e.input].dtype == "bool"
+
+
 def _cond(r: _Resolver, c: m.Cond) -> ir.Cmp:
-    cmp = ir.Cmp(c.op, r.expr(c.left, ROW_OR_KV), r.expr(c.right, ROW_OR_KV), pos=c.pos)
+    side = r.expr if c.op in ("==", "!=") else r.number  # bools are equal or not, not ordered
+    cmp = ir.Cmp(c.op, side(c.left, ROW_OR_KV), side(c.right, ROW_OR_KV), pos=c.pos)
+    for a, b in ((cmp.left, cmp.right), (cmp.right, cmp.left)):
+        flag = isinstance(b, ir.Const) and b.value in (0, 1)
+        if _bool_read(r, a) and not (flag or _bool_read(r, b)):
+            raise r.error(
+                f"input `{a.input}` is bool: it equals 0, 1 or another bool input, not a "
+                "number", c.pos, hint=f"declare it `int` to compare it with numbers, or write "
+                f"`{a.input}[...] == 1` in its own condition")
     if c.flag and ir.uses(cmp.left, ir.Var, "kv"):
         raise r.error(
             "a bare condition is a flag (true where it is not 0), and one on kv would split "
@@ -284,13 +309,43 @@ def _cond(r: _Resolver, c: m.Cond) -> ir.Cmp:
     return cmp
 
 
+MAX_CONSTANT_ENTRIES = 2**24  # entries an input may declare with constant dimensions alone
+
+
 def _input(r: _Resolver, d: m.Input) -> ir.InputDecl:
     shape = tuple(r.expr(s, CONST) for s in d.shape)
     for e, src in zip(shape, d.shape, strict=True):
         r.positive(e, src.pos, f"a dimension of input `{d.name}`")
+    fixed = math.prod(e.value for e in shape if isinstance(e, ir.Const))
+    if fixed > MAX_CONSTANT_ENTRIES:
+        raise r.error(
+            f"input `{d.name}` declares {fixed} entries by constants alone (at most "
+            f"{MAX_CONSTANT_ENTRIES}): its default would be allocated at every build", d.pos,
+            hint="size inputs by the sizes they are indexed with, e.g. `int[B, Q_LEN]`",
+        )
+    if d.range is not None and d.dtype == "bool":
+        raise r.error(f"input `{d.name}` is bool: it takes no range", d.range[0].pos,
+                      hint="declare it `int` to give it a range")
     rng = None if d.range is None else (r.expr(d.range[0], CONST), r.expr(d.range[1], CONST))
     default = None if d.default is None else r.expr(d.default, CONST)
+    if rng is not None:
+        _check_range(r, d, rng, default)
     return ir.InputDecl(d.name, d.dtype, shape, rng, default, pos=d.pos)
+
+
+def _check_range(r: _Resolver, d: m.Input, rng: tuple[ir.Expr, ir.Expr],
+                 default: ir.Expr | None) -> None:
+    """A range known now must hold a value, and a default known now must lie in it."""
+    lo, hi = (e.value if isinstance(e, ir.Const) else None for e in rng)
+    if lo is not None and hi is not None and lo > hi:
+        raise r.error(f"the range of input `{d.name}` is empty: [{lo}, {hi}]", d.range[0].pos,
+                      hint="give the smallest value first")
+    if isinstance(default, ir.Const) and (
+            (lo is not None and default.value < lo) or (hi is not None and default.value > hi)):
+        raise r.error(
+            f"the default of input `{d.name}`, {default.value}, lies outside its own range",
+            d.default.pos, hint="pick a default inside the declared range",
+        )
 
 
 def _parts(t: tuple[tuple[ir.Primitive, ...], tuple[ir.Cmp, ...]]) -> tuple[
@@ -330,6 +385,7 @@ def compile_spec(spec: m.Spec, **params: int) -> ir.MaskIR:
             if c.name in regions and not c.args:  # an earlier region: intersect with it
                 prims, where = prims + regions[c.name][0], where + regions[c.name][1]
             else:
+                _not_a_later_region(r, spec, reg, c)
                 prims += (_primitive(r, c),)
         regions[reg.name] = (prims, where)
     analysed = [_parts((prims, where + valid)) for prims, where in regions.values()]
@@ -342,4 +398,38 @@ def compile_spec(spec: m.Spec, **params: int) -> ir.MaskIR:
     sorted_inputs = tuple(dict.fromkeys(
         n for t in terms for p in t.prims
         for n in primitives.registry()[p.kind].sorted_inputs(dict(p.args))))
+    _warn_empty(r, terms)
     return ir.MaskIR(spec.name, terms, inputs, r.params, spec.source, spec.path, sorted_inputs)
+
+
+def _known(e: ir.Expr) -> int | None:
+    """The value of an expression of numbers alone (no variables, sizes or inputs)."""
+    if any(isinstance(n, (ir.Var, ir.Size, ir.Load, ir.DocEdge)) for n in e.walk()):
+        return None
+    return ir.const_value(e, {})
+
+
+def _empty(t: ir.Term) -> bool:
+    """Whether the term allows nothing at any sizes: a guard false by numbers alone, a width
+    of its key clip or a level's length at most 0."""
+    p = t.program
+    for c in p.guards:
+        a, b = _known(c.left), _known(c.right)
+        if a is not None and b is not None and not ir.CMP_OPS[c.op](a, b):
+            return True
+    lengths = [lv.length for lv in (*p.loops, *((p.family,) if p.family else ()))]
+    return any((v := _known(e)) is not None and v <= 0 for e in (*p.widths, *lengths))
+
+
+def _warn_empty(r: _Resolver, terms: tuple[ir.Term, ...]) -> None:
+    """A MaskSpecWarning for each region that allows nothing, and for a mask that does."""
+    empty = [t for t in terms if _empty(t)]
+    for t in empty:
+        warnings.warn(MaskSpecWarning(
+            f"region `{t.name}` allows no (q, kv) pair at any size", t.pos,
+            source=r.spec.source, path=r.spec.path,
+            hint="check its arguments' signs and its conditions"), stacklevel=4)
+    if empty and len(empty) == len(terms):
+        warnings.warn(MaskSpecWarning(
+            "the mask allows no (q, kv) pair at any size: attention would see nothing", None,
+            source=r.spec.source, path=r.spec.path), stacklevel=4)

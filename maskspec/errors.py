@@ -30,11 +30,13 @@ class MaskSpecError(Exception):
         self.hint = hint
         super().__init__(self._render(source))
 
+    KIND = "error"
+
     def _render(self, source: str) -> str:
         if self.pos is None:
-            head = f"{self.path}: error: {self.message}"
+            head = f"{self.path}: {self.KIND}: {self.message}"
             return head + (f"\n  hint: {self.hint}" if self.hint else "")
-        head = f"{self.path}:{self.pos.line}:{self.pos.column}: error: {self.message}"
+        head = f"{self.path}:{self.pos.line}:{self.pos.column}: {self.KIND}: {self.message}"
         lines = source.splitlines()
         parts = [head]
         if 0 < self.pos.line <= len(lines):
@@ -46,6 +48,13 @@ class MaskSpecError(Exception):
         if self.hint:
             parts.append(f"  hint: {self.hint}")
         return "\n".join(parts)
+
+
+class MaskSpecWarning(MaskSpecError, UserWarning):
+    """A spec that compiles but is almost surely not what was meant (a region that allows
+    nothing): rendered like an error, issued with ``warnings.warn``."""
+
+    KIND = "warning"
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str | None:

@@ -11,6 +11,7 @@ from lark import (
     Lark,
     Token,
     Transformer,
+    Tree,
     UnexpectedCharacters,
     UnexpectedInput,
     UnexpectedToken,
@@ -228,12 +229,34 @@ def _syntax_error(err: UnexpectedInput, source: str, path: str) -> MaskSpecError
     return MaskSpecError(f"syntax error: {msg}", pos, source=source, path=path, hint=hint)
 
 
+MAX_DEPTH = 100  # nesting of a spec's syntax tree; every stage after parsing recurses on it
+
+
+def _check_depth(tree: Tree, source: str, path: str) -> None:
+    """Refuse a tree nested deeper than MAX_DEPTH (walked without recursion), at the node
+    where it passes the limit: the later stages would otherwise exhaust Python's stack."""
+    stack = [(tree, 1, tree.meta)]
+    while stack:
+        node, depth, meta = stack.pop()
+        meta = node.meta if not node.meta.empty else meta  # the nearest node with a span
+        if depth > MAX_DEPTH:
+            raise MaskSpecError(
+                f"expression nested more than {MAX_DEPTH} deep", _pos(meta),
+                source=source, path=path,
+                hint="split it with intermediate regions or simplify it (long chains of "
+                "`+` and nested calls nest one level per operation)",
+            )
+        stack.extend((c, depth + 1, meta) for c in node.children if isinstance(c, Tree))
+
+
 def parse(source: str, path: str = "<spec>") -> m.Spec:
     """Parse spec text into the validated spec model; raise MaskSpecError on bad syntax."""
+    source = source.removeprefix("\ufeff")  # a byte-order mark is not part of the text
     try:
         tree = _parser().parse(source)
     except UnexpectedInput as err:
         raise _syntax_error(err, source, path) from None
+    _check_depth(tree, source, path)
     try:
         return _ToModel(source, path).transform(tree)
     except VisitError as err:  # a model validator's MaskSpecError, raised mid-transform
@@ -243,6 +266,21 @@ def parse(source: str, path: str = "<spec>") -> m.Spec:
 
 
 def parse_file(path: str | Path) -> m.Spec:
-    """Read and parse a `.mask` file."""
+    """Read and parse a `.mask` file: a regular file (a directory, FIFO or device is refused
+    without reading it), UTF-8 text (a byte-order mark allowed)."""
     p = Path(path)
-    return parse(p.read_text(), str(p))
+    if not p.is_file():
+        what = "a directory" if p.is_dir() else "not a regular file"
+        raise ValueError(f"spec path {str(p)!r} is {what}: give a .mask file")
+    data = p.read_bytes()
+    try:
+        source = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        pos = m.Pos(line=line, column=column, end_line=line, end_column=column + 1)
+        raise MaskSpecError(
+            f"the file is not UTF-8 text: byte 0x{data[err.start]:02x} cannot start a "
+            "character", pos, path=str(p), hint="save the spec as UTF-8",
+        ) from None
+    return parse(source, str(p))

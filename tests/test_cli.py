@@ -202,7 +202,9 @@ def test_random_failure_prints_a_reproducer_that_reruns_the_case(monkeypatch, ca
         (["--input", "seqlen=4"], "did you mean `seq_len`"),
         (["--input", "seq_len=999"], "must lie in [0, 256]"),
         (["--input", "seq_len=x"], "'x' is not an integer"),
+        (["--input", "seq_len=99999999999999999999"], "--input seq_len: '9999"),
         (["--param", "nope=1"], "has no param `nope`"),
+        (["--q-len", "1000000", "--kv-len", "5000000"], "GiB, more than this machine"),
     ],
 )
 def test_bad_arguments_exit_2(argv, needle, capsys):
@@ -221,3 +223,41 @@ def test_compile_emits_the_generated_triton_kernel(capsys):
     assert text == triton_rows.source(maskspec.load(spec).ir)
     compile(text, "kernel.py", "exec")
     assert "def count_kernel(" in text and "search(" in text  # document edges: binary search
+
+
+def test_internal_errors_exit_3_in_one_line_and_debug_shows_them(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(verify, "validate", broken)
+    argv = ["validate", "eagle3", "--q-len", "64", "--kv-len", "128"]
+    assert cli.main(argv) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("internal error: RuntimeError: boom") and "--debug" in err
+    assert "Traceback" not in err and len(err.splitlines()) <= 2
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.main(["--debug", *argv])
+
+
+def test_spec_paths_that_are_not_files_exit_2(tmp_path, capsys):
+    fifo = tmp_path / "pipe.mask"
+    os.mkfifo(fifo)  # reading it would block forever
+    for path in (tmp_path, fifo):
+        assert cli.main(["show", str(path), "--q-len", "64", "--kv-len", "64"]) == 2
+        assert "give a .mask file" in capsys.readouterr().err
+
+
+def test_empty_masks_print_a_warning(tmp_path, capsys):
+    f = tmp_path / "w.mask"
+    f.write_text("mask w\nparam width: int = 4\nregion r = window(left = width)\n")
+    assert cli.main(["show", str(f), "--q-len", "64", "--kv-len", "64", "--param",
+                     "width=-5"]) == 0
+    assert "3:1: warning: region `r` allows no" in capsys.readouterr().err
+
+
+def test_png_paths_report_the_file_written(tmp_path, capsys):
+    base = ["show", "eagle3", "--q-len", "256", "--kv-len", "512", "--png"]
+    assert cli.main([*base, str(tmp_path)]) == 0
+    assert f"wrote {tmp_path / 'eagle3.png'}" in capsys.readouterr().out
+    assert cli.main([*base, str(tmp_path / "pic")]) == 0
+    assert f"wrote {tmp_path / 'pic.png'}" in capsys.readouterr().out
+    assert (tmp_path / "eagle3.png").is_file() and (tmp_path / "pic.png").is_file()

@@ -3,7 +3,9 @@ inputs raise ValueError naming the input, before any block is computed."""
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 
 import pytest
 import torch
@@ -591,3 +593,67 @@ def test_missing_spec_file_names_the_shipped_ones():
 def test_cpu_with_an_index_is_the_cpu(eagle3):
     bm = eagle3.block_mask(2, 1, 64, 128, "cpu:0", 32, seq_len=torch.tensor([10, 64]))
     assert bm.kv_num_blocks.device.type == "cpu"
+
+
+@pytest.mark.parametrize("text, message, line", [
+    ("mask m\nregion r = full where kv < q" + " + 0" * 700 + "\n", "nested more than", 2),
+    ("mask m\nregion r = full where kv < " + "-" * 700 + "q\n", "nested more than", 2),
+    ("mask m\nregion r = full where kv < " + "min(" * 400 + "q" + ", 1)" * 400 + "\n",
+     "nested more than", 2),
+    ("mask m\ninput a: bool[B]\nregion r = full where kv < a[b]\n", "is bool", 3),
+    ("mask m\ninput x: int[B] in [5, 0]\nregion r = full where kv < x[b]\n", "is empty", 2),
+    ("mask m\ninput x: int[B] in [0, 5] = 9\nregion r = full where kv < x[b]\n",
+     "outside its own range", 2),
+    ("mask m\ninput x: bool[B] in [0, 1]\nregion r = full where x[b]\n", "takes no range", 2),
+    ("mask m\ninput x: int[2147483647]\nregion r = full where kv < x[0]\n", "entries", 2),
+    ("mask m\nregion x = y\nregion y = causal\n", "declared after it", 2),
+    ("mask m\nregion x = x\n", "names itself", 2),
+])
+def test_hostile_specs_get_located_errors(text, message, line):
+    err = _error(text)
+    assert message in err.message and err.pos is not None and err.pos.line == line
+    assert not RAW_TERMINALS.search(str(err))
+
+
+def test_bool_inputs_may_still_be_flags_or_equal():
+    _compile("mask m\ninput a: bool[B]\nregion r = full where a[b]\n")
+    _compile("mask m\ninput a: bool[B]\nregion r = full where a[b] == 1\n")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_spec(tmp_path):
+    f = tmp_path / "bom.mask"
+    f.write_bytes("\ufeffmask m\nregion r = causal\n".encode())
+    assert maskspec.load(f).name == "m"
+
+
+def test_files_that_are_not_utf8_or_not_files_are_refused(tmp_path):
+    f = tmp_path / "latin1.mask"
+    f.write_bytes(b"mask m\nregion r = causal  # caf\xe9\n")
+    with pytest.raises(MaskSpecError, match="not UTF-8") as info:
+        maskspec.load(f)
+    assert (info.value.pos.line, info.value.pos.column) == (2, 25)  # the byte 0xe9
+    with pytest.raises(ValueError, match="is a directory"):
+        maskspec.load(tmp_path)
+    fifo = tmp_path / "pipe.mask"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):  # refused without reading
+        maskspec.load(fifo)
+
+
+@pytest.mark.parametrize("text", [
+    "mask m\nregion r = window(left = -5)\n",
+    "mask m\nregion r = causal where 0\n",
+    "mask m\nregion r = full where kv < q and kv > q\n",
+])
+def test_a_mask_that_allows_nothing_warns(text):
+    with pytest.warns(maskspec.MaskSpecWarning, match="allows no") as record:
+        mask = _compile(text)
+    assert any("2:1: warning" in str(w.message) for w in record)
+    assert not mask.dense(1, 1, 40, 40).any()
+
+
+def test_ordinary_specs_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", maskspec.MaskSpecWarning)
+        for f in [*SPECS.glob("*.mask"), *(SPECS.parent / "benchmarks" / "specs").glob("*.mask")]:
+            maskspec.load(f)

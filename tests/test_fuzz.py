@@ -7,9 +7,11 @@ N generated specs and 3·N mutations.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import re
+import warnings
 from dataclasses import dataclass
 
 import pytest
@@ -18,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import maskspec
+from maskspec.api import CompiledMask
 from maskspec.verify import random_inputs, validate
 
 EXAMPLES = int(os.environ.get("MASKSPEC_FUZZ_EXAMPLES", "300"))
@@ -177,12 +180,20 @@ def shapes(draw: st.DrawFn) -> tuple[int, int, int, int, tuple[int, int]]:
 @settings(max_examples=EXAMPLES)
 @given(valid_specs(), shapes(), st.integers(0, 2**31))
 def test_generated_specs_build_exactly(spec, shape, seed):
+    """Exact against create_block_mask and dense; and a region warned empty is empty."""
     text, params = spec
     B, H, q, kv, bs = shape
-    mask = maskspec.compile(text, "fuzz.mask", **params)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always", maskspec.MaskSpecWarning)
+        mask = maskspec.compile(text, "fuzz.mask", **params)
     inputs = random_inputs(mask, B, H, q, kv, random.Random(seed))
     rep = validate(mask, B, H, q, kv, bs, **inputs)
     assert rep.ok, (text, params, shape, rep.inputs, rep.problems)
+    said = " ".join(str(w.message) for w in warned)
+    for t in mask.ir.terms:
+        if f"region `{t.name}` allows no" in said:
+            alone = CompiledMask(dataclasses.replace(mask.ir, terms=(t,)))
+            assert not alone.dense(B, H, q, kv, **inputs).any(), (text, t.name)
 
 
 @pytest.mark.parametrize(
@@ -272,3 +283,89 @@ def test_token_mutations_compile_or_raise_mask_spec_error(text):
 def test_shipped_specs_compile(text):
     """The mutation seeds themselves are valid (else the fuzzing above proves little)."""
     maskspec.compile(text, "fuzz.mask")
+
+
+# ---------------------------------------------------------------- hostile specs
+
+BIG = st.sampled_from([2**31 - 1, 2**30, 2000000000, 3037000499, 65536, 46341])
+
+
+@st.composite
+def hostile_specs(draw: st.DrawFn) -> str:
+    """Constructs that once escaped as raw exceptions or built wrapped masks: long operator
+    chains, deep nesting, constants whose products overflow, empty or contradictory input
+    declarations, bool inputs as numbers, regions naming later ones."""
+    kind = draw(st.sampled_from(["chain", "unary", "nest", "product", "offset", "input", "bool",
+                                 "order"]))
+    n = draw(st.integers(1, 700))
+    if kind == "chain":
+        op = draw(st.sampled_from(["+ 0", "- 1", "* 1"]))
+        return f"mask m\nregion r = full where kv < q {' '.join([op] * n)}\n"
+    if kind == "unary":
+        return f"mask m\nregion r = full where kv < {'-' * n}q\n"
+    if kind == "nest":
+        f = draw(st.sampled_from(["min", "max"]))
+        return f"mask m\nregion r = full where kv < {f'{f}(' * n}q{', 3)' * n}\n"
+    if kind == "product":
+        factors = " * ".join(str(draw(BIG)) for _ in range(draw(st.integers(1, 4))))
+        side = draw(st.sampled_from(["q * {f}", "{f} - kv", "q + {f}", "(q // 2) * {f}"]))
+        return f"mask m\nregion r = full where kv <= {side.format(f=factors)}\n"
+    if kind == "offset":
+        factors = " * ".join(str(draw(BIG)) for _ in range(draw(st.integers(1, 3))))
+        prim = draw(st.sampled_from(["causal(offset = {f})", "window(left = {f})",
+                                     "window(left = 3, right = {f})", "chunk(size = {f})"]))
+        return f"mask m\nregion r = {prim.format(f=factors)}\n"
+    if kind == "input":
+        lo, hi, default = (draw(st.integers(-9, 9)) for _ in range(3))
+        dtype = draw(st.sampled_from(["int", "bool"]))
+        shape = draw(st.sampled_from(["B", "2147483647", "B, 70000, 300", "Q_LEN"]))
+        decl = f"input x: {dtype}[{shape}] in [{lo}, {hi}] = {default}"
+        use = "x[b]" if shape == "B" else "x[0]" if shape == "2147483647" else "x[q]"
+        return f"mask m\n{decl}\nregion r = full where kv < q + {use} - x[b] * 0\n"
+    if kind == "bool":
+        op = draw(st.sampled_from(["<", "<=", "==", "!=", ">"]))
+        use = draw(st.sampled_from(["a[b]", "a[b] + 1", "2 * a[b]"]))
+        return f"mask m\ninput a: bool[B]\nregion r = full where kv {op} {use}\n"
+    first, second = draw(st.permutations(["x", "y"]))
+    body = draw(st.sampled_from(["{s}", "{f}", "causal & {s}"]))
+    return f"mask m\nregion {first} = {body.format(s=second, f=first)}\nregion {second} = causal\n"
+
+
+def _builds_or_explains(text: str, q: int, kv: int, seed: int) -> None:
+    """Compile and validate at one shape; the only failure allowed, at either step, is a
+    MaskSpecError that points into the text (an overflow found at these sizes included)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", maskspec.MaskSpecWarning)
+            mask = maskspec.compile(text, "fuzz.mask")
+        inputs = random_inputs(mask, 1, 1, q, kv, random.Random(seed))
+        rep = validate(mask, 1, 1, q, kv, 16, **inputs)
+    except maskspec.MaskSpecError as err:
+        msg = str(err)
+        assert LOCATED.match(msg), msg
+        assert not RAW_TERMINALS.search(msg), msg
+        assert err.pos is not None and 1 <= err.pos.line <= len(text.splitlines()), msg
+        return
+    assert rep.ok, (text, q, kv, rep.problems)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(hostile_specs(), st.integers(1, 120), st.integers(1, 120), st.integers(0, 99))
+def test_hostile_specs_build_exactly_or_raise_located_errors(text, q, kv, seed):
+    _builds_or_explains(text, q, kv, seed)
+
+
+@settings(max_examples=EXAMPLES // 3, deadline=None)
+@given(st.one_of(st.binary(max_size=200),
+                 st.sampled_from(SHIPPED).map(lambda t: t.encode("latin-1", "replace")),
+                 st.sampled_from(SHIPPED).map(lambda t: "\ufeff".encode() + t.encode())))
+def test_any_file_loads_or_raises_a_located_error(tmp_path_factory, data):
+    """Binary, Latin-1 and BOM-prefixed files: a spec, or a MaskSpecError naming the file
+    (and, for text, the line and column)."""
+    f = tmp_path_factory.mktemp("files") / "fuzz.mask"
+    f.write_bytes(data)
+    try:
+        maskspec.load(f)
+    except maskspec.MaskSpecError as err:
+        assert str(err).startswith(f"{f}:"), str(err)
+        assert not RAW_TERMINALS.search(str(err)), str(err)
