@@ -33,6 +33,7 @@ def _qkv(q_len, kv_len, device, dtype, grad=False):
             for n in (q_len, kv_len, kv_len)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "q_len", "kv_len", "bs", "inputs"), CASES)
 def test_flex_attention_forward_cpu(name, q_len, kv_len, bs, inputs):
     mask = spec(name)

@@ -30,6 +30,7 @@ def run(*args: object, script: bool = False) -> subprocess.CompletedProcess:
                           timeout=300, encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_validate_eagle3_single_and_random():
     r = run("validate", SPECS / "eagle3.mask", "--q-len", 300, "--kv-len", 1000,
             "--block-size", "64,32", "--input", "seq_len=250", script=True)
@@ -98,6 +99,7 @@ def test_show_randomizes_missing_inputs_and_says_so():
     assert len(_grid_lines(r.stdout, 5)) == 5
 
 
+@pytest.mark.slow
 def test_show_draws_the_chosen_batch_element():
     args = ("show", SPECS / "eagle3.mask", "--q-len", 300, "--kv-len", 900, "--block-size", 64,
             "--batch", 2, "--input", "seq_len=300,100")

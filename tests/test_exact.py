@@ -33,6 +33,7 @@ def _check(name: str, b: int, q: int, kv: int, bs: object, seed: int, padded: bo
     assert rep.ok, (name, b, q, kv, bs, inputs, rep.problems)
 
 
+@pytest.mark.slow
 @settings(max_examples=200)
 @given(shapes(), st.integers(0, 2**31), st.booleans())
 def test_eagle3_matches_create_block_mask(shape, seed, padded):

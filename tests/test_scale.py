@@ -19,6 +19,7 @@ def _bench():
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["eagle3", "document_causal"])
 def test_long_context_build_fits_in_megabytes(case):
     """eagle3 at Q=49152, KV=245760 (create_block_mask: ~112 GB); 64 documents over 131072."""

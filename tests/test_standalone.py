@@ -52,6 +52,7 @@ def test_standalone_equals_maskspec(name, tmp_path):
                            dense[idx[0], idx[1], idx[2], idx[3]])
 
 
+@pytest.mark.slow
 def test_standalone_runs_without_maskspec(tmp_path):
     path = tmp_path / "eagle3_mask.py"
     subprocess.run([sys.executable, "-m", "maskspec", "compile", str(SPECS / "eagle3.mask"),
