@@ -13,7 +13,7 @@ from maskspec import blocks, dense, fused, ir
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.compiler import compile_spec
 from maskspec.errors import did_you_mean
-from maskspec.inputs import bind_inputs, block_size_of, sizes_of
+from maskspec.inputs import bind_inputs, block_size_of, device_of, sizes_of
 from maskspec.parse import data_dir, parse, parse_file
 from maskspec.targets import cp, cute, fa4, flex
 
@@ -37,7 +37,7 @@ class CompiledMask:
         inputs: dict[str, Any], check: bool = True,
     ) -> tuple[dict[str, int], dict[str, torch.Tensor], torch.device]:
         sizes = sizes_of(1 if B is None else B, 1 if H is None else H, Q_LEN, KV_LEN)
-        dev = torch.device(device) if device is not None else _device_of(inputs)
+        dev = device_of(device if device is not None else _device_of(inputs))
         return sizes, bind_inputs(self.ir, sizes, inputs, dev, check), dev
 
     def grid(
@@ -125,7 +125,7 @@ class CompiledMask:
     ) -> tuple[Any, Any]:
         """FlashAttention-4 (forward, backward) block-sparse tensors, FA4's block-size rules."""
         bs = block_size_of(BLOCK_SIZE)
-        dev = torch.device(device) if device is not None else _device_of(inputs)
+        dev = device_of(device if device is not None else _device_of(inputs))
         fa4.check_block_size(bs, fa4.sm_arch(dev, arch))
         grid = self.grid(B, H, Q_LEN, KV_LEN, dev, bs, check_inputs=check_inputs, **inputs)
         return fa4.block_sparse(grid, B, H, bs)
@@ -140,7 +140,7 @@ class CompiledMask:
         The generated CuTe mask_mod, the inputs as aux_tensors and forward/backward
         block-sparse tensors; BLOCK_SIZE defaults to the finest FA4 tiles on the device.
         """
-        dev = torch.device(device) if device is not None else _device_of(inputs)
+        dev = device_of(device if device is not None else _device_of(inputs))
         sm = fa4.sm_arch(dev, arch)
         bs = fa4.default_block_size(sm) if BLOCK_SIZE is None else BLOCK_SIZE
         fwd, bwd = self.fa4_block_sparse(

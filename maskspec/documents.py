@@ -17,6 +17,9 @@ def document_ids(offsets: torch.Tensor, length: int) -> torch.Tensor:
     offset form one trailing (padding) document. Empty documents (repeated offsets) and
     length-1 documents are fine. Accepts shape (D+1,) or (B, D+1); returns (B, length).
     """
+    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+        raise ValueError(f"length must be a non-negative int (positions per sequence), got "
+                         f"{length!r}")
     offsets = torch.as_tensor(offsets)
     if offsets.dim() == 1:
         offsets = offsets.unsqueeze(0)

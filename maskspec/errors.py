@@ -50,6 +50,12 @@ class MaskSpecError(Exception):
         return "\n".join(parts)
 
 
+class SizesError(MaskSpecError, ValueError):
+    """A spec that compiles but cannot be built at the sizes asked for (a divisor below 1,
+    a lookup outside its input, arithmetic past ±2**62): located in the spec, and a
+    ValueError, since the sizes are the caller's arguments."""
+
+
 class MaskSpecWarning(MaskSpecError, UserWarning):
     """A spec that compiles but is almost surely not what was meant (a region that allows
     nothing): rendered like an error, issued with ``warnings.warn``."""

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from maskspec import ir
-from maskspec.errors import MaskSpecError, did_you_mean
+from maskspec.errors import SizesError, did_you_mean
 
 
 def sizes_of(B: int, H: int, Q_LEN: int, KV_LEN: int) -> dict[str, int]:
@@ -30,9 +30,27 @@ def _where(d: ir.InputDecl, mask: ir.MaskIR) -> str:
 def block_size_of(bs: int | tuple[int, int]) -> tuple[int, int]:
     """BLOCK_SIZE as a (Q_BS, KV_BS) pair of positive ints, as create_block_mask takes it."""
     pair = tuple(bs) if isinstance(bs, (tuple, list)) else (bs, bs)
-    if len(pair) != 2 or any(not isinstance(x, int) or x < 1 for x in pair):
+    if len(pair) != 2 or any(not isinstance(x, int) or isinstance(x, bool) or x < 1
+                             for x in pair):
         raise ValueError(f"BLOCK_SIZE must be a positive int or a (Q_BS, KV_BS) pair, got {bs!r}")
     return pair  # type: ignore[return-value]
+
+
+def device_of(device: Any) -> torch.device:
+    """The device to build on, checked: a torch device that holds values (not meta), CUDA
+    only where this torch has it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device (e.g. 'cpu', 'cuda', "
+                         "'cuda:1')") from None
+    if dev.type == "meta":
+        raise ValueError("device 'meta' holds no values: build masks on 'cpu' or 'cuda' (meta "
+                         "input tensors likewise)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(dev)!r}, but this torch has no usable CUDA "
+                         "(torch.cuda.is_available() is False): build on 'cpu'")
+    return dev
 
 
 def _same_device(have: torch.device, want: torch.device) -> bool:
@@ -240,7 +258,7 @@ def check_index_bounds(
                     lo, hi = _value_bounds(a, sizes, inputs)
                 n = inputs[node.input].shape[dim]
                 if lo < 0 or hi > n - 1:
-                    raise MaskSpecError(
+                    raise SizesError(
                         f"index {dim} of `{node.input}` ranges over [{lo}, {hi}] at "
                         f"{sizes_text(sizes)}, but that dimension has {n} entries", node.pos,
                         source=mask.source, path=mask.path,
@@ -265,7 +283,7 @@ def check_value_ranges(
         def visit(e: ir.Expr, iv: ir.Interval, pos: ir.Pos | None = t.pos) -> None:
             far = max((abs(x) for x in iv if math.isfinite(x)), default=0)
             if far > ir.MAX_VALUE:
-                raise MaskSpecError(
+                raise SizesError(
                     f"this expression reaches {far:.3g} at {sizes_text(sizes)}, past the "
                     f"±2**62 within which the mask's 64-bit arithmetic is exact",
                     e.pos or pos, source=mask.source, path=mask.path,
@@ -287,7 +305,7 @@ def check_divisors(mask: ir.MaskIR, sizes: Mapping[str, int]) -> None:
                     if isinstance(node, ir.Bin) and node.op in ("//", "%"):
                         value = ir.const_value(node.b, sizes)
                         if value < 1:
-                            raise MaskSpecError(
+                            raise SizesError(
                                 f"this divisor is {value} at {where}; it must be positive",
                                 node.b.pos or node.pos or c.pos, source=mask.source,
                                 path=mask.path, hint="guard the sizes you build with, or "

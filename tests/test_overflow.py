@@ -41,6 +41,7 @@ def test_sizes_that_overflow_are_refused_when_built(body, small, large):
     with pytest.raises(MaskSpecError, match=r"2\*\*62") as info:
         mask.block_mask(1, 1, large, large, "cpu", 128)
     assert info.value.pos is not None and info.value.pos.line == 2
+    assert isinstance(info.value, ValueError)  # the sizes are the caller's arguments
 
 
 @settings(max_examples=60, deadline=None)

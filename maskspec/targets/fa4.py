@@ -30,12 +30,19 @@ def _tensors_class() -> Any:
 
 
 def sm_arch(device: torch.device | str | None, arch: int | None) -> int:
-    """The SM architecture (90, 100 ...) whose block-size rules apply."""
+    """The SM architecture (90, 100 ...) whose block-size rules apply: ``arch`` as given (an
+    int, 90 or newer: FA4 runs on Hopper and Blackwell), else the CUDA device's."""
     if arch is not None:
-        return int(arch)
+        if not isinstance(arch, int) or isinstance(arch, bool) or arch < 90:
+            raise ValueError(f"arch must be an SM version FA4 runs on, as an int: 90 (Hopper) "
+                             f"or 100 and up (Blackwell), got {arch!r}")
+        return arch
     dev = torch.device(device) if device is not None else None
     if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability(dev)
+        if major < 9:
+            raise ValueError(f"FA4 runs on sm90 (Hopper) and newer; {dev} is "
+                             f"sm{major}{minor}")
         return major * 10 + minor
     raise ValueError(
         "FA4 block sizes depend on the GPU architecture; build on a CUDA device or pass "
