@@ -45,7 +45,7 @@ def test_standalone_equals_maskspec(name, tmp_path):
         for pair in PAIRS:
             for attr in pair:
                 assert torch.equal(getattr(ours, attr), getattr(theirs, attr)), (attr, q, kv)
-        mm = module.make_mask_mod(q, kv, b, h, **inputs)
+        mm = module.make_mask_mod(B=b, H=h, Q_LEN=q, KV_LEN=kv, **inputs)
         dense = mask.dense(b, h, q, kv, **inputs)
         idx = [torch.randint(0, n, (64,)) for n in (b, h, q, kv)]
         assert torch.equal(torch.stack([mm(*i) for i in zip(*idx, strict=True)]),
@@ -76,3 +76,17 @@ def test_standalone_refuses_what_maskspec_refuses(tmp_path):
         with pytest.raises(ValueError, match="B must be a positive int, got 0"):
             build(0, 1, 64, 64, "cpu", 16)
         assert build(None, None, 64, 64, "cpu", 16).kv_num_blocks.shape[:2] == (1, 1)
+
+
+def test_standalone_signatures_mirror_maskspec(tmp_path):
+    """make_mask_mod takes keywords, as CompiledMask.mask_mod, and asks for the sizes the
+    mask uses."""
+    module, _ = _module("eagle3", tmp_path)
+    with pytest.raises(TypeError):
+        module.make_mask_mod(64, 128)  # positional sizes, the old signature
+    with pytest.raises(ValueError, match="uses Q_LEN"):
+        module.make_mask_mod(KV_LEN=128)
+    mm = module.make_mask_mod(B=1, Q_LEN=64, KV_LEN=128)
+    zero = torch.zeros((), dtype=torch.long)
+    assert bool(mm(zero, zero, zero + 5, zero + 64 + 5))  # q's own slot in the first draft
+    assert not bool(mm(zero, zero, zero, zero + 1))  # a later context key
