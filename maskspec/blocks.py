@@ -254,7 +254,7 @@ def chunk_rows(mask: ir.MaskIR, sizes: dict[str, int], block_size: tuple[int, in
     ROW_BUDGET, at least one block. The per-row temporaries are then a few MB however long
     Q_LEN is, beside the output; most specs take one chunk at Q_LEN = 16K or more."""
     pieces = max(lower.family_plan(mask, sizes).enumerated(block_size[1]))
-    width = lower.slot_count(mask, sizes) * (1 + pieces)
+    width = max(1, lower.slot_count(mask, sizes)) * (1 + pieces)
     return max(1, ROW_BUDGET // (width * block_size[0])) * block_size[0]
 
 
