@@ -404,7 +404,7 @@ def compile_spec(spec: m.Spec, **params: int) -> ir.MaskIR:
 
 def _known(e: ir.Expr) -> int | None:
     """The value of an expression of numbers alone (no variables, sizes or inputs)."""
-    if any(isinstance(n, (ir.Var, ir.Size, ir.Load, ir.DocEdge)) for n in e.walk()):
+    if not ir.is_constant(e) or ir.uses(e, ir.Size):
         return None
     return ir.const_value(e, {})
 

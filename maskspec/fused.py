@@ -309,9 +309,8 @@ def tensors(
     """The spec's eight BlockMask tensors at these sizes and bound inputs: the generated
     kernel on CUDA where it fits (``torch_path`` while it compiles, see ``compiled``), else
     lowering to row intervals and ``classify`` (``torch_path`` off CUDA)."""
-    if device.type != "cuda" or triton is None:
-        return torch_path(mask, sizes, inputs, device, block_size)
-    if not compiled(mask, sizes, inputs, device, block_size):
+    if (device.type != "cuda" or triton is None
+            or not compiled(mask, sizes, inputs, device, block_size)):
         return torch_path(mask, sizes, inputs, device, block_size)
     out = build(mask, sizes, inputs, device, block_size)
     if out is not None:

@@ -73,7 +73,12 @@ def _to_tensor(name: str, value: Any, dtype: str, device: torch.device | None) -
             )
         return value
     if isinstance(value, (int, bool, Sequence)) and not isinstance(value, str):
-        t = torch.as_tensor(value, device=device)
+        try:
+            t = torch.as_tensor(value, device=device)
+        except (OverflowError, RuntimeError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"input `{name}` cannot be made a tensor ({err}): give a tensor, or a "
+                f"rectangular list of integers within ±{ir.MAX_NUMBER}") from None
         return t.bool() if dtype == "bool" and t.dtype != torch.bool else t
     raise ValueError(f"input `{name}` must be a tensor or a list of numbers, got {type(value)}")
 
@@ -152,12 +157,8 @@ def bind_inputs(
             t = torch.full(shape, value, dtype=dtype, device=device)
         else:
             raise ValueError(f"input `{name}` is required (declared at {_where(d, mask)})")
-        if check and d.range is not None:
-            lo, hi = (_at_sizes(e, sizes, f"the range of input `{name}`", d, mask)
-                      for e in d.range)
-            _check_range(name, t, lo, hi)
-        elif check and d.dtype == "int":
-            _check_range(name, t, -ir.MAX_NUMBER, ir.MAX_NUMBER)
+        if check and d.dtype == "int":  # bools take no range (the compiler refuses one)
+            _check_range(name, t, *_value_range(d, sizes, mask))
         if check and name in mask.document_inputs():
             _check_sorted(name, t)
         out[name] = t
@@ -190,11 +191,7 @@ def sanitized(
         d = decls[name]
         if d.dtype != "int":
             continue
-        lo, hi = -ir.MAX_NUMBER, ir.MAX_NUMBER
-        if d.range is not None:
-            lo, hi = (_at_sizes(e, sizes, f"the range of input `{name}`", d, mask)
-                      for e in d.range)
-        t = t.clamp(lo, hi)
+        t = t.clamp(*_value_range(d, sizes, mask))
         if name in mask.document_inputs():
             t = t.cummax(-1).values
         out[name] = t
@@ -217,9 +214,21 @@ def _at_sizes(
     try:
         return ir.const_value(e, sizes)
     except ZeroDivisionError:
-        raise ValueError(
-            f"{what} (declared at {_where(d, mask)}) divides by zero at {sizes_text(sizes)}"
-        ) from None
+        raise _divides_by_zero(what, d, mask, sizes) from None
+
+
+def _value_range(d: ir.InputDecl, sizes: Mapping[str, int], mask: ir.MaskIR) -> tuple[int, int]:
+    """``d.value_range(sizes)``; a division by zero names the declaration."""
+    try:
+        return d.value_range(sizes)
+    except ZeroDivisionError:
+        raise _divides_by_zero(f"the range of input `{d.name}`", d, mask, sizes) from None
+
+
+def _divides_by_zero(what: str, d: ir.InputDecl, mask: ir.MaskIR,
+                     sizes: Mapping[str, int]) -> ValueError:
+    return ValueError(
+        f"{what} (declared at {_where(d, mask)}) divides by zero at {sizes_text(sizes)}")
 
 
 def _value_bounds(
@@ -235,6 +244,12 @@ def _value_bounds(
     return int(values.min()), int(values.max())
 
 
+def _positions(sizes: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+    """The real values of b, h, q and kv at these sizes, inclusive."""
+    return {"b": (0, sizes["B"] - 1), "h": (0, sizes["H"] - 1),
+            "q": (0, sizes["Q_LEN"] - 1), "kv": (0, sizes["KV_LEN"] - 1)}
+
+
 def check_index_bounds(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor],
     check: bool = True, static: bool | None = None,
@@ -244,7 +259,7 @@ def check_index_bounds(
     (when ``check`` lets it read them). Lookups are clamped when evaluated, so an unchecked
     out-of-range index would silently reuse an edge value. ``static`` True (False) checks
     only the indices whose bounds the sizes decide (that read inputs); None, both."""
-    ranges = {"b": (0, sizes["B"] - 1), "h": (0, sizes["H"] - 1), "q": (0, sizes["Q_LEN"] - 1)}
+    ranges = _positions(sizes)
     for e in mask.exprs():
         for node in e.walk():
             if not isinstance(node, ir.Load):
@@ -275,9 +290,8 @@ def check_value_ranges(
     primitives' arguments and the row programs derived from them — stays within
     ±MAX_VALUE, by interval arithmetic over the positions and the inputs' value ranges: a
     larger one would wrap in 64-bit integers and silently change the mask."""
-    ranges = {"b": (0, sizes["B"] - 1), "h": (0, sizes["H"] - 1),
-              "q": (0, sizes["Q_LEN"] - 1), "kv": (0, sizes["KV_LEN"] - 1)}
-    values = mask.value_ranges(sizes)
+    ranges = _positions(sizes)
+    values = {d.name: _value_range(d, sizes, mask) for d in mask.inputs}
     lengths = {k: t.shape[-1] for k, t in inputs.items() if t.dim()}
     for t in mask.terms:
         def visit(e: ir.Expr, iv: ir.Interval, pos: ir.Pos | None = t.pos) -> None:

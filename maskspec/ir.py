@@ -446,6 +446,13 @@ class InputDecl:
     default: Expr | None
     pos: Pos | None = field(default=None, compare=False, repr=False)
 
+    def value_range(self, sizes: Mapping[str, int]) -> tuple[int, int]:
+        """The input's value range at these sizes: declared, [0, 1] for bool, else
+        ±MAX_NUMBER (what a checked build verifies and an unchecked one clamps to)."""
+        if self.range is not None:
+            return (const_value(self.range[0], sizes), const_value(self.range[1], sizes))
+        return (0, 1) if self.dtype == "bool" else (-MAX_NUMBER, MAX_NUMBER)
+
 
 @dataclass(frozen=True)
 class Term:
@@ -512,15 +519,8 @@ class MaskIR:
         return set(self.sorted_inputs)
 
     def value_ranges(self, sizes: Mapping[str, int]) -> dict[str, tuple[int, int]]:
-        """Each input's value range at these sizes: declared, [0, 1] for bool, else
-        ±MAX_NUMBER (what a checked build verifies and an unchecked one clamps to)."""
-        out = {}
-        for d in self.inputs:
-            if d.range is not None:
-                out[d.name] = (const_value(d.range[0], sizes), const_value(d.range[1], sizes))
-            else:
-                out[d.name] = (0, 1) if d.dtype == "bool" else (-MAX_NUMBER, MAX_NUMBER)
-        return out
+        """Each input's ``InputDecl.value_range`` at these sizes."""
+        return {d.name: d.value_range(sizes) for d in self.inputs}
 
     def has_families(self) -> bool:
         """Whether some term keeps a strided family (its rows are not plain intervals)."""

@@ -29,6 +29,8 @@ Q, KV, BS = 96, 288, 32
     (lambda m: m.fa4_block_sparse(1, 1, 256, 512, "cpu", arch=True), "arch must be"),
     (lambda m: maskspec.document_ids(torch.tensor([0, 3, 5]), -3), "length must be"),
     (lambda m: m.block_mask(True, 1, Q, KV, "cpu"), "B must be a positive int"),
+    (lambda m: m.block_mask(1, 1, Q, KV, seq_len=[10**20]), "input `seq_len` cannot be"),
+    (lambda m: m.block_mask(2, 1, Q, KV, seq_len=[[1, 2], [3]]), "input `seq_len` cannot be"),
 ])
 def test_bad_arguments_say_what_is_accepted(call, needle):
     with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
