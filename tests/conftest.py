@@ -13,6 +13,13 @@ if not torch.cuda.is_available():  # run the fused Triton kernels on Triton's CP
 import maskspec  # after TRITON_INTERPRET: the kernels are defined at import
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
+# Small params so windows, chunks and blocks land inside the random shapes below.
+PARAMS = {
+    "sliding_window": {"width": 37},
+    "sliding_window_with_sinks": {"width": 45, "sinks": 5},
+    "chunked_causal": {"size": 48},
+    "dflash": {"block": 8},
+}
 
 settings.register_profile(
     "ci",

@@ -4,9 +4,10 @@ import os
 import random
 import re
 import shlex
-import shutil
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,13 +20,17 @@ import maskspec
 from maskspec import cli, render, verify
 from maskspec.targets import triton_rows
 
-ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "COLUMNS": "120", "NO_COLOR": "1"}
+# The console script beside this interpreter (the venv's bin/), found without PATH, so the
+# tests pass whether or not the venv is activated (PATH is left out of their environment).
+SCRIPT = Path(sysconfig.get_path("scripts")) / "maskspec"
+ENV = {**os.environ, "PATH": os.defpath, "PYTHONIOENCODING": "utf-8", "COLUMNS": "120",
+       "NO_COLOR": "1"}
 
 
 def run(*args: object, script: bool = False) -> subprocess.CompletedProcess:
     """Run the maskspec command: the installed console script, or ``python -m maskspec``."""
-    exe = [shutil.which("maskspec")] if script else [sys.executable, "-m", "maskspec"]
-    assert exe[0], "the `maskspec` console script is not installed (pip install -e .)"
+    exe = [str(SCRIPT)] if script else [sys.executable, "-m", "maskspec"]
+    assert SCRIPT.exists() or not script, f"no console script at {SCRIPT} (pip install -e .)"
     return subprocess.run([*exe, *map(str, args)], capture_output=True, text=True, env=ENV,
                           timeout=300, encoding="utf-8")
 

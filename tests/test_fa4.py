@@ -13,10 +13,9 @@ import types
 
 import pytest
 import torch
-from conftest import SPECS, spec
+from conftest import PARAMS, SPECS, spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_library import PARAMS
 from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec

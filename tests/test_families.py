@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import DEV, assert_generated_equal
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_fused import DEV, _assert_generated_equal
 from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec
@@ -309,4 +309,4 @@ def test_generated_kernel_builds_strided_specs(text, b, q, kv, bs, seed):
     inputs = random_inputs(mask, b, 1, q, kv, random.Random(seed))
     inputs = {k: v.to(DEV) for k, v in inputs.items()}
     bs = (bs, bs) if isinstance(bs, int) else bs
-    assert _assert_generated_equal(mask, b, 1, q, kv, bs, inputs)
+    assert assert_generated_equal(mask, b, 1, q, kv, bs, inputs)

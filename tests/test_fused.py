@@ -10,57 +10,30 @@ import random
 import pytest
 import torch
 from conftest import spec
+from helpers import DEV, assert_generated_equal, assert_tensors_equal, on_dev
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from test_fuzz import shapes, valid_specs
+from strategies import shapes, valid_specs
 
 import maskspec
 from maskspec import blocks, fused, lower
-from maskspec.api import CompiledMask, shipped_specs
+from maskspec.api import shipped_specs
 from maskspec.lower import Rows
 from maskspec.targets import flex, triton_rows
 from maskspec.verify import random_inputs
 
 pytestmark = pytest.mark.skipif(fused.triton is None, reason="Triton is not installed")
-DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # else the interpreter
 
 BLOCKS = st.sampled_from(
     [(1, 8), (2, 16), (4, 4), (16, 16), (32, 16), (16, 48), (64, 32), (128, 128), (24, 40)]
 )
 
 
-def _on_dev(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: t.to(DEV) for k, t in inputs.items()}
-
-
-NAMES = ("kv_num", "kv_idx", "full_kv_num", "full_kv_idx",
-         "q_num", "q_idx", "full_q_num", "full_q_idx")
-
-
-def _assert_tensors_equal(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> None:
-    for name, a, b in zip(NAMES, got, want, strict=True):
-        assert a.dtype == b.dtype and a.shape == b.shape, name
-        assert torch.equal(a, b), f"{name} differs at {(a != b).nonzero()[:5].tolist()}"
-
-
 def _assert_equal(rows: Rows, q_len: int, kv_len: int, bs: tuple[int, int]) -> None:
     want = flex.index_tensors(blocks.classify(rows, q_len, kv_len, *bs))
     got = fused.classify_rows(rows, q_len, kv_len, bs, release=True)
     assert rows.lo.numel() == rows.hi.numel() == 0  # released for the q-direction outputs
-    _assert_tensors_equal(got, want)
-
-
-def _assert_generated_equal(mask: CompiledMask, b: int, h: int, q: int, kv: int,
-                            bs: tuple[int, int], inputs: dict) -> bool:
-    """The generated build kernel against lowering + torch classification; False if the
-    shape does not fit the kernel (huge interval counts fall back to the torch path)."""
-    sizes, bound, dev = mask._bind(b, h, q, kv, DEV, inputs)
-    got = fused.build(mask.ir, sizes, bound, dev, bs)
-    if got is None:
-        return False
-    rows = lower.row_slots(mask.ir, sizes, bound, dev)
-    _assert_tensors_equal(got, flex.index_tensors(blocks.classify(rows, q, kv, *bs)))
-    return True
+    assert_tensors_equal(got, want)
 
 
 @pytest.mark.slow
@@ -70,7 +43,7 @@ def _assert_generated_equal(mask: CompiledMask, b: int, h: int, q: int, kv: int,
 def test_shipped_specs(name, b, q, extra, bs, seed):
     mask = spec(name)
     kv = q + extra if mask.ir.sizes_used() & {"KV_LEN"} or name.startswith("eagle3") else q
-    inputs = _on_dev(random_inputs(mask, b, 2, q, kv, random.Random(seed)))
+    inputs = on_dev(random_inputs(mask, b, 2, q, kv, random.Random(seed)))
     sizes, bound, dev = mask._bind(b, 2, q, kv, DEV, inputs)
     _assert_equal(lower.row_slots(mask.ir, sizes, bound, dev), q, kv, bs)
 
@@ -127,8 +100,8 @@ def test_dispatch_falls_back_off_cuda(eagle3):
 def test_generated_kernel_matches_lowering(name, b, h, q, extra, bs, seed):
     mask = spec(name)
     kv = q + extra if mask.ir.sizes_used() & {"KV_LEN"} or name.startswith("eagle3") else q
-    inputs = _on_dev(random_inputs(mask, b, h, q, kv, random.Random(seed)))
-    assert _assert_generated_equal(mask, b, h, q, kv, bs, inputs)
+    inputs = on_dev(random_inputs(mask, b, h, q, kv, random.Random(seed)))
+    assert assert_generated_equal(mask, b, h, q, kv, bs, inputs)
 
 
 @pytest.mark.slow
@@ -139,8 +112,8 @@ def test_generated_kernel_builds_fuzzed_specs(spec_text, shape, seed):
     text, params = spec_text
     b, h, q, kv, bs = shape
     mask = maskspec.compile(text, "fuzz.mask", **params)
-    inputs = _on_dev(random_inputs(mask, b, h, q, kv, random.Random(seed)))
-    assume(_assert_generated_equal(mask, b, h, q, kv, bs, inputs))
+    inputs = on_dev(random_inputs(mask, b, h, q, kv, random.Random(seed)))
+    assume(assert_generated_equal(mask, b, h, q, kv, bs, inputs))
 
 
 SMALL = (2, 90, 150, (16, 32))  # B, Q_LEN, KV_LEN, BLOCK_SIZE
@@ -170,7 +143,7 @@ SMALL = (2, 90, 150, (16, 32))  # B, Q_LEN, KV_LEN, BLOCK_SIZE
 ])
 def test_generated_kernel_edge_cases(text, shape):
     b, q, kv, bs = shape
-    assert _assert_generated_equal(maskspec.compile(text, "m.mask"), b, 1, q, kv, bs, {})
+    assert assert_generated_equal(maskspec.compile(text, "m.mask"), b, 1, q, kv, bs, {})
 
 
 @pytest.mark.slow
@@ -182,8 +155,8 @@ def test_scans_carry_across_chunks(monkeypatch, name):
     monkeypatch.setattr(fused, "TILES", fused.Tiles(kv_chunk=4, q_chunk=2, strip=2))
     mask, q = spec(name), 70
     kv = 3 * q + 5 if name == "eagle3" else q
-    inputs = _on_dev(random_inputs(mask, 2, 1, q, kv, random.Random(3)))
-    assert _assert_generated_equal(mask, 2, 1, q, kv, (8, 4), inputs)
+    inputs = on_dev(random_inputs(mask, 2, 1, q, kv, random.Random(3)))
+    assert assert_generated_equal(mask, 2, 1, q, kv, (8, 4), inputs)
     sizes, bound, dev = mask._bind(2, 1, q, kv, DEV, inputs)
     _assert_equal(lower.row_slots(mask.ir, sizes, bound, dev), q, kv, (8, 4))
 
@@ -197,10 +170,10 @@ def test_many_intervals_per_row():
                             "region e = diagonal(period = Q_LEN, offset = 3)"
                             " where kv < q + n[b]\n")
     q, kv = 40, 40 * 41 + 7
-    inputs = _on_dev({"n": torch.tensor([40, 23])})
+    inputs = on_dev({"n": torch.tensor([40, 23])})
     _, k = fused.generated(mask.ir).plan({"B": 2, "H": 1, "Q_LEN": q, "KV_LEN": kv})
     assert fused._slots(k) == 64 and fused._row_chunk(16, fused._slots(k)) == 1
-    assert _assert_generated_equal(mask, 2, 1, q, kv, (16, 64), inputs)
+    assert assert_generated_equal(mask, 2, 1, q, kv, (16, 64), inputs)
 
 
 def test_generated_source_is_one_kernel_per_spec(eagle3):

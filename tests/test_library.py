@@ -4,7 +4,7 @@ import random
 
 import pytest
 import torch
-from conftest import SPECS, spec
+from conftest import PARAMS, SPECS, spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,13 +17,6 @@ LIBRARY = [
     "document_bidirectional", "chunked_causal", "sliding_window_with_sinks", "per_head_window",
     "dflash", "eagle3_packed", "eagle3",
 ]
-# Small params so windows, chunks and blocks land inside the random shapes below.
-PARAMS = {
-    "sliding_window": {"width": 37},
-    "sliding_window_with_sinks": {"width": 45, "sinks": 5},
-    "chunked_causal": {"size": 48},
-    "dflash": {"block": 8},
-}
 BLOCK_SIZES = [8, 16, 32, 64, (64, 32), (32, 64), (16, 8), 128]
 
 

@@ -5,7 +5,7 @@ import random
 
 import pytest
 import torch
-from conftest import spec
+from conftest import PARAMS, spec
 from torch.nn.attention.flex_attention import create_mask
 
 from maskspec.verify import random_inputs
@@ -91,12 +91,6 @@ REFERENCES = {f.__name__: f for f in (
     sliding_window_with_sinks, prefix_lm, chunked_causal, document_causal,
     document_bidirectional, per_head_window, dflash,
 )}
-PARAMS = {
-    "sliding_window": {"width": 37},
-    "sliding_window_with_sinks": {"width": 45, "sinks": 5},
-    "chunked_causal": {"size": 48},
-    "dflash": {"block": 8},
-}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))

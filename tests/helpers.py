@@ -1,0 +1,38 @@
+"""Shared checks of the test modules: the device the kernels run on, tensor-for-tensor
+comparison of BlockMask index tensors, and a spec's generated build kernel against the torch
+path."""
+
+import torch
+
+from maskspec import blocks, fused, lower
+from maskspec.api import CompiledMask
+from maskspec.targets import flex
+
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # else the interpreter
+
+
+def on_dev(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: t.to(DEV) for k, t in inputs.items()}
+
+
+NAMES = ("kv_num", "kv_idx", "full_kv_num", "full_kv_idx",
+         "q_num", "q_idx", "full_q_num", "full_q_idx")
+
+
+def assert_tensors_equal(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> None:
+    for name, a, b in zip(NAMES, got, want, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert torch.equal(a, b), f"{name} differs at {(a != b).nonzero()[:5].tolist()}"
+
+
+def assert_generated_equal(mask: CompiledMask, b: int, h: int, q: int, kv: int,
+                            bs: tuple[int, int], inputs: dict) -> bool:
+    """The generated build kernel against lowering + torch classification; False if the
+    shape does not fit the kernel (huge interval counts fall back to the torch path)."""
+    sizes, bound, dev = mask._bind(b, h, q, kv, DEV, inputs)
+    got = fused.build(mask.ir, sizes, bound, dev, bs)
+    if got is None:
+        return False
+    rows = lower.row_slots(mask.ir, sizes, bound, dev)
+    assert_tensors_equal(got, flex.index_tensors(blocks.classify(rows, q, kv, *bs)))
+    return True
