@@ -9,12 +9,10 @@ import argparse
 import math
 import os
 import random
-import shlex
 import sys
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +23,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import maskspec
-from maskspec import blocks, ir, lower, render, standalone, verify
+from maskspec import blocks, cases, ir, lower, render, standalone, verify
 from maskspec.errors import MaskSpecError, MaskSpecWarning, did_you_mean
 from maskspec.inputs import bind_inputs, sizes_of
 from maskspec.targets import triton_rows
-
-# Block sizes --random draws from when none is given: flex's default, FA4's, and smaller ones
-# that put many blocks (and many edge cases) into small shapes.
-RANDOM_BLOCK_SIZES: tuple[tuple[int, int], ...] = (
-    (16, 16), (32, 32), (64, 64), (128, 128), (64, 32), (128, 64), (256, 128),
-)
 
 
 class UsageError(Exception):
@@ -177,63 +169,6 @@ def _inputs_lines(
 # ---------------------------------------------------------------- validate
 
 
-@dataclass
-class Case:
-    """One validation: shape, block size and inputs — and how to run it again."""
-
-    B: int
-    H: int
-    Q_LEN: int
-    KV_LEN: int
-    bs: tuple[int, int]
-    inputs: dict[str, Any] = field(default_factory=dict)
-
-    def title(self) -> str:
-        return (f"B={self.B} H={self.H} Q_LEN={self.Q_LEN} KV_LEN={self.KV_LEN} "
-                f"BLOCK_SIZE={self.bs[0]},{self.bs[1]}")
-
-    def command(self, spec: str, params: Sequence[tuple[str, int]]) -> str:
-        """A command line that reruns exactly this case."""
-        argv = ["maskspec", "validate", spec, "--q-len", str(self.Q_LEN),
-                "--kv-len", str(self.KV_LEN), "--batch", str(self.B), "--heads", str(self.H),
-                "--block-size", f"{self.bs[0]},{self.bs[1]}"]
-        for k, v in params:
-            argv += ["--param", f"{k}={v}"]
-        for k, t in self.inputs.items():
-            flat = torch.as_tensor(t).flatten().long().tolist()
-            argv += ["--input", f"{k}=" + ",".join(map(str, flat))]
-        return shlex.join(argv)
-
-
-def random_case(
-    mask: maskspec.CompiledMask, rng: random.Random, q_max: int, kv_max: int, b_max: int,
-    heads: int, bs: tuple[int, int] | None,
-) -> Case:
-    """A random shape (half of them block- and Q_LEN-aligned) with random values of every input."""
-    q_bs, kv_bs = bs or rng.choice(RANDOM_BLOCK_SIZES)
-    if rng.random() < 0.5 and q_max >= q_bs and kv_max >= kv_bs:
-        q = q_bs * rng.randint(1, q_max // q_bs)
-        if kv_max >= q:  # whole rounds of Q_LEN keys
-            kv = q * rng.randint(1, kv_max // q)
-        else:
-            kv = kv_bs * rng.randint(1, kv_max // kv_bs)
-    else:
-        q, kv = rng.randint(1, q_max), rng.randint(1, kv_max)
-    b = rng.randint(1, b_max)
-    inputs = verify.random_inputs(mask, b, heads, q, kv, rng)
-    return Case(b, heads, q, kv, (q_bs, kv_bs), inputs)
-
-
-def _problems(mask: maskspec.CompiledMask, case: Case) -> list[str]:
-    """Validate one case; an exception is a problem too (with its type, for the reproducer)."""
-    try:
-        rep = verify.validate(mask, case.B, case.H, case.Q_LEN, case.KV_LEN, case.bs,
-                              **case.inputs)
-    except Exception as err:
-        return [f"{type(err).__name__}: {err}"]
-    return rep.problems
-
-
 def _report_table(rep: verify.Report) -> Table:
     total = rep.full + rep.partial + rep.empty
     table = Table("blocks", "count", "share", title=None, box=None)
@@ -248,7 +183,8 @@ def cmd_validate(args: argparse.Namespace, out: Console) -> int:
         if args.input:
             raise UsageError("--input cannot be combined with --random: each case draws its own")
         return _validate_random(mask, args, out)
-    case = Case(args.batch or 1, args.heads, args.q_len, args.kv_len, args.block_size or (128, 128))
+    case = cases.Case(args.batch or 1, args.heads, args.q_len, args.kv_len,
+                      args.block_size or (128, 128))
     sizes = sizes_of(case.B, case.H, case.Q_LEN, case.KV_LEN)
     seed = _seed(args)
     given = given_inputs(mask, args.input, sizes)
@@ -261,8 +197,9 @@ def cmd_validate(args: argparse.Namespace, out: Console) -> int:
     out.print(_report_table(rep))
     out.print(f"allowed (q, kv) pairs: {rep.density:.2%}  (sparsity {1 - rep.density:.2%})")
     if rep.ok:
-        out.print("[green]OK[/]: BlockMask equals create_block_mask's in all 8 tensors (FULL and "
-                  "PARTIAL, kv and q directions), layout valid, mask_mod equals dense")
+        out.print(f"[green]OK[/] at BLOCK_SIZE={case.bs[0]},{case.bs[1]}: BlockMask equals "
+                  "create_block_mask's in all 8 tensors (FULL and PARTIAL, kv and q "
+                  "directions), layout valid, mask_mod equals dense", highlight=False)
         return 0
     out.print("[red]DISAGREE[/]:")
     for p in rep.problems:
@@ -273,7 +210,7 @@ def cmd_validate(args: argparse.Namespace, out: Console) -> int:
 DENSE_BYTES_PER_PAIR = 40  # what validate's dense evaluations hold per (q, kv) pair, at most
 
 
-def _dense_fits(case: Case) -> None:
+def _dense_fits(case: cases.Case) -> None:
     """Refuse sizes whose dense evaluation would not fit in this machine's memory, with the
     estimate, rather than dying in the allocator."""
     need = case.B * case.H * case.Q_LEN * case.KV_LEN * DENSE_BYTES_PER_PAIR
@@ -288,36 +225,66 @@ def _dense_fits(case: Case) -> None:
 def _validate_random(mask: maskspec.CompiledMask, args: argparse.Namespace, out: Console) -> int:
     seed = _seed(args)
     rng = random.Random(seed)
-    cases = [
-        random_case(mask, rng, args.q_len, args.kv_len, args.batch or 2, args.heads,
-                    args.block_size)
+    drawn = [
+        cases.random_case(mask, rng, args.q_len, args.kv_len, args.batch or 2, args.heads,
+                          args.block_size)
         for _ in range(args.random)
     ]
-    failures: list[tuple[Case, list[str]]] = []
     start = time.perf_counter()
-    progress = Progress(TextColumn("validating"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TextColumn("{task.fields[now]}"),
-                        console=Console(stderr=True), transient=True)
-    with progress:
-        task = progress.add_task("", total=len(cases), now="")
-        for case in cases:
-            progress.update(task, now=f"Q_LEN={case.Q_LEN} KV_LEN={case.KV_LEN}")
-            problems = _problems(mask, case)
-            if problems:
-                failures.append((case, problems))
-            progress.advance(task)
+    failures = [(c, found) for c, found in _progress(mask, drawn) if found[0]]
     elapsed = time.perf_counter() - start
-    ok = len(cases) - len(failures)
-    out.print(f"{mask.name}: {len(cases)} random cases (--seed {seed}; Q_LEN ≤ {args.q_len}, "
-              f"KV_LEN ≤ {args.kv_len}): {ok} agree, {len(failures)} disagree, "
-              f"in {elapsed:.1f} s", highlight=False)
-    for case, problems in failures:
+    blocks_text = ("BLOCK_SIZE={},{}".format(*args.block_size) if args.block_size else
+                   "BLOCK_SIZE drawn from " + " ".join(f"{q},{k}" for q, k in
+                                                       cases.RANDOM_BLOCK_SIZES))
+    out.print(f"{mask.name}: {len(drawn)} random cases (--seed {seed}; Q_LEN ≤ {args.q_len}, "
+              f"KV_LEN ≤ {args.kv_len}, {blocks_text}): {len(drawn) - len(failures)} agree, "
+              f"{len(failures)} disagree, in {elapsed:.1f} s", highlight=False)
+    for case, (how, found) in failures:
         out.print(f"[red]DISAGREE[/] at {case.title()}", highlight=False)
-        for p in problems:
+        small, tries = cases.shrink(mask, case,
+                                    lambda c, how=how: cases.problems(mask, c)[0] == how)
+        if small is not case:
+            found = cases.problems(mask, small)[1]
+            out.print(f"  shrunk to {small.title()} ({tries} cases tried), which fails the "
+                      "same way:", highlight=False)
+        for p in found:
             out.print(f"  {p}", highlight=False, markup=False)
-        out.print("  reproduce: " + case.command(args.spec, args.param), highlight=False,
+        out.print("  reproduce: " + small.command(args.spec, args.param), highlight=False,
                   markup=False, soft_wrap=True)
     return 1 if failures else 0
+
+
+PLAIN_PROGRESS_S = 10.0  # without a terminal, a progress line at most this often
+
+
+def _progress(
+    mask: maskspec.CompiledMask, drawn: list[cases.Case]
+) -> Iterator[tuple[cases.Case, tuple[str | None, list[str]]]]:
+    """Each case with its result, reporting progress on stderr: a bar on a terminal, else a
+    plain line every PLAIN_PROGRESS_S seconds (logs, CI)."""
+    err = Console(stderr=True)
+    if not err.is_terminal:
+        start = last = time.perf_counter()
+        bad = 0
+        for i, case in enumerate(drawn, 1):
+            found = cases.problems(mask, case)
+            bad += found[0] is not None
+            yield case, found
+            now = time.perf_counter()
+            if now - last >= PLAIN_PROGRESS_S and i < len(drawn):
+                last = now
+                err.print(f"validating: {i}/{len(drawn)} cases, {bad} disagree, "
+                          f"{now - start:.0f} s", highlight=False)
+        return
+    progress = Progress(TextColumn("validating"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("{task.fields[now]}"),
+                        console=err, transient=True)
+    with progress:
+        task = progress.add_task("", total=len(drawn), now="")
+        for case in drawn:
+            progress.update(task, now=f"Q_LEN={case.Q_LEN} KV_LEN={case.KV_LEN}")
+            yield case, cases.problems(mask, case)
+            progress.advance(task)
 
 
 # ---------------------------------------------------------------- show and explain
@@ -338,45 +305,81 @@ def _header(mask: maskspec.CompiledMask, sizes: dict[str, int], bs: tuple[int, i
             f"KV_LEN={sizes['KV_LEN']} BLOCK_SIZE={bs[0]},{bs[1]}")
 
 
+MAX_DRAWN = 4  # how many different (batch, head) grids ``show`` draws
+
+
 def cmd_show(args: argparse.Namespace, out: Console) -> int:
     mask = _load(args)
     bs = args.block_size or (128, 128)
     sizes, inputs, randomized, seed = _sized_inputs(mask, args, True)
-    b, h = args.at
-    if b >= sizes["B"] or h >= sizes["H"]:
-        raise UsageError(f"--at {b},{h} is outside the batch (B={sizes['B']}) or the heads "
-                         f"(H={sizes['H']}); pass --batch / --heads to draw more")
     grid = mask.grid(sizes["B"], sizes["H"], sizes["Q_LEN"], sizes["KV_LEN"], "cpu", bs,
                      **inputs)
-    codes = render.classes(grid, b, h)
-    out.print(_header(mask, sizes, bs) + f"  grid {codes.shape[0]}×{codes.shape[1]} blocks"
-              + (f"  (showing b={b}, h={h})" if sizes["B"] * sizes["H"] > 1 else ""),
-              highlight=False)
-    for line in _inputs_lines(mask, inputs, randomized, seed):
+    groups = _groups(grid, sizes, args.at)
+    n_q, n_kv = groups[0][0].shape
+    out.print(_header(mask, sizes, bs) + f"  grid {n_q}×{n_kv} blocks", highlight=False)
+    notes = _inputs_lines(mask, inputs, randomized, seed)
+    for line in notes:
         out.print("  " + line, highlight=False)
-    out.print(render.terminal(codes, out.width))
-    n = render.counts(codes)
-    out.print("  ".join(f"{k} {v}" for k, v in n.items()), highlight=False)
-    if args.png:
-        mm = mask.mask_mod(B=sizes["B"], H=sizes["H"], Q_LEN=sizes["Q_LEN"],
-                           KV_LEN=sizes["KV_LEN"], **inputs)
-        picks = render.zoom_blocks(codes, bs[0], bs[1], sizes["Q_LEN"])
-        lens = (sizes["Q_LEN"], sizes["KV_LEN"])
-        zooms = [render.zoom(mm, "AB"[i], r, c, bs, lens, b, h)
-                 for i, (r, c) in enumerate(picks)]
-        path = _png_path(args.png, mask.name)
-        render.png(path, codes, bs, zooms, _header(mask, sizes, bs) + f"  b={b} h={h}")
-        out.print(f"wrote {path}", highlight=False)
+    for i, (codes, where) in enumerate(groups[:MAX_DRAWN]):
+        if sizes["B"] * sizes["H"] > 1:
+            out.print(_where_text(where, sizes), highlight=False)
+        out.print(render.terminal(codes, out.width))
+        counts = "  ".join(f"{k} {v}" for k, v in render.counts(codes).items())
+        out.print(counts, highlight=False)
+        if args.png:
+            path = _png_path(args.png, mask.name, where[0] if i else None)
+            _write_png(path, mask, sizes, inputs, bs, codes, where[0], [*notes, counts])
+            out.print(f"wrote {path}", highlight=False)
+    if len(groups) > MAX_DRAWN:
+        out.print(f"{len(groups) - MAX_DRAWN} more (b, h) pairs have grids of their own; draw "
+                  "one with --at B,H", highlight=False)
     return 0
 
 
-def _png_path(given: str, name: str) -> Path:
+def _groups(
+    grid: blocks.BlockGrid, sizes: dict[str, int], at: tuple[int, int] | None
+) -> list[tuple[torch.Tensor, list[tuple[int, int]]]]:
+    """The grids to draw: the one at ``--at``, or each different one with the (b, h) it is."""
+    if at is None:
+        return render.distinct(grid, sizes["B"], sizes["H"])
+    b, h = at
+    if b >= sizes["B"] or h >= sizes["H"]:
+        raise UsageError(f"--at {b},{h} is outside the batch (B={sizes['B']}) or the heads "
+                         f"(H={sizes['H']}); pass --batch / --heads to draw more")
+    return [(render.classes(grid, b, h), [at])]
+
+
+def _where_text(where: list[tuple[int, int]], sizes: dict[str, int]) -> str:
+    """Which (batch, head) pairs a drawn grid is: ``b=1 h=0`` and the others that equal it."""
+    names = [f"b={b} h={h}" for b, h in where]
+    if len(where) == sizes["B"] * sizes["H"]:
+        return f"{names[0]} (every b and h: the same grid)"
+    more = f", and {len(names) - 6} more" if len(names) > 6 else ""
+    same = f" (the same grid: {', '.join(names[1:6])}{more})" if len(names) > 1 else ""
+    return names[0] + same
+
+
+def _write_png(
+    path: Path, mask: maskspec.CompiledMask, sizes: dict[str, int], inputs: dict[str, Any],
+    bs: tuple[int, int], codes: torch.Tensor, at: tuple[int, int], notes: list[str],
+) -> None:
+    """The grid of batch element and head ``at`` as a PNG, with element-level zooms."""
+    b, h = at
+    mm = mask.mask_mod(B=sizes["B"], H=sizes["H"], Q_LEN=sizes["Q_LEN"], KV_LEN=sizes["KV_LEN"],
+                       **inputs)
+    lens = (sizes["Q_LEN"], sizes["KV_LEN"])
+    zooms = [render.zoom(mm, "AB"[i], r, c, bs, lens, b, h)
+             for i, (r, c) in enumerate(render.zoom_blocks(codes, bs[0], bs[1], lens[0]))]
+    render.png(path, codes, bs, zooms, _header(mask, sizes, bs) + f"  b={b} h={h}", notes)
+
+
+def _png_path(given: str, name: str, at: tuple[int, int] | None = None) -> Path:
     """Where ``--png`` writes: into a directory as ``<mask name>.png``; a name without an
-    extension gets ``.png``."""
+    extension gets ``.png``; a second (b, h) grid gets ``_b<b>_h<h>`` after the stem."""
     path = Path(given)
-    if path.is_dir():
-        return path / f"{name}.png"
-    return path if path.suffix else path.with_suffix(".png")
+    path = path / f"{name}.png" if path.is_dir() else path if path.suffix else path.with_suffix(
+        ".png")
+    return path if at is None else path.with_stem(f"{path.stem}_b{at[0]}_h{at[1]}")
 
 
 def block_stats(
@@ -485,8 +488,9 @@ def _parser() -> argparse.ArgumentParser:
     s = command("show", "Draw the FULL/PARTIAL/EMPTY block grid (inputs not given are random).",
                 True)
     s.add_argument("--png", metavar="FILE", help="also save a PNG with element-level zooms")
-    s.add_argument("--at", type=_at, default=(0, 0), metavar="B,H",
-                   help="which batch element and head to draw (default 0,0)")
+    s.add_argument("--at", type=_at, metavar="B,H",
+                   help="draw only this batch element and head (default: each different "
+                   f"grid, up to {MAX_DRAWN})")
     s.set_defaults(run=cmd_show)
     e = command("explain", "Say what each region allows and, at given sizes, what is left.",
                 False)
@@ -495,7 +499,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Emit a standalone Python module, importing only torch, "
                        "with the spec's mask_mod and its analytic BlockMask builder; or, with "
                        "--emit triton, the Triton kernel maskspec generates for CUDA builds.")
-    c.add_argument("spec", help="the .mask file")
+    c.add_argument("spec", help="a .mask file, or a shipped spec's name (eagle3)")
     c.add_argument("--emit", choices=["python", "triton"], default="python",
                    help="what to emit (default python)")
     c.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")

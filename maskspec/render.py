@@ -7,9 +7,10 @@ element mask_mod, else FULL if any block is fully computed, else EMPTY.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.text import Text
@@ -24,7 +25,6 @@ NAMES = {EMPTY: "EMPTY", FULL: "FULL", PARTIAL: "PARTIAL"}
 PALETTE = {EMPTY: "#e9ecef", FULL: "#2f9e44", PARTIAL: "#f59f00"}
 CHARS = {EMPTY: "··", FULL: "██", PARTIAL: "▒▒"}
 ALLOWED, MASKED = "#1c7ed6", "#ffffff"
-GRID_RECT = (0.06, 0.10, 0.56, 0.76)  # the PNG's block-grid axes, in figure fractions
 MAX_ROWS = 48
 
 
@@ -132,44 +132,107 @@ def zoom(
     return Zoom(label, row, col, (q0, q1), (k0, k1), allowed.expand(q1 - q0, k1 - k0))
 
 
-def png(
-    path: str | Path, codes: torch.Tensor, bs: tuple[int, int], zooms: list[Zoom], title: str
-) -> None:
-    """Save the block grid (colored by class) and element-level zooms as a PNG."""
+def distinct(grid: BlockGrid, B: int, H: int) -> list[tuple[torch.Tensor, list[tuple[int, int]]]]:
+    """The different block grids among the B × H (batch, head) pairs, in order: each grid's
+    codes with every (b, h) that has it (broadcast dims count once per real index)."""
+    groups: list[tuple[torch.Tensor, list[tuple[int, int]]]] = []
+    for b in range(B):
+        for h in range(H):
+            codes = classes(grid, b, h)
+            same = next((g for g in groups if torch.equal(g[0], codes)), None)
+            if same is None:
+                groups.append((codes, [(b, h)]))
+            else:
+                same[1].append((b, h))
+    return groups
+
+
+GRID_LINES_MAX = 160  # draw block boundaries along an axis with at most this many cells
+PNG_SIZE = (13.0, 7.5)  # inches at 100 dpi, whatever the grid's size
+
+
+def figure(
+    codes: torch.Tensor, bs: tuple[int, int], zooms: list[Zoom], title: str,
+    notes: Sequence[str] = (),
+) -> Any:
+    """The block grid (colored by class, block boundaries drawn where they can be told apart),
+    the element-level zooms beside it and ``notes`` (inputs, counts) below them, laid out by
+    matplotlib's constrained layout so nothing overlaps at any grid size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
+    fig = plt.figure(figsize=PNG_SIZE, dpi=100, layout="constrained")
+    gs = fig.add_gridspec(3, 2, width_ratios=(1.7, 1), height_ratios=(1, 1, 0.7))
+    ax = fig.add_subplot(gs[:, 0])
     n_q, n_kv = codes.shape
-    aspect = (n_q * bs[0]) / (n_kv * bs[1])
-    width = 12.0
-    height = min(12.0, max(6.0, width * GRID_RECT[2] / GRID_RECT[3] * aspect))
-    fig = plt.figure(figsize=(width, height), dpi=100)
-    ax = fig.add_axes(GRID_RECT)
     f = factor_for((n_q, n_kv), 1000, 1000)
+    cells = pool(codes, f)
     cmap = ListedColormap([PALETTE[EMPTY], PALETTE[FULL], PALETTE[PARTIAL]])
-    ax.imshow(pool(codes, f).numpy(), cmap=cmap, vmin=0, vmax=2, interpolation="nearest",
-              aspect="auto", extent=(0, n_kv, n_q, 0))
-    ax.set_xlabel("kv block")
-    ax.set_ylabel("q block")
+    ax.imshow(cells.numpy(), cmap=cmap, vmin=0, vmax=2, interpolation="nearest",
+              aspect="auto", extent=(0, cells.shape[1] * f, cells.shape[0] * f, 0))
+    ax.set_xlim(0, n_kv)
+    ax.set_ylim(n_q, 0)
+    _cell_lines(ax, cells.shape, f)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+    ax.set_xlabel(f"kv block ({bs[1]} keys)")
+    ax.set_ylabel(f"q block ({bs[0]} queries)")
     fig.suptitle(title + (f"  (cells of {f}×{f} blocks, strongest class)" if f > 1 else ""))
-    legend = [Patch(color=PALETTE[c], label=NAMES[c]) for c in (FULL, PARTIAL, EMPTY)]
-    fig.legend(handles=legend, loc="lower left", bbox_to_anchor=(GRID_RECT[0], 0.87), ncol=3,
-               frameon=False)
-    for i, z in enumerate(zooms):
-        ax.add_patch(Rectangle((z.col, z.row), 1, 1, fill=False, edgecolor="black", lw=1.5))
-        ax.annotate(z.label, (z.col, z.row), xytext=(-2, 2), textcoords="offset points",
-                    ha="right", va="bottom", fontsize=9, fontweight="bold")
-        zax = fig.add_axes((0.70, 0.10 + (1 - i) * 0.46, 0.27, 0.30))
-        zax.imshow(z.allowed.numpy(), cmap=ListedColormap([MASKED, ALLOWED]), vmin=0, vmax=1,
-                   interpolation="nearest", aspect="auto",
-                   extent=(z.kv[0], z.kv[1], z.q[1], z.q[0]))
-        zax.set_title(f"{z.label}: block ({z.row}, {z.col}), allowed pairs in blue", fontsize=9)
-        zax.set_xlabel("kv")
-        zax.set_ylabel("q")
+    for z in zooms:  # a marker of fixed size on screen: visible however many blocks there are
+        ax.plot(z.col + 0.5, z.row + 0.5, marker="s", markersize=14, markerfacecolor="none",
+                markeredgecolor="black", markeredgewidth=1.5)
+        ax.annotate(z.label, (z.col + 0.5, z.row + 0.5), xytext=(-9, 9),
+                    textcoords="offset points", ha="right", va="bottom", fontweight="bold")
+    for i, z in enumerate(zooms):  # zoom_blocks picks at most two
+        _zoom_axes(fig.add_subplot(gs[i, 1]), z, ListedColormap([MASKED, ALLOWED]), MaxNLocator)
+    info = fig.add_subplot(gs[2, 1])
+    info.axis("off")
+    info.legend(handles=[Patch(color=PALETTE[c], label=NAMES[c]) for c in (FULL, PARTIAL, EMPTY)],
+                loc="upper left", ncol=3, frameon=False)
+    info.text(0, 0.72, "\n".join(notes), va="top", fontsize=9, family="monospace",
+              transform=info.transAxes, wrap=True)
+    return fig
+
+
+def _cell_lines(ax: Any, shape: tuple[int, int], f: int) -> None:
+    """Thin white lines between cells (blocks when f = 1) along each axis with few enough
+    cells to tell them apart, so neighbouring PARTIAL blocks do not merge into one patch."""
+    import numpy as np
+
+    if shape[1] <= GRID_LINES_MAX:
+        ax.set_xticks(np.arange(shape[1] + 1) * f, minor=True)
+    if shape[0] <= GRID_LINES_MAX:
+        ax.set_yticks(np.arange(shape[0] + 1) * f, minor=True)
+    ax.xaxis.remove_overlapping_locs = ax.yaxis.remove_overlapping_locs = False  # keep all lines
+    ax.tick_params(which="minor", length=0)
+    ax.grid(which="minor", color="white", linewidth=0.6)
+
+
+def _zoom_axes(zax: Any, z: Zoom, cmap: Any, locator: Any) -> None:
+    """One zoomed block, element by element, with at most a few position labels per axis."""
+    zax.imshow(z.allowed.numpy(), cmap=cmap, vmin=0, vmax=1, interpolation="nearest",
+               aspect="auto", extent=(z.kv[0], z.kv[1], z.q[1], z.q[0]))
+    zax.set_title(f"{z.label}: block ({z.row}, {z.col}), allowed pairs in blue", fontsize=9)
+    zax.xaxis.set_major_locator(locator(nbins=3, integer=True))
+    zax.yaxis.set_major_locator(locator(nbins=4, integer=True))
+    zax.tick_params(labelsize=8)
+    zax.set_xlabel("kv")
+    zax.set_ylabel("q")
+
+
+def png(
+    path: str | Path, codes: torch.Tensor, bs: tuple[int, int], zooms: list[Zoom], title: str,
+    notes: Sequence[str] = (),
+) -> None:
+    """Save ``figure(...)`` as a PNG (fixed pixel size, whatever the grid's size)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(codes, bs, zooms, title, notes)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

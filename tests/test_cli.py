@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from conftest import SPECS
 from matplotlib import colors
 from matplotlib import image as mpimg
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec
@@ -70,30 +72,98 @@ def _grid_lines(text: str, n: int) -> list[str]:
     return rows
 
 
-def test_show_prints_grid_and_png_colors(tmp_path):
-    out = tmp_path / "causal.png"
-    r = run("show", SPECS / "causal.mask", "--q-len", 512, "--kv-len", 512, "--block-size", 128,
-            "--png", out)
+def _figures(monkeypatch) -> list:
+    """Capture every figure ``show --png`` draws (to read its layout after saving)."""
+    drawn: list = []
+    real = render.figure
+
+    def keep(*args, **kwargs):
+        drawn.append(real(*args, **kwargs))
+        return drawn[-1]
+    monkeypatch.setattr(render, "figure", keep)
+    return drawn
+
+
+def test_show_prints_grid_and_png_colors(tmp_path, monkeypatch):
+    r = run("show", SPECS / "causal.mask", "--q-len", 512, "--kv-len", 512, "--block-size", 128)
     assert r.returncode == 0, r.stdout + r.stderr
     f, p, e = (render.CHARS[c] for c in (render.FULL, render.PARTIAL, render.EMPTY))
     # Causal, 4×4 blocks of 128: FULL below the diagonal, PARTIAL on it, EMPTY above.
     assert _grid_lines(r.stdout, 4) == [f * i + p + e * (3 - i) for i in range(4)]
     assert "FULL" in r.stdout and "PARTIAL" in r.stdout and "EMPTY" in r.stdout
 
+    out = tmp_path / "causal.png"
+    figs = _figures(monkeypatch)
+    assert cli.main(["show", "causal", "--q-len", "512", "--kv-len", "512", "--png",
+                     str(out)]) == 0
     img = mpimg.imread(out)
-    h, w = img.shape[:2]
-    left, bottom, width, height = render.GRID_RECT
+    to_pixels = figs[0].axes[0].transData.transform
 
-    def pixel(i: int, j: int) -> tuple[float, ...]:
-        x = (left + (j + 0.5) / 4 * width) * w
-        y = (1 - bottom - (1 - (i + 0.5) / 4) * height) * h
-        return tuple(img[int(y), int(x), :3])
+    def pixel(y: float, x: float) -> tuple[float, ...]:
+        px, py = to_pixels((x, y))
+        return tuple(img[int(img.shape[0] - py), int(px), :3])
 
     expect = {(0, 3): render.EMPTY, (1, 1): render.PARTIAL, (2, 0): render.FULL,
               (3, 3): render.PARTIAL, (3, 1): render.FULL, (1, 2): render.EMPTY}
     for (i, j), cls in expect.items():
-        assert pixel(i, j) == pytest.approx(colors.to_rgb(render.PALETTE[cls]), abs=2 / 255), (
-            (i, j), render.NAMES[cls])
+        assert pixel(i + 0.5, j + 0.5) == pytest.approx(
+            colors.to_rgb(render.PALETTE[cls]), abs=2 / 255), ((i, j), render.NAMES[cls])
+    # A line between the two FULL blocks of row 3: neighbouring blocks stay apart.
+    green = sum(colors.to_rgb(render.PALETTE[render.FULL]))
+    assert sum(pixel(3.5, 1.0)) > green + 0.5
+
+
+def _overlaps(boxes: list) -> list:
+    return [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+
+
+def _renderer(fig):
+    """A renderer with ``fig`` laid out and drawn as it was saved."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def _check_layout(fig) -> None:
+    """Nothing written on the picture overlaps: tick labels along each axis, titles, axes."""
+    renderer = _renderer(fig)
+    for ax in fig.axes:
+        for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+            boxes = [t.get_window_extent(renderer) for t in labels
+                     if t.get_visible() and t.get_text()]
+            assert not _overlaps(boxes), [t.get_text() for t in labels]
+    titled = [ax.title for ax in fig.axes if ax.get_title()] + [fig._suptitle]
+    assert not _overlaps([t.get_window_extent(renderer) for t in titled])
+    drawn = [ax.get_tightbbox(renderer) for ax in fig.axes if ax.axison]
+    assert not _overlaps(drawn)
+
+
+@pytest.mark.parametrize(("spec", "q", "kv", "bs", "more"), [
+    ("causal", 1, 1, "128", []),                  # one block
+    ("document_causal", 2048, 2048, "64", []),    # neighbouring PARTIAL blocks
+    ("eagle3", 49152, 245760, "128", ["--input", "seq_len=40000"]),  # 384 × 1920 blocks
+    ("sliding_window", 131072, 131072, "16", []),  # 8192 × 8192 blocks, pooled
+])
+def test_pictures_read_at_any_size(spec, q, kv, bs, more, tmp_path, monkeypatch):
+    figs = _figures(monkeypatch)
+    start = time.perf_counter()
+    assert cli.main(["show", spec, "--q-len", str(q), "--kv-len", str(kv), "--block-size", bs,
+                     "--seed", "0", "--png", str(tmp_path), *more]) == 0
+    assert time.perf_counter() - start < 60
+    img = mpimg.imread(tmp_path / f"{spec}.png")
+    assert img.shape[:2] == (750, 1300)  # a fixed size, whatever the grid's
+    fig = figs[0]
+    _check_layout(fig)
+    grid = fig.axes[0]
+    markers = [ln for ln in grid.lines if ln.get_marker() == "s"]
+    zooms = [ax for ax in fig.axes[1:] if ax.get_title()]
+    assert len(markers) == len(zooms) == (2 if spec == "eagle3" else 1)
+    renderer = _renderer(fig)
+    for m in markers:  # each zoomed block is marked visibly, however small a block is drawn
+        box = m.get_window_extent(renderer)
+        assert box.width >= 10 and grid.bbox.contains(*box.get_points().mean(0))
+    notes = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    assert "FULL" in notes and ("input" in notes) == (spec in ("eagle3", "document_causal"))
 
 
 def test_show_randomizes_missing_inputs_and_says_so():
@@ -190,16 +260,68 @@ def test_random_failure_prints_a_reproducer_that_reruns_the_case(monkeypatch, ca
     monkeypatch.setattr(verify, "validate", _failing_validate(calls))
     code = cli.main(["validate", str(SPECS / "eagle3.mask"), "--q-len", "300", "--kv-len", "900",
                      "--random", "2", "--seed", "4", "--batch", "3"])
-    assert code == 1 and len(calls) == 2
+    assert code == 1
     lines = [x for x in capsys.readouterr().out.splitlines() if "reproduce: " in x]
     assert len(lines) == 2
     argv = shlex.split(lines[1].split("reproduce: ", 1)[1])
     assert argv[:2] == ["maskspec", "validate"]
-    assert cli.main(argv[1:]) == 1
-    (b, h, q, kv, bs, inputs), (b2, h2, q2, kv2, bs2, inputs2) = calls[1], calls[2]
-    assert (b, h, q, kv, tuple(bs)) == (b2, h2, q2, kv2, tuple(bs2))
-    assert inputs.keys() == inputs2.keys()
-    assert all(torch.equal(inputs[k], inputs2[k]) for k in inputs)
+    validated = len(calls)
+    assert cli.main(argv[1:]) == 1 and len(calls) == validated + 1
+    b, h, q, kv, bs, inputs = calls[-1]  # the rerun validates the case reported, as it was
+    same = [c for c in calls[:-1] if c[:4] == (b, h, q, kv) and tuple(c[4]) == tuple(bs)]
+    assert same and same[-1][5].keys() == inputs.keys()
+    assert all(torch.equal(same[-1][5][k], inputs[k]) for k in inputs)
+
+
+def _drop_full_blocks_from(q_min: int, kv_min: int):
+    """A build bug for the shrinker to find: FULL blocks vanish once Q_LEN ≥ q_min and
+    KV_LEN ≥ kv_min (validation then disagrees wherever a FULL block exists)."""
+    real = maskspec.CompiledMask.block_mask
+
+    def buggy(self, b, h, q_len, kv_len, *args, **kwargs):
+        bm = real(self, b, h, q_len, kv_len, *args, **kwargs)
+        if q_len >= q_min and kv_len >= kv_min:
+            bm.full_kv_num_blocks.zero_()
+        return bm
+    return buggy
+
+
+def test_random_failures_shrink_to_the_smallest_failing_case(monkeypatch, capsys):
+    monkeypatch.setattr(maskspec.CompiledMask, "block_mask", _drop_full_blocks_from(40, 60))
+    code = cli.main(["validate", "causal", "--q-len", "300", "--kv-len", "400", "--random", "3",
+                     "--seed", "2", "--batch", "3", "--heads", "2"])
+    out = capsys.readouterr().out
+    assert code == 1 and "DISAGREE" in out
+    # The smallest case: one batch element and head, the smallest block size, and sizes
+    # where one query or key fewer would pass.
+    shrunk = re.findall(r"shrunk to (.*) \(\d+ cases tried\)", out)
+    assert shrunk and set(shrunk) == {"B=1 H=1 Q_LEN=40 KV_LEN=60 BLOCK_SIZE=16,16"}
+    argv = shlex.split(out.split("reproduce: ")[1].splitlines()[0])
+    assert argv[argv.index("--q-len") + 1] == "40" and cli.main(argv[1:]) == 1
+
+
+def test_shrinking_cuts_inputs_to_the_smaller_shape(monkeypatch, capsys):
+    monkeypatch.setattr(maskspec.CompiledMask, "block_mask", _drop_full_blocks_from(100, 300))
+    code = cli.main(["validate", "eagle3", "--q-len", "400", "--kv-len", "1600", "--random", "2",
+                     "--seed", "7", "--batch", "3", "--block-size", "32"])
+    out = capsys.readouterr().out
+    assert code == 1
+    for line in (x for x in out.splitlines() if "reproduce: " in x):
+        argv = shlex.split(line.split("reproduce: ")[1])
+        q, b = int(argv[argv.index("--q-len") + 1]), int(argv[argv.index("--batch") + 1])
+        assert b == 1 and q == 100
+        lens = [int(v) for v in argv[argv.index("--input") + 1].split("=")[1].split(",")]
+        assert len(lens) == b and all(0 <= n <= q for n in lens)  # cut and clamped to Q_LEN
+        assert cli.main(argv[1:]) == 1
+
+
+def test_progress_without_a_terminal_prints_plain_lines(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "PLAIN_PROGRESS_S", 0.0)
+    code = cli.main(["validate", "causal", "--q-len", "64", "--kv-len", "64", "--random", "3",
+                     "--seed", "1"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert re.findall(r"validating: (\d)/3 cases, 0 disagree", err) == ["1", "2"]
 
 
 @pytest.mark.parametrize(
