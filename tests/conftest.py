@@ -1,6 +1,8 @@
 """Shared test setup: hypothesis profiles and the shipped specs."""
 
 import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ if not torch.cuda.is_available():  # run the fused Triton kernels on Triton's CP
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import maskspec  # after TRITON_INTERPRET: the kernels are defined at import
+from maskspec.targets import cute
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 # Small params so windows, chunks and blocks land inside the random shapes below.
@@ -40,3 +43,22 @@ def spec(name: str, **params: int) -> maskspec.CompiledMask:
 @pytest.fixture(scope="session")
 def eagle3() -> maskspec.CompiledMask:
     return spec("eagle3")
+
+
+@pytest.fixture
+def fake_cutlass(monkeypatch):
+    """Just enough of cutlass and flash_attn for the ``cute`` source to execute on CPU."""
+    cute_mod = types.ModuleType("cutlass.cute")
+    cute_mod.jit = lambda f: f
+    cute_mod.TensorSSA = type("TensorSSA", (), {})
+    cutlass_mod = types.ModuleType("cutlass")
+    cutlass_mod.cute, cutlass_mod.Int32 = cute_mod, int
+    utils = types.ModuleType("flash_attn.cute.utils")
+    utils.scalar_to_ssa = lambda x, dtype: dtype(x)
+    mods = {"cutlass": cutlass_mod, "cutlass.cute": cute_mod, "flash_attn": types.ModuleType(
+        "flash_attn"), "flash_attn.cute": types.ModuleType("flash_attn.cute"),
+        "flash_attn.cute.utils": utils}
+    for k, v in mods.items():
+        monkeypatch.setitem(sys.modules, k, v)
+    monkeypatch.setattr(cute, "_COMPILED", {})
+    return mods

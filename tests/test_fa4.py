@@ -9,7 +9,6 @@ import ast
 import inspect
 import random
 import sys
-import types
 
 import pytest
 import torch
@@ -140,22 +139,12 @@ def test_bad_dialect():
         cute.source(spec("causal").ir, _sizes(1, 1, 4, 4), "triton")
 
 
-@pytest.fixture
-def fake_cutlass(monkeypatch):
-    """Just enough of cutlass and flash_attn for the ``cute`` source to execute on CPU."""
-    cute_mod = types.ModuleType("cutlass.cute")
-    cute_mod.jit = lambda f: f
-    cute_mod.TensorSSA = type("TensorSSA", (), {})
-    cutlass_mod = types.ModuleType("cutlass")
-    cutlass_mod.cute, cutlass_mod.Int32 = cute_mod, int
-    utils = types.ModuleType("flash_attn.cute.utils")
-    utils.scalar_to_ssa = lambda x, dtype: dtype(x)
-    mods = {"cutlass": cutlass_mod, "cutlass.cute": cute_mod, "flash_attn": types.ModuleType(
-        "flash_attn"), "flash_attn.cute": types.ModuleType("flash_attn.cute"),
-        "flash_attn.cute.utils": utils}
-    for k, v in mods.items():
-        monkeypatch.setitem(sys.modules, k, v)
+def test_fa4_without_flash_attn_names_the_package(monkeypatch):
+    for name in ("cutlass", "cutlass.cute", "flash_attn", "flash_attn.cute"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
     monkeypatch.setattr(cute, "_COMPILED", {})
+    with pytest.raises(ImportError, match=r"pip install flash-attn-4"):
+        spec("eagle3").fa4(1, 1, 256, 512, "cpu", arch=90)
 
 
 def test_cute_mask_mod_built_once_per_source(fake_cutlass):

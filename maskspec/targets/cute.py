@@ -173,7 +173,13 @@ def mask_mod(mask: ir.MaskIR, sizes: Mapping[str, int]) -> Callable[..., Any]:
     """FA4's mask_mod for ``mask`` at ``sizes`` (needs flash-attn-4), built once per source."""
     src = source(mask, sizes, "cute")
     if src not in _COMPILED:
-        _COMPILED[src] = load_source(src, function_name(mask))
+        try:
+            _COMPILED[src] = load_source(src, function_name(mask))
+        except ImportError as err:  # the generated module imports cutlass and flash_attn
+            raise ImportError(
+                f"FA4's mask_mod needs FlashAttention-4, which is not installed here ({err}): "
+                "`pip install flash-attn-4` (CUDA, an sm90 or newer GPU); `fa4_block_sparse` "
+                "builds the block-sparse tensors without it") from err
     return _COMPILED[src]
 
 
