@@ -171,22 +171,27 @@ def test_show_randomizes_missing_inputs_and_says_so():
             "--seed", 5, "--batch", 2)
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.search(r"input seq_len = \[\d+, \d+\]  \(random, --seed 5\)", r.stdout)
-    assert len(_grid_lines(r.stdout, 5)) == 5
+    assert len(_grid_lines(r.stdout, 10)) == 10  # two different grids, one per batch element
+    assert re.findall(r"^b=\d h=0$", r.stdout, flags=re.M) == ["b=0 h=0", "b=1 h=0"]
 
 
 @pytest.mark.slow
-def test_show_draws_the_chosen_batch_element():
+def test_show_draws_each_different_batch_element_or_the_chosen_one():
     args = ("show", SPECS / "eagle3.mask", "--q-len", 300, "--kv-len", 900, "--block-size", 64,
-            "--batch", 2, "--input", "seq_len=300,100")
+            "--batch", 3, "--input", "seq_len=300,100,300")
     empty = set(render.CHARS[render.EMPTY])
-    first, second = (run(*args, *at) for at in ((), ("--at", "1,0")))
-    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
-    assert "(showing b=1, h=0)" in second.stdout
-    # Sample 1 has 100 valid queries: row blocks from 128 on see nothing; sample 0's all do.
-    assert all(set(row) != empty for row in _grid_lines(first.stdout, 5))
-    assert [set(row) == empty for row in _grid_lines(second.stdout, 5)] == [False] * 2 + [True] * 3
-    bad = run(*args, "--at", "2,0")
-    assert bad.returncode == 2 and "--at 2,0 is outside the batch (B=2)" in bad.stderr
+    every, one = (run(*args, *at) for at in ((), ("--at", "1,0")))
+    assert every.returncode == one.returncode == 0, every.stderr + one.stderr
+    # Samples 0 and 2 are alike; sample 1 has 100 valid queries: row blocks from 128 on see
+    # nothing. Both grids are drawn, each once, saying which samples it is.
+    assert re.findall(r"^b=\d h=0.*$", every.stdout, flags=re.M) == [
+        "b=0 h=0 (the same grid: b=2 h=0)", "b=1 h=0"]
+    rows = _grid_lines(every.stdout, 10)
+    assert all(set(row) != empty for row in rows[:5])
+    assert [set(row) == empty for row in rows[5:]] == [False] * 2 + [True] * 3
+    assert _grid_lines(one.stdout, 5) == rows[5:] and "b=1 h=0" in one.stdout
+    bad = run(*args, "--at", "3,0")
+    assert bad.returncode == 2 and "--at 3,0 is outside the batch (B=3)" in bad.stderr
 
 
 def test_explain_regions_and_numbers():
@@ -273,21 +278,22 @@ def test_random_failure_prints_a_reproducer_that_reruns_the_case(monkeypatch, ca
     assert all(torch.equal(same[-1][5][k], inputs[k]) for k in inputs)
 
 
-def _drop_full_blocks_from(q_min: int, kv_min: int):
-    """A build bug for the shrinker to find: FULL blocks vanish once Q_LEN ≥ q_min and
-    KV_LEN ≥ kv_min (validation then disagrees wherever a FULL block exists)."""
+def _empty_from(q_min: int, kv_min: int):
+    """A build bug for the shrinker to find: every block vanishes once Q_LEN ≥ q_min and
+    KV_LEN ≥ kv_min (validation then disagrees wherever the mask allows anything)."""
     real = maskspec.CompiledMask.block_mask
 
     def buggy(self, b, h, q_len, kv_len, *args, **kwargs):
         bm = real(self, b, h, q_len, kv_len, *args, **kwargs)
         if q_len >= q_min and kv_len >= kv_min:
             bm.full_kv_num_blocks.zero_()
+            bm.kv_num_blocks.zero_()
         return bm
     return buggy
 
 
 def test_random_failures_shrink_to_the_smallest_failing_case(monkeypatch, capsys):
-    monkeypatch.setattr(maskspec.CompiledMask, "block_mask", _drop_full_blocks_from(40, 60))
+    monkeypatch.setattr(maskspec.CompiledMask, "block_mask", _empty_from(40, 60))
     code = cli.main(["validate", "causal", "--q-len", "300", "--kv-len", "400", "--random", "3",
                      "--seed", "2", "--batch", "3", "--heads", "2"])
     out = capsys.readouterr().out
@@ -301,17 +307,20 @@ def test_random_failures_shrink_to_the_smallest_failing_case(monkeypatch, capsys
 
 
 def test_shrinking_cuts_inputs_to_the_smaller_shape(monkeypatch, capsys):
-    monkeypatch.setattr(maskspec.CompiledMask, "block_mask", _drop_full_blocks_from(100, 300))
-    code = cli.main(["validate", "eagle3", "--q-len", "400", "--kv-len", "1600", "--random", "2",
-                     "--seed", "7", "--batch", "3", "--block-size", "32"])
+    monkeypatch.setattr(maskspec.CompiledMask, "block_mask", _empty_from(100, 100))
+    code = cli.main(["validate", "document_causal", "--q-len", "400", "--kv-len", "400",
+                     "--random", "3", "--seed", "3", "--batch", "3", "--block-size", "32"])
     out = capsys.readouterr().out
     assert code == 1
-    for line in (x for x in out.splitlines() if "reproduce: " in x):
-        argv = shlex.split(line.split("reproduce: ")[1])
+    before = [tuple(map(int, m)) for m in re.findall(r"DISAGREE at B=(\d+) H=1 Q_LEN=(\d+)", out)]
+    after = [line.split("reproduce: ")[1] for line in out.splitlines() if "reproduce: " in line]
+    assert len(before) == len(after) >= 1
+    for (b0, q0), cmd in zip(before, after, strict=True):
+        argv = shlex.split(cmd)
         q, b = int(argv[argv.index("--q-len") + 1]), int(argv[argv.index("--batch") + 1])
-        assert b == 1 and q == 100
-        lens = [int(v) for v in argv[argv.index("--input") + 1].split("=")[1].split(",")]
-        assert len(lens) == b and all(0 <= n <= q for n in lens)  # cut and clamped to Q_LEN
+        assert b == 1 and 100 <= q < q0 if b0 > 1 else q <= q0
+        ids = [int(v) for v in argv[argv.index("--input") + 1].split("=")[1].split(",")]
+        assert len(ids) == b * q and ids == sorted(ids)  # cut to [B, Q_LEN], still in order
         assert cli.main(argv[1:]) == 1
 
 
