@@ -36,6 +36,20 @@ settings.register_profile(
 settings.load_profile(os.environ.get("MASKSPEC_HYPOTHESIS", "ci"))
 
 
+FAST_TIER = False  # set when the run deselects the slow tier (`-m "not slow"`)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global FAST_TIER
+    FAST_TIER = "not slow" in (config.option.markexpr or "")
+
+
+def examples(n: int) -> int:
+    """How many cases a hypothesis suite of ``n`` draws: all in the full suite (CI), a fifth
+    in the fast tier, so the edit loop still runs every suite once through."""
+    return max(5, n // 5) if FAST_TIER else n
+
+
 def spec(name: str, **params: int) -> maskspec.CompiledMask:
     return maskspec.load(SPECS / f"{name}.mask", **params)
 

@@ -37,6 +37,19 @@ def run(*args: object, script: bool = False) -> subprocess.CompletedProcess:
                           timeout=300, encoding="utf-8")
 
 
+@pytest.fixture
+def main(capsys, monkeypatch):
+    """The command in this process (no interpreter start-up), with ``run``'s result."""
+    monkeypatch.setenv("COLUMNS", "120")
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    def call(*args: object) -> subprocess.CompletedProcess:
+        code = cli.main([str(a) for a in args])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+    return call
+
+
 @pytest.mark.slow
 def test_validate_eagle3_single_and_random():
     r = run("validate", SPECS / "eagle3.mask", "--q-len", 300, "--kv-len", 1000,
@@ -49,9 +62,9 @@ def test_validate_eagle3_single_and_random():
     assert "5 random cases (--seed 11" in r.stdout and "5 agree, 0 disagree" in r.stdout
 
 
-def test_validate_causal_random():
-    r = run("validate", SPECS / "causal.mask", "--q-len", 600, "--kv-len", 600, "--random", 5,
-            "--seed", 3)
+def test_validate_causal_random(main):
+    r = main("validate", SPECS / "causal.mask", "--q-len", 600, "--kv-len", 600, "--random", 5,
+             "--seed", 3)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "5 agree, 0 disagree" in r.stdout
 
@@ -84,8 +97,8 @@ def _figures(monkeypatch) -> list:
     return drawn
 
 
-def test_show_prints_grid_and_png_colors(tmp_path, monkeypatch):
-    r = run("show", SPECS / "causal.mask", "--q-len", 512, "--kv-len", 512, "--block-size", 128)
+def test_show_prints_grid_and_png_colors(tmp_path, monkeypatch, main):
+    r = main("show", SPECS / "causal.mask", "--q-len", 512, "--kv-len", 512, "--block-size", 128)
     assert r.returncode == 0, r.stdout + r.stderr
     f, p, e = (render.CHARS[c] for c in (render.FULL, render.PARTIAL, render.EMPTY))
     # Causal, 4×4 blocks of 128: FULL below the diagonal, PARTIAL on it, EMPTY above.
@@ -166,9 +179,9 @@ def test_pictures_read_at_any_size(spec, q, kv, bs, more, tmp_path, monkeypatch)
     assert "FULL" in notes and ("input" in notes) == (spec in ("eagle3", "document_causal"))
 
 
-def test_show_randomizes_missing_inputs_and_says_so():
-    r = run("show", SPECS / "eagle3.mask", "--q-len", 300, "--kv-len", 900, "--block-size", 64,
-            "--seed", 5, "--batch", 2)
+def test_show_randomizes_missing_inputs_and_says_so(main):
+    r = main("show", SPECS / "eagle3.mask", "--q-len", 300, "--kv-len", 900, "--block-size", 64,
+             "--seed", 5, "--batch", 2)
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.search(r"input seq_len = \[\d+, \d+\]  \(random, --seed 5\)", r.stdout)
     assert len(_grid_lines(r.stdout, 10)) == 10  # two different grids, one per batch element
@@ -194,10 +207,10 @@ def test_show_draws_each_different_batch_element_or_the_chosen_one():
     assert bad.returncode == 2 and "--at 3,0 is outside the batch (B=3)" in bad.stderr
 
 
-def test_explain_regions_and_numbers():
+def test_explain_regions_and_numbers(main):
     q, kv, bs, seq = 1000, 4500, (256, 128), 900
-    r = run("explain", SPECS / "eagle3.mask", "--q-len", q, "--kv-len", kv,
-            "--block-size", "256,128", "--input", f"seq_len={seq}")
+    r = main("explain", SPECS / "eagle3.mask", "--q-len", q, "--kv-len", kv,
+             "--block-size", "256,128", "--input", f"seq_len={seq}")
     assert r.returncode == 0, r.stdout + r.stderr
     for meaning in ("causal  →  kv in [0, q + 1)", "kv ≡ q (mod Q_LEN): one key per round",
                     "where kv < Q_LEN  →  key range: kv < Q_LEN",

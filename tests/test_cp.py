@@ -5,7 +5,7 @@ import random
 
 import pytest
 import torch
-from conftest import spec
+from conftest import examples, spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.attention.flex_attention import create_block_mask, create_mask, flex_attention
@@ -173,7 +173,7 @@ def cp_cases(draw: st.DrawFn):
             draw(st.sampled_from(BLOCK_SIZES)), balancer, draw(st.integers(0, 2**31)))
 
 
-@settings(max_examples=120)
+@settings(max_examples=examples(120))
 @given(cp_cases())
 def test_rank_mask_matches_dense_in_load_balanced_order(case):
     """Random specs, shapes (Q_LEN not a multiple of ws·block too), rounds, ranks, blocks."""

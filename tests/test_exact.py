@@ -4,7 +4,7 @@ import random
 
 import pytest
 import torch
-from conftest import spec
+from conftest import examples, spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,13 +34,13 @@ def _check(name: str, b: int, q: int, kv: int, bs: object, seed: int, padded: bo
 
 
 @pytest.mark.slow
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(shapes(), st.integers(0, 2**31), st.booleans())
 def test_eagle3_matches_create_block_mask(shape, seed, padded):
     _check("eagle3", *shape, seed, padded)
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(shapes(), st.integers(0, 2**31))
 def test_causal_matches_create_block_mask(shape, seed):
     _check("causal", *shape, seed, False)

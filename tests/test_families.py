@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import examples
 from helpers import DEV, assert_generated_equal
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -187,7 +188,7 @@ def strided_specs(draw: st.DrawFn) -> str:
 
 
 @pytest.mark.slow
-@settings(max_examples=120)
+@settings(max_examples=examples(120))
 @given(strided_specs(), st.integers(1, 3), st.integers(1, 260), st.integers(1, 260), BLOCKS,
        st.integers(0, 99))
 def test_strided_specs_match_create_block_mask(text, b, q, kv, bs, seed):
@@ -200,7 +201,7 @@ def test_strided_specs_match_create_block_mask(text, b, q, kv, bs, seed):
 CHUNKED = [*sorted(shipped_specs()), *sorted(str(f) for f in BENCH.glob("*.mask"))]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(st.sampled_from(CHUNKED), st.integers(1, 2), st.integers(1, 300), st.integers(1, 300),
        BLOCKS, st.integers(1, 64), st.integers(0, 99))
 def test_row_chunks_build_the_same_mask(spec, b, q, kv, bs, order_chunk, seed):
@@ -265,7 +266,7 @@ def _brute(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> blocks
     return blocks.BlockGrid(partial=(touched & ~full)[None, None], full=full[None, None])
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(family_rows(), BLOCKS)
 def test_family_classification_matches_brute_force(case, bs):
     rows, q, kv = case

@@ -9,7 +9,7 @@ import random
 
 import pytest
 import torch
-from conftest import spec
+from conftest import examples, spec
 from helpers import DEV, assert_generated_equal, assert_tensors_equal, on_dev
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -67,7 +67,7 @@ def _rows(draw):
 
 
 @pytest.mark.slow
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(case=_rows(), bs=BLOCKS)
 def test_arbitrary_intervals(case, bs):
     rows, q, kv = case

@@ -14,7 +14,7 @@ import re
 import warnings
 
 import pytest
-from conftest import SPECS
+from conftest import SPECS, examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import shapes, valid_specs
@@ -30,7 +30,7 @@ RAW_TERMINALS = re.compile(r"\b(LPAR|RPAR|LSQB|RSQB|COMMA|COLON|NAME|INT|CMP|FUN
                            r"|__ANON")
 
 
-@settings(max_examples=EXAMPLES)
+@settings(max_examples=examples(EXAMPLES))
 @given(valid_specs(), shapes(), st.integers(0, 2**31))
 def test_generated_specs_build_exactly(spec, shape, seed):
     """Exact against create_block_mask and dense; and a region warned empty is empty."""
@@ -119,13 +119,13 @@ def _compiles_or_explains(text: str) -> None:
             assert 1 <= err.pos.column <= len(lines[err.pos.line - 1]) + 1, msg
 
 
-@settings(max_examples=EXAMPLES * 3 // 2)
+@settings(max_examples=examples(EXAMPLES * 3 // 2))
 @given(char_mutants())
 def test_character_mutations_compile_or_raise_mask_spec_error(text):
     _compiles_or_explains(text)
 
 
-@settings(max_examples=EXAMPLES * 3 // 2)
+@settings(max_examples=examples(EXAMPLES * 3 // 2))
 @given(token_mutants())
 def test_token_mutations_compile_or_raise_mask_spec_error(text):
     _compiles_or_explains(text)
@@ -202,13 +202,13 @@ def _builds_or_explains(text: str, q: int, kv: int, seed: int) -> None:
     assert rep.ok, (text, q, kv, rep.problems)
 
 
-@settings(max_examples=EXAMPLES, deadline=None)
+@settings(max_examples=examples(EXAMPLES), deadline=None)
 @given(hostile_specs(), st.integers(1, 120), st.integers(1, 120), st.integers(0, 99))
 def test_hostile_specs_build_exactly_or_raise_located_errors(text, q, kv, seed):
     _builds_or_explains(text, q, kv, seed)
 
 
-@settings(max_examples=EXAMPLES // 3, deadline=None)
+@settings(max_examples=examples(EXAMPLES // 3), deadline=None)
 @given(st.one_of(st.binary(max_size=200),
                  st.sampled_from(SHIPPED).map(lambda t: t.encode("latin-1", "replace")),
                  st.sampled_from(SHIPPED).map(lambda t: "\ufeff".encode() + t.encode())))

@@ -4,7 +4,7 @@ import random
 
 import pytest
 import torch
-from conftest import PARAMS, SPECS, spec
+from conftest import PARAMS, SPECS, examples, spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +25,7 @@ def test_every_library_spec_ships():
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(
     q=st.integers(1, 400),
     kv_mode=st.sampled_from(["same", "multiple", "any"]),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -44,7 +45,7 @@ def test_sizes_that_overflow_are_refused_when_built(body, small, large):
     assert isinstance(info.value, ValueError)  # the sizes are the caller's arguments
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1), st.integers(-(2**31 - 1), 2**31 - 1),
        st.integers(1, 64), st.integers(1, 64), st.integers(0, 99))
 def test_refused_exactly_when_some_value_passes_the_limit(a, b, c, q, kv, seed):

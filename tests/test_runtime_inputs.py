@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.attention.flex_attention import create_block_mask
@@ -103,7 +104,7 @@ def _named(err: ValueError, inputs: dict[str, object]) -> bool:
     return any(f"`{k}`" in str(err) for k in inputs)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(calls())
 def test_checked_builds_refuse_by_name_or_equal_the_reference(call):
     name, inputs = call
@@ -126,7 +127,7 @@ def test_checked_builds_refuse_by_name_or_equal_the_reference(call):
         assert first_difference(cp, cp2) is None
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(calls())
 def test_unchecked_builds_refuse_by_name_or_agree_with_their_mask_mod(call):
     """No value checks (Builder, check_inputs=False): shapes, dtypes and devices are still

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.attention.flex_attention import create_block_mask
@@ -41,7 +42,7 @@ def _agrees(bm, b: int, q: int, kv: int, bs) -> None:
     assert first_difference(bm, ref) is None
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(st.sampled_from(SPECS), st.integers(1, 3), st.integers(1, 200), st.integers(1, 200),
        BLOCKS, st.integers(0, 10**6))
 def test_unchecked_build_agrees_with_its_mask_mod(spec, b, q, kv, bs, seed):
