@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import blocks, dense, fused, ir
+from maskspec import blocks, custom_op, dense, fused, ir
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.compiler import compile_spec
 from maskspec.errors import did_you_mean
-from maskspec.inputs import bind_inputs, block_size_of, device_of, sizes_of
+from maskspec.inputs import (
+    bind_inputs,
+    block_size_of,
+    convert_inputs,
+    device_of,
+    sanitized,
+    sizes_of,
+)
 from maskspec.parse import data_dir, parse, parse_file
 from maskspec.targets import cp, cute, fa4, flex
 
@@ -23,6 +30,11 @@ class CompiledMask:
     """A compiled spec: every backend and target, at any shape and inputs."""
 
     ir: ir.MaskIR
+    # How the build op inside torch.compile names this mask (custom_op.key_of), made once.
+    op_key: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "op_key", custom_op.key_of(self.ir))
 
     @property
     def name(self) -> str:
@@ -61,10 +73,29 @@ class CompiledMask:
         made non-decreasing.
         """
         bs = block_size_of(BLOCK_SIZE)
+        if torch.compiler.is_compiling():
+            return self._traced_block_mask(B, H, Q_LEN, KV_LEN, device, bs, check_inputs, inputs)
         sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)
         tensors = fused.tensors(self.ir, sizes, bound, dev, bs)
         mm = mask_mod_backend.mask_mod(self.ir, sizes, bound)
         return flex.from_tensors(tensors, Q_LEN, KV_LEN, bs, mm)
+
+    def _traced_block_mask(
+        self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any,
+        bs: tuple[int, int], check_inputs: bool, inputs: dict[str, Any],
+    ) -> BlockMask:
+        """``block_mask`` inside torch.compile: the build is one custom op (``custom_op``),
+        which runs the checks and the kernels on concrete values; the mask_mod reads what
+        the op reads (checked, or sanitized)."""
+        sizes = sizes_of(1 if B is None else B, 1 if H is None else H, Q_LEN, KV_LEN)
+        dev = device_of(device if device is not None else _device_of(inputs))
+        given = convert_inputs(self.ir, sizes, inputs, dev)
+        tensors = custom_op.block_tensors(
+            self.op_key, [sizes[k] for k in ir.SIZES], list(bs),
+            [given[d.name] for d in self.ir.inputs], check_inputs, dev)
+        read = given if check_inputs else sanitized(self.ir, sizes, given)
+        mm = mask_mod_backend.mask_mod(self.ir, sizes, read)
+        return flex.from_tensors(tuple(tensors), Q_LEN, KV_LEN, bs, mm)
 
     def mask_mod(
         self, *, B: int | None = None, H: int | None = None, Q_LEN: int | None = None,

@@ -124,6 +124,16 @@ def bind_inputs(
     ``check`` also verifies value ranges, which reads the values (a device sync on GPU);
     turn it off inside CUDA graphs or hot loops. Unchecked values are ``sanitized``.
     """
+    return check_bound(mask, sizes, convert_inputs(mask, sizes, given, device), check)
+
+
+def convert_inputs(
+    mask: ir.MaskIR, sizes: Mapping[str, int], given: Mapping[str, Any],
+    device: torch.device | str | None,
+) -> dict[str, torch.Tensor]:
+    """Every declared input as a tensor of its declared shape, dtype kind and device (given
+    ones converted and checked, missing ones from defaults). Reads no values and keys nothing
+    on concrete sizes, so it traces under torch.compile."""
     decls = {d.name: d for d in mask.inputs}
     for k in given:
         if k not in decls:
@@ -136,7 +146,7 @@ def bind_inputs(
     for name, d in decls.items():
         shape = tuple(_at_sizes(s, sizes, f"a dimension of input `{name}`", d, mask)
                       for s in d.shape)
-        if min(shape, default=1) < 1:
+        if any(n < 1 for n in shape):
             raise ValueError(
                 f"input `{name}` (declared at {_where(d, mask)}) would have shape "
                 f"{list(shape)} at {sizes_text(sizes)}: every dimension must be at least 1"
@@ -157,23 +167,34 @@ def bind_inputs(
             t = torch.full(shape, value, dtype=dtype, device=device)
         else:
             raise ValueError(f"input `{name}` is required (declared at {_where(d, mask)})")
-        if check and d.dtype == "int":  # bools take no range (the compiler refuses one)
-            _check_range(name, t, *_value_range(d, sizes, mask))
-        if check and name in mask.document_inputs():
-            _check_sorted(name, t)
         out[name] = t
+    return out
+
+
+def check_bound(
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: dict[str, torch.Tensor], check: bool
+) -> dict[str, torch.Tensor]:
+    """What ``convert_inputs`` leaves for concrete sizes and values: the checks the sizes
+    alone decide (once per sizes), then either the value checks (``check``; they read the
+    values) or ``sanitized`` values."""
     key = (id(mask), *(sizes[k] for k in ir.SIZES))
     if _STATIC_OK.get(key) is not mask:  # what the sizes alone decide, once per sizes
         check_divisors(mask, sizes)
-        check_value_ranges(mask, sizes, out)
-        check_index_bounds(mask, sizes, out, check, static=True)
+        check_value_ranges(mask, sizes, inputs)
+        check_index_bounds(mask, sizes, inputs, check, static=True)
         if len(_STATIC_OK) > 4096:  # bounded: a run through many sizes keeps only recent ones
             _STATIC_OK.clear()
         _STATIC_OK[key] = mask
-    if check:
-        check_index_bounds(mask, sizes, out, check, static=False)
-        return out
-    return sanitized(mask, sizes, out)
+    if not check:
+        return sanitized(mask, sizes, inputs)
+    for d in mask.inputs:
+        t = inputs[d.name]
+        if d.dtype == "int":  # bools take no range (the compiler refuses one)
+            _check_range(d.name, t, *_value_range(d, sizes, mask))
+        if d.name in mask.document_inputs():
+            _check_sorted(d.name, t)
+    check_index_bounds(mask, sizes, inputs, check, static=False)
+    return inputs
 
 
 def sanitized(

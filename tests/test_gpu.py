@@ -123,6 +123,35 @@ def test_kv_growth_and_new_inputs_do_not_recompile(eagle3, backend):
     assert counters["stats"]["unique_graphs"] - before == 1
 
 
+@pytest.mark.parametrize("check", [True, False])
+def test_default_call_inside_torch_compile(eagle3, check):
+    """mask.block_mask inside torch.compile(fullgraph=True) on CUDA: the build op runs the
+    kernels; one entry over a TTT sequence; flex_attention reads the result."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def step(q, k, v, lens):
+        bm = eagle3.block_mask(2, 1, q.shape[-2], k.shape[-2], DEV, seq_len=lens,
+                               check_inputs=check)
+        return flex_attention(q, k, v, block_mask=bm), bm
+
+    torch._dynamo.reset()
+    count = CompileCounterWithBackend("inductor")
+    fn = torch.compile(step, backend=count, fullgraph=True, dynamic=True)
+    q_len = 2048
+    for rounds in range(1, 5):
+        lens = _seq_len(2, q_len, rounds)
+        q = torch.randn(2, 1, q_len, 64, device=DEV, dtype=torch.bfloat16)
+        k, v = (torch.randn(2, 1, rounds * q_len, 64, device=DEV, dtype=torch.bfloat16)
+                for _ in range(2))
+        out, bm = fn(q, k, v, lens)
+        _assert_same(bm, eagle3.block_mask(2, 1, q_len, rounds * q_len, DEV, seq_len=lens))
+        want = torch.compile(flex_attention)(q, k, v, block_mask=eagle3.block_mask(
+            2, 1, q_len, rounds * q_len, DEV, seq_len=lens))
+        torch.testing.assert_close(out, want)
+    assert count.frame_count == 1
+
+
 def _check_capture(build, eagle3, q: int, kv: int) -> None:
     """Capture build(seq_len) in a CUDA graph, change seq_len in place, replay, compare."""
     lens = _seq_len(2, q, 5)
