@@ -3,17 +3,20 @@
     python benchmarks/bench_build.py                # the GPU table (BENCHMARKS.md)
     python benchmarks/bench_build.py --device cpu   # a smaller CPU table
 
-Every case is built by each method in the same process: maskspec (``CompiledMask.block_mask``:
-on CUDA the spec's generated Triton kernel), maskspec graph (``fast.Builder(cuda_graph=True)``,
-the same kernels replayed), maskspec with the row stage torch.compile'd instead
+Every case is built by each method in the same process: maskspec
+(``CompiledMask.block_mask`` with ``check_inputs=False``: on CUDA the spec's generated
+Triton kernel), maskspec checked (the default call, whose value checks read the inputs),
+maskspec in torch.compile (the call inside ``torch.compile(fullgraph=True, dynamic=True)``:
+one custom op), maskspec graph (``fast.Builder(cuda_graph=True)``, the same kernels
+replayed), maskspec with the row stage torch.compile'd instead
 (``fast.Builder(compiled=True)``, with and without a graph), maskspec's torch path (what a
 build runs while its kernels compile: ``fused.torch_path``), create_block_mask eager and
-torch.compile'd. Times are medians of many runs, each timed with CUDA events
-around the whole build (a TTT case builds all its steps); memory is the peak allocated
-above what was live before one build. Also measured: the first calls in a fresh process
-(cold and warm compile caches, kernels compiled in the background or first) and
-flex_attention forward+backward with maskspec's BlockMask and with create_block_mask's of
-a hand-written mask_mod.
+torch.compile'd. Times are medians of many runs, each timed with CUDA events around the
+whole build (a TTT case builds all its steps); memory is the peak allocated above what was
+live before one build. Also measured: the first calls in a fresh process (cold and warm
+compile caches, kernels compiled in the background or first) and flex_attention
+forward+backward with maskspec's BlockMask and with create_block_mask's of a hand-written
+mask_mod.
 """
 
 from __future__ import annotations
@@ -148,6 +151,9 @@ def _methods(mask: maskspec.CompiledMask, case: Case, dev: torch.device) -> dict
     compiled = Builder(mask, compiled=True)
     graph_compiled = Builder(mask, cuda_graph=True, compiled=True)
     cbm_compiled = torch.compile(create_block_mask)
+    in_compile = torch.compile(  # the default call inside a compiled training step
+        lambda kv: mask.block_mask(case.B, 1, case.q, kv, dev, check_inputs=False, **inputs),
+        fullgraph=True, dynamic=True)
 
     def torch_path(kv: int) -> BlockMask:  # what a build runs while its kernels compile
         sizes, bound, d = mask._bind(case.B, 1, case.q, kv, dev, inputs, False)
@@ -157,6 +163,8 @@ def _methods(mask: maskspec.CompiledMask, case: Case, dev: torch.device) -> dict
     out = {
         "maskspec": lambda kv: mask.block_mask(
             case.B, 1, case.q, kv, dev, check_inputs=False, **inputs),
+        "maskspec checked": lambda kv: mask.block_mask(case.B, 1, case.q, kv, dev, **inputs),
+        "maskspec in torch.compile": in_compile,
         "maskspec torch path": torch_path,
         "maskspec graph": lambda kv: graph(case.B, 1, case.q, kv, dev, **inputs),
         "maskspec compiled rows": lambda kv: compiled(case.B, 1, case.q, kv, dev, **inputs),
