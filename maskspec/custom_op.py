@@ -44,7 +44,19 @@ def block_tensors(
     at = dict(zip(ir.SIZES, sizes, strict=True))
     given = dict(zip((d.name for d in mask.inputs), values, strict=True))
     bound = check_bound(mask, at, given, check)
-    return list(fused.tensors(mask, at, bound, device, (block_size[0], block_size[1])))
+    return _unaliased(fused.tensors(mask, at, bound, device, (block_size[0], block_size[1])))
+
+
+def _unaliased(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """The outputs with none sharing memory, as a custom op's must: the fused build writes
+    kv_idx and full_kv_idx into halves of one buffer, so the second half is copied."""
+    seen: set[int] = set()
+    out = []
+    for t in tensors:
+        ptr = t.untyped_storage().data_ptr()
+        out.append(t.clone() if ptr in seen else t)
+        seen.add(ptr)
+    return out
 
 
 @block_tensors.register_fake
