@@ -143,10 +143,9 @@ def test_default_call_inside_torch_compile(eagle3, check):
     # the next KV_LEN recompiles whatever the step computes.
     for rounds in range(2, 6):
         lens = _seq_len(2, q_len, rounds)
-        q = torch.randn(2, 1, q_len, 64, device=DEV, dtype=torch.bfloat16)
-        k, v = (torch.randn(2, 1, rounds * q_len, 64, device=DEV, dtype=torch.bfloat16)
-                for _ in range(2))
-        out, bm = fn(q, k, v, lens)
+        q = torch.randn(2, 1, q_len, 64, device=DEV)  # fp32: kernels compiled for dynamic
+        k, v = (torch.randn(2, 1, rounds * q_len, 64, device=DEV) for _ in range(2))  # and
+        out, bm = fn(q, k, v, lens)  # static shapes then agree to rounding
         _assert_same(bm, eagle3.block_mask(2, 1, q_len, rounds * q_len, DEV, seq_len=lens))
         want = torch.compile(flex_attention)(q, k, v, block_mask=eagle3.block_mask(
             2, 1, q_len, rounds * q_len, DEV, seq_len=lens))
