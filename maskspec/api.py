@@ -40,6 +40,17 @@ class CompiledMask:
     def name(self) -> str:
         return self.ir.name
 
+    def __repr__(self) -> str:
+        inputs = ", ".join(d.name for d in self.ir.inputs) or "none"
+        params = ", ".join(f"{k}={v}" for k, v in self.ir.params.items()) or "none"
+        regions = " | ".join(t.name for t in self.ir.terms)
+        return (f"CompiledMask({self.name}: {regions}; inputs {inputs}; params {params}; "
+                f"from {self.ir.path})")
+
+    def with_params(self, **params: int) -> CompiledMask:
+        """The same spec compiled again with these params overriding its current ones."""
+        return compile(self.ir.source, self.ir.path, **{**self.ir.params, **params})
+
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.ir.inputs)

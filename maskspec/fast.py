@@ -11,6 +11,7 @@ devices without Triton. Nothing here re-derives the pipeline; it only runs it fa
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ from maskspec import mask_mod as mask_mod_backend
 from maskspec.api import CompiledMask
 from maskspec.inputs import block_size_of
 from maskspec.targets import flex
+
+log = logging.getLogger("maskspec")
 
 
 class _RowStage:
@@ -166,4 +169,6 @@ class Builder:
             tensors = self._run(sizes, clean, dev)
         mm = mask_mod_backend.mask_mod(self.mask.ir, sizes, clean)
         bm = flex.from_tensors(tensors, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, mm)
+        log.info("%s: captured the build as a CUDA graph at %s", self.mask.name,
+                 inputs_stage.sizes_text(sizes))
         return _Captured(graph, static, bm)

@@ -22,7 +22,9 @@ worker thread (``compiled``), so a first build never waits for Triton.
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,8 @@ from maskspec import background, blocks, ir, kernels, lower
 from maskspec.kernels import triton
 from maskspec.lower import Rows
 from maskspec.targets import codegen, flex, triton_rows
+
+log = logging.getLogger("maskspec")
 
 ROW_CHUNK = 16  # rows of a row block counted by one program (fewer when rows hold many slots)
 COUNT_WARPS = 2
@@ -256,6 +260,9 @@ def _compile(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Ten
     """Compile the build's three kernels as ``build`` will launch them, and their launchers,
     without a CUDA call that a concurrent graph capture forbids (no launch, no allocation,
     no sync): the first launch then only loads them."""
+    start = time.perf_counter()
+    log.info("%s: compiling the build kernels (block size %s, %d slots, %s)", mask.name,
+             block_size, generated(mask).slots(sizes), device)
     i32, i8 = torch.int32, torch.int8
     n_q, n_kv = blocks.counts(sizes["Q_LEN"], sizes["KV_LEN"], *block_size)
     bh = math.prod(lower.lead_shape(mask, sizes))
@@ -268,6 +275,7 @@ def _compile(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Ten
             binary = kernel.warmup(*args, grid=grid, **kw)
             if launcher is not None:  # builds (and caches) the binary's launcher
                 launcher(binary.src, binary.metadata)
+    log.info("%s: build kernels compiled in %.1f s", mask.name, time.perf_counter() - start)
 
 
 _COMPILED = background.Once()
@@ -309,8 +317,10 @@ def tensors(
     """The spec's eight BlockMask tensors at these sizes and bound inputs: the generated
     kernel on CUDA where it fits (``torch_path`` while it compiles, see ``compiled``), else
     lowering to row intervals and ``classify`` (``torch_path`` off CUDA)."""
-    if (device.type != "cuda" or triton is None
-            or not compiled(mask, sizes, inputs, device, block_size)):
+    if device.type != "cuda" or triton is None:
+        return torch_path(mask, sizes, inputs, device, block_size)
+    if not compiled(mask, sizes, inputs, device, block_size):
+        log.info("%s: building on the torch path while the kernels compile", mask.name)
         return torch_path(mask, sizes, inputs, device, block_size)
     out = build(mask, sizes, inputs, device, block_size)
     if out is not None:

@@ -242,9 +242,11 @@ def _held_worker(monkeypatch) -> threading.Event:
     return gate
 
 
-def test_first_builds_take_the_torch_path_while_the_kernels_compile(monkeypatch):
+def test_first_builds_take_the_torch_path_while_the_kernels_compile(monkeypatch, caplog):
     """A new configuration's first build does not wait for Triton: it is the torch path's,
-    equal. Once the worker has compiled the kernels, builds launch them."""
+    equal (and the "maskspec" logger says so). Once the worker has compiled the kernels,
+    builds launch them."""
+    caplog.set_level("INFO", logger="maskspec")
     gate = _held_worker(monkeypatch)
     mask, q = _fresh_spec(), 4096
     ref = create_block_mask(mask.mask_mod(Q_LEN=q, KV_LEN=q, device=DEV), 1, 1, q, q,
@@ -258,9 +260,13 @@ def test_first_builds_take_the_torch_path_while_the_kernels_compile(monkeypatch)
     assert _compiled_kernels(kernel) == 1
     _assert_same(mask.block_mask(1, 1, q, q, DEV), ref)
     assert _compiled_kernels(kernel) == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "maskspec"]
+    assert said[0] == "fresh: building on the torch path while the kernels compile"
+    assert any(s.startswith("fresh: compiling the build kernels") for s in said)
+    assert any(s.startswith("fresh: build kernels compiled in") for s in said)
 
 
-def test_builder_captures_once_the_kernels_compiled(monkeypatch):
+def test_builder_captures_once_the_kernels_compiled(monkeypatch, caplog):
     """Builder(cuda_graph=True) returns uncaptured builds until the kernels are compiled,
     then captures them."""
     gate = _held_worker(monkeypatch)
@@ -273,9 +279,12 @@ def test_builder_captures_once_the_kernels_compiled(monkeypatch):
     gate.set()
     sizes, bound, dev = mask._bind(1, 1, q, q, DEV, {})
     assert fused.compiled(mask.ir, sizes, bound, dev, (128, 128), wait=True)
-    for _ in range(2):
-        _assert_same(graphs(1, 1, q, q, DEV), ref)
+    with caplog.at_level("INFO", logger="maskspec"):
+        for _ in range(2):
+            _assert_same(graphs(1, 1, q, q, DEV), ref)
     assert len(graphs._graphs) == 1
+    assert [r.getMessage() for r in caplog.records if "captured" in r.getMessage()] == [
+        f"fresh: captured the build as a CUDA graph at B=1, H=1, Q_LEN={q}, KV_LEN={q}"]
 
 
 def test_capture_right_after_a_first_build_waits_for_the_kernels(monkeypatch):
