@@ -3,6 +3,7 @@
 import os
 import random
 import re
+import resource
 import shlex
 import subprocess
 import sys
@@ -159,10 +160,12 @@ def _check_layout(fig) -> None:
 ])
 def test_pictures_read_at_any_size(spec, q, kv, bs, more, tmp_path, monkeypatch):
     figs = _figures(monkeypatch)
-    start = time.perf_counter()
+    start, rss = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert cli.main(["show", spec, "--q-len", str(q), "--kv-len", str(kv), "--block-size", bs,
                      "--seed", "0", "--png", str(tmp_path), *more]) == 0
     assert time.perf_counter() - start < 60
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss  # peak growth, if any
+    assert grown_kb < 2 * 2**20, f"{grown_kb / 2**20:.1f} GB more at the peak"
     img = mpimg.imread(tmp_path / f"{spec}.png")
     assert img.shape[:2] == (750, 1300)  # a fixed size, whatever the grid's
     fig = figs[0]
