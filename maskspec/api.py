@@ -23,6 +23,7 @@ from maskspec.inputs import (
 )
 from maskspec.parse import data_dir, parse, parse_file
 from maskspec.targets import cp, cute, fa4, flex
+from maskspec.targets import spec as spec_target
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,16 @@ class CompiledMask:
     def with_params(self, **params: int) -> CompiledMask:
         """The same spec compiled again with these params overriding its current ones."""
         return compile(self.ir.source, self.ir.path, **{**self.ir.params, **params})
+
+    def __or__(self, other: CompiledMask) -> CompiledMask:
+        """The union: (q, kv) allowed where either mask allows it; compiled as one spec
+        (``targets.spec.union``), so its build stays analytic."""
+        return compile(spec_target.union(self.ir, other.ir), f"<{self.name} | {other.name}>")
+
+    def __and__(self, other: CompiledMask) -> CompiledMask:
+        """The intersection: (q, kv) allowed where both masks allow it, as one spec."""
+        return compile(spec_target.intersection(self.ir, other.ir),
+                       f"<{self.name} & {other.name}>")
 
     @property
     def input_names(self) -> tuple[str, ...]:

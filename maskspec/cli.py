@@ -26,6 +26,7 @@ import maskspec
 from maskspec import blocks, cases, ir, lower, render, standalone, verify
 from maskspec.errors import MaskSpecError, MaskSpecWarning, did_you_mean
 from maskspec.inputs import bind_inputs, sizes_of
+from maskspec.targets import spec as spec_target
 from maskspec.targets import triton_rows
 
 
@@ -432,7 +433,9 @@ def cmd_explain(args: argparse.Namespace, out: Console) -> int:
 
 def cmd_compile(args: argparse.Namespace, out: Console) -> int:
     mask = _load(args).ir
-    source = triton_rows.source(mask) if args.emit == "triton" else standalone.python_module(mask)
+    emit = {"triton": triton_rows.source, "mask": spec_target.source,
+            "python": standalone.python_module}[args.emit]
+    source = emit(mask)
     if args.output is None:
         sys.stdout.write(source)
     else:
@@ -498,10 +501,12 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="Emit a standalone module (needs only torch).",
                        description="Emit a standalone Python module, importing only torch, "
                        "with the spec's mask_mod and its analytic BlockMask builder; or, with "
-                       "--emit triton, the Triton kernel maskspec generates for CUDA builds.")
+                       "--emit triton, the Triton kernel maskspec generates for CUDA builds; "
+                       "with --emit mask, the spec itself, resolved (params folded, valid "
+                       "moved into each region).")
     c.add_argument("spec", help="a .mask file, or a shipped spec's name (eagle3)")
-    c.add_argument("--emit", choices=["python", "triton"], default="python",
-                   help="what to emit (default python)")
+    c.add_argument("--emit", choices=["python", "triton", "mask"], default="python",
+                   help="what to emit (default python; mask: the spec resolved, params folded)")
     c.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     c.add_argument("--param", type=_param, action="append", default=[], metavar="K=V",
                    help="override a param (repeatable)")

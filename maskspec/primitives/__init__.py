@@ -20,7 +20,7 @@ from maskspec import ir
 
 Q, KV = ir.Var("q"), ir.Var("kv")
 Args = dict[str, ir.Expr]
-Fmt = Callable[[ir.Expr], str]  # prints an expression for people
+Fmt = Callable[[ir.Expr], str]  # prints an expression (for people, or as spec source)
 
 
 class PrimitiveKind:
@@ -52,6 +52,13 @@ class PrimitiveKind:
     def sorted_inputs(self, a: Args) -> tuple[str, ...]:
         """Inputs whose rows must be non-decreasing (document ids)."""
         return ()
+
+    def spell(self, a: Args, fmt: Fmt) -> str:
+        """The primitive as spec source, arguments by name (``fmt`` writes an expression in
+        the language): what the spec printer writes and the compiler reads back."""
+        if not self.params:
+            return self.name
+        return f"{self.name}({', '.join(f'{k} = {fmt(a[k])}' for k in self.params)})"
 
 
 _REGISTRY: dict[str, PrimitiveKind] = {}

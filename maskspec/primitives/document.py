@@ -49,6 +49,11 @@ class Document(PrimitiveKind):
         return (f"kv in [{fmt(clip.lo)}, {fmt(clip.hi)}): the run of positions whose id "
                 f"equals {fmt(a['ids'])}")
 
+    def spell(self, a: Args, fmt: Fmt) -> str:
+        ids = a["ids"]
+        assert isinstance(ids, ir.Load)
+        return f"document({ids.input})"
+
     def sorted_inputs(self, a: Args) -> tuple[str, ...]:
         ids = a["ids"]
         assert isinstance(ids, ir.Load)
