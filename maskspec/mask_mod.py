@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import torch
@@ -11,31 +12,20 @@ from maskspec import ir
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class SpecMaskMod:
-    """A spec's element mask_mod at fixed sizes and bound inputs: (b, h, q_idx, kv_idx) ->
-    bool, torch-traceable. An object rather than a closure so that a BlockMask carrying it
-    pickles and deep-copies (checkpoints, multiprocessing data loaders)."""
-
-    def __init__(
-        self, mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor]
-    ) -> None:
-        self.mask, self.sizes, self.inputs = mask, dict(sizes), dict(inputs)
-        self.__name__ = self.__qualname__ = f"{mask.name}_mask_mod"
-
-    def __call__(
-        self, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
-    ) -> torch.Tensor:
-        env = ir.Env(vars={"b": b, "h": h, "q": q_idx, "kv": kv_idx}, sizes=self.sizes,
-                     inputs=self.inputs)
-        return ir.element_mask(self.mask, env)
-
-    def __repr__(self) -> str:
-        sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
-        return f"<mask_mod of spec `{self.mask.name}` at {sizes}>"
+def element(
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor],
+    b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor,
+) -> torch.Tensor:
+    """The mask's meaning at (b, h, q_idx, kv_idx) for these sizes and inputs."""
+    env = ir.Env(vars={"b": b, "h": h, "q": q_idx, "kv": kv_idx}, sizes=sizes, inputs=inputs)
+    return ir.element_mask(mask, env)
 
 
 def mask_mod(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor]
 ) -> MaskMod:
-    """A torch-traceable mask_mod closing over the sizes and the bound input tensors."""
-    return SpecMaskMod(mask, sizes, inputs)
+    """A torch-traceable mask_mod over the sizes and the bound input tensors: ``element``
+    with them bound by ``functools.partial`` rather than a closure, so a BlockMask carrying
+    it pickles and deep-copies (checkpoints, data-loader workers), and dynamo and inductor
+    trace it as they trace a function."""
+    return functools.partial(element, mask, dict(sizes), dict(inputs))

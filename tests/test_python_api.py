@@ -24,7 +24,6 @@ def test_block_masks_pickle_and_deep_copy(name):
     for twin in (pickle.loads(pickle.dumps(bm)), copy.deepcopy(bm)):
         assert first_difference(twin, bm) is None
         torch.testing.assert_close(flex_attention(q, k, k, block_mask=twin), want)
-    assert repr(bm.mask_mod) == f"<mask_mod of spec `{name}` at B=2, H=2, Q_LEN=200, KV_LEN=600>"
 
 
 def test_repr_is_one_line():
