@@ -7,6 +7,8 @@ shipped spec; the error block must be the message maskspec prints; the pipeline 
 must name files that exist. A block of a kind with no check here fails the first test.
 """
 
+import ast
+import inspect
 import re
 import shlex
 import subprocess
@@ -36,7 +38,7 @@ SWAPS = [
 
 
 def kind(lang: str, body: str) -> str:
-    if lang in ("bash", "python"):
+    if lang in ("bash", "python", "diff"):
         return lang
     if body.startswith("# specs/"):
         return "spec"
@@ -116,6 +118,22 @@ def test_python_blocks_run(fake_cutlass):
     assert out.shape == ns["q"].shape and torch.isfinite(out[:, :, :700].float()).all()
     ref = create_block_mask(bm.mask_mod, ns["B"], ns["H"], ns["Q_LEN"], ns["KV_LEN"], "cpu")
     assert first_difference(bm, ref) is None
+
+
+def test_diff_blocks_import_and_call_what_exists():
+    """A diff's added lines: each import works, each call binds to the function's signature."""
+    for body in blocks("diff"):
+        added = "\n".join(line[1:] for line in body.splitlines() if line.startswith("+"))
+        ns: dict = {}
+        tree = ast.parse(added)
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom):
+                exec(compile(ast.Module([node], []), "README.md", "exec"), ns)
+                continue
+            call = node.value
+            assert isinstance(call, ast.Call), ast.unparse(node)
+            fn = ns[call.func.id]
+            inspect.signature(fn).bind(*call.args, **{k.arg: k.value for k in call.keywords})
 
 
 def test_spec_block_is_the_shipped_spec():

@@ -1,0 +1,61 @@
+"""Drop-in adapters, against the trainers' own definitions (written here in our words, so
+the tests run where the trainer is not installed)."""
+
+import pytest
+import torch
+from torch.nn.attention.flex_attention import create_block_mask
+
+from maskspec.integrations import torchspec
+from maskspec.verify import first_difference
+
+
+def torchspec_padded_mask_mod(seq_lengths: torch.Tensor, q_len: int):
+    """TorchSpec's padded EAGLE-3 mask: row q of sample b sees its causal context while q and
+    kv are below the sample's length, and in each later round of Q_LEN keys the key in q's
+    own slot, while that slot is below the length. Lengths may be float or negative."""
+    def mask_mod(b, h, q, kv):
+        n = seq_lengths[b]
+        context = (q >= kv) & (kv < n) & (q < n)
+        rounds = (kv >= q_len) & (kv % q_len < n) & ((kv - q) % q_len == 0)
+        return context | rounds
+    return mask_mod
+
+
+def torchspec_mask_mod(q_len: int):
+    """TorchSpec's unpadded EAGLE-3 mask (its analytic builder's)."""
+    def mask_mod(b, h, q, kv):
+        return ((kv < q_len) & (q >= kv)) | ((kv >= q_len) & ((kv - q) % q_len == 0))
+    return mask_mod
+
+
+LENGTHS = [
+    torch.tensor([300.0, 17.5, -5.0]),   # float, fractional, negative (a short sample)
+    torch.tensor([0, 1000, 128]),         # integer, empty, past Q_LEN
+]
+
+
+@pytest.mark.parametrize("lengths", LENGTHS)
+@pytest.mark.parametrize("bs", [128, (256, 128), 64, (32, 16)])
+def test_padded_masks_equal_torchspecs_over_a_ttt_loop(lengths, bs):
+    q_len = 300
+    for rounds in range(1, 5):
+        kv = rounds * q_len
+        ours = torchspec.eagle3_block_mask(q_len, kv, B=3, device="cpu", BLOCK_SIZE=bs,
+                                           seq_lengths=lengths, lck=rounds - 1)
+        ref = create_block_mask(torchspec_padded_mask_mod(lengths, q_len), 3, 1, q_len, kv,
+                                device="cpu", BLOCK_SIZE=bs)
+        assert first_difference(ours, ref) is None, (rounds, bs)
+
+
+@pytest.mark.parametrize(("q_len", "bs"), [(512, 128), (512, (256, 128)), (200, 64)])
+def test_unpadded_masks_equal_torchspecs(q_len, bs):
+    for rounds in range(1, 4):
+        ours = torchspec.eagle3_block_mask(q_len, rounds * q_len, device="cpu", BLOCK_SIZE=bs)
+        ref = create_block_mask(torchspec_mask_mod(q_len), 1, 1, q_len, rounds * q_len,
+                                device="cpu", BLOCK_SIZE=bs)
+        assert first_difference(ours, ref) is None
+
+
+def test_lengths_round_up_and_clamp():
+    got = torchspec.valid_lengths(torch.tensor([2.5, -1.0, 7.0, 99.0]), 10)
+    assert got.tolist() == [3, 0, 7, 10] and got.dtype == torch.int64
