@@ -59,3 +59,40 @@ def test_unpadded_masks_equal_torchspecs(q_len, bs):
 def test_lengths_round_up_and_clamp():
     got = torchspec.valid_lengths(torch.tensor([2.5, -1.0, 7.0, 99.0]), 10)
     assert got.tolist() == [3, 0, 7, 10] and got.dtype == torch.int64
+
+
+def _tiny_llama(transformers, impl: str):
+    """A randomly initialised two-layer Llama (no download), the same weights every call."""
+    cfg = transformers.LlamaConfig(vocab_size=101, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=512)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    model.config._attn_implementation = impl
+    return model
+
+
+@pytest.mark.slow
+def test_transformers_flex_path_with_packed_documents_equals_its_own_mask_path():
+    transformers = pytest.importorskip("transformers")
+    from maskspec.integrations import hf
+
+    gen = torch.Generator().manual_seed(0)
+    rows = [[40, 1, 57, 30], [3, 125]]  # two packed rows of 128 tokens; a one-token document
+    pos = torch.stack([torch.cat([torch.arange(n) for n in r]) for r in rows])
+    ids = torch.randint(0, 101, pos.shape, generator=gen)
+    own, flex = _tiny_llama(transformers, "sdpa"), _tiny_llama(transformers, "flex_attention")
+    with torch.no_grad():
+        want = own(input_ids=ids, position_ids=pos, use_cache=False).logits
+        bm = hf.packed_block_mask(pos, BLOCK_SIZE=32)
+        got = flex(input_ids=ids, position_ids=pos, attention_mask=bm, use_cache=False).logits
+        plain = own(input_ids=ids, use_cache=False).logits  # one causal sequence per row
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(plain, want, atol=1e-3)  # the packing matters at these sizes
+
+
+def test_document_ids_follow_transformers_packing_rule():
+    from maskspec.integrations import hf
+
+    pos = torch.tensor([[0, 1, 2, 0, 0, 1, 5, 6]])
+    assert hf.document_ids(pos).tolist() == [[0, 0, 0, 1, 2, 2, 3, 3]]
