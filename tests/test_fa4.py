@@ -9,6 +9,7 @@ import ast
 import inspect
 import random
 import sys
+import types
 
 import pytest
 import torch
@@ -67,13 +68,19 @@ def test_cute_source_structure(name):
     assert _body(cute.source(mask.ir, sizes, "python")) == body  # one translation, two preludes
 
 
+def _lengths(q: int, kv: int) -> types.SimpleNamespace:
+    """What FA4 passes as ``seqlen_info``: the lengths the mask_mod reads at run time."""
+    return types.SimpleNamespace(seqlen_q=q, seqlen_k=kv)
+
+
 def _evaluate(fn, b: int, h: int, q: int, kv: int, aux) -> torch.Tensor:
     out = torch.zeros(b, h, q, kv, dtype=torch.bool)
+    lengths = _lengths(q, kv)
     for bi in range(b):
         for hi in range(h):
             for qi in range(q):
                 out[bi, hi, qi] = torch.tensor(
-                    [bool(fn(bi, hi, qi, ki, None, aux)) for ki in range(kv)]
+                    [bool(fn(bi, hi, qi, ki, lengths, aux)) for ki in range(kv)]
                 )
     return out
 
@@ -103,7 +110,7 @@ def test_generated_expressions_equal_dense(name, q, kv_mode, kv_any, k, b, h, se
     assert torch.equal(got, want), (name, b, h, q, kv, inputs, (got != want).nonzero()[:5])
     for qi in range(q, q + 9):  # rows of a ragged tile past Q_LEN: evaluated, then discarded
         for ki in (0, kv - 1, kv + 5):
-            fn(b - 1, h - 1, qi, ki, None, aux)
+            fn(b - 1, h - 1, qi, ki, _lengths(q, kv), aux)
 
 
 def test_floor_modulo_of_negative_values():
@@ -116,21 +123,25 @@ def test_floor_modulo_of_negative_values():
     assert torch.equal(_evaluate(fn, 1, 1, 20, 20, None), mask.dense(1, 1, 20, 20))
 
 
-def test_source_depends_only_on_sizes_the_mask_reads():
+def test_one_source_serves_every_sequence_length():
+    """Q_LEN and KV_LEN come from seqlen_info at run time: one source (one FA4 kernel) per
+    spec, whatever the lengths, batch or heads."""
     mask = spec("eagle3")
     a = cute.source(mask.ir, _sizes(1, 1, 64, 128))
-    assert a == cute.source(mask.ir, _sizes(4, 8, 64, 640))  # KV_LEN, B, H unused
-    assert a != cute.source(mask.ir, _sizes(1, 1, 96, 128))
-    assert "Q_LEN = 64" in a and "KV_LEN" not in a.split("def eagle3_mask_mod")[1]
+    for sizes in (_sizes(4, 8, 64, 640), _sizes(1, 1, 1000, 5000), _sizes(2, 1, 6000, 6000)):
+        assert cute.source(mask.ir, sizes) == a
+    assert "Q_LEN = _size(seqlen_info.seqlen_q)" in a
+    assert "64" not in a.split("def eagle3_mask_mod")[1]
 
 
 def test_loaded_source_is_inspectable_and_hashed():
     """The DSL's preprocessor and FA4's compile cache read the source and __cute_hash__."""
-    mask = spec("causal_bottom_right")
-    srcs = [cute.source(mask.ir, _sizes(1, 1, q, 256), "python") for q in (64, 128)]
-    fns = [cute.load_source(s, cute.function_name(mask.ir)) for s in srcs]
+    names = ("causal_bottom_right", "causal")
+    srcs = [cute.source(spec(n).ir, _sizes(1, 1, 64, 256), "python") for n in names]
+    fns = [cute.load_source(s, cute.function_name(spec(n).ir))
+           for s, n in zip(srcs, names, strict=True)]
     assert inspect.getsource(fns[0]).startswith("def causal_bottom_right_mask_mod(")
-    assert "KV_LEN - Q_LEN" in inspect.getsource(fns[1])
+    assert "KV_LEN - Q_LEN" in inspect.getsource(fns[0])
     assert fns[0].__cute_hash__ != fns[1].__cute_hash__
 
 
@@ -151,9 +162,11 @@ def test_cute_mask_mod_built_once_per_source(fake_cutlass):
     mask = spec("eagle3")
     one = cute.mask_mod(mask.ir, _sizes(2, 8, 64, 128))
     assert cute.mask_mod(mask.ir, _sizes(1, 1, 64, 320)) is one
-    assert cute.mask_mod(mask.ir, _sizes(2, 8, 96, 192)) is not one
+    assert cute.mask_mod(mask.ir, _sizes(2, 8, 96, 192)) is one  # lengths read at run time
+    assert cute.mask_mod(spec("causal").ir, _sizes(2, 8, 96, 192)) is not one
     seq = [torch.tensor([40, 64], dtype=torch.int32)]
-    assert one(1, 0, 39, 64 + 39, None, seq) and not one(0, 0, 40, 40, None, seq)
+    at = _lengths(64, 128)
+    assert one(1, 0, 39, 64 + 39, at, seq) and not one(0, 0, 40, 40, at, seq)
 
 
 # ---------------------------------------------------------------- block-sparse layout
