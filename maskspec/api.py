@@ -176,12 +176,13 @@ class CompiledMask:
         BLOCK_SIZE: int | tuple[int, int] = (128, 128), *, arch: int | None = None,
         check_inputs: bool = True, **inputs: Any,
     ) -> tuple[Any, Any]:
-        """FlashAttention-4 (forward, backward) block-sparse tensors, FA4's block-size rules."""
+        """FlashAttention-4 (forward, backward) block-sparse tensors, FA4's block-size rules:
+        the same build as ``block_mask`` (the fused kernels on CUDA), laid out for FA4."""
         bs = block_size_of(BLOCK_SIZE)
         dev = device_of(device if device is not None else _device_of(inputs))
         fa4.check_block_size(bs, fa4.sm_arch(dev, arch))
-        grid = self.grid(B, H, Q_LEN, KV_LEN, dev, bs, check_inputs=check_inputs, **inputs)
-        return fa4.block_sparse(grid, B, H, bs)
+        sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, dev, inputs, check_inputs)
+        return fa4.block_sparse(fused.tensors(self.ir, sizes, bound, dev, bs), B, H, bs)
 
     def fa4(
         self, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any = None,

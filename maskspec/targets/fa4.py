@@ -8,8 +8,6 @@ from typing import Any, NamedTuple
 
 import torch
 
-from maskspec.blocks import BlockGrid, ordered
-
 
 class BlockSparseTensors(NamedTuple):
     """Field-compatible stand-in for flash_attn.cute.block_sparsity.BlockSparseTensorsTorch."""
@@ -79,23 +77,19 @@ def _expand(t: torch.Tensor, b: int, h: int) -> torch.Tensor:
     return t.expand(b, h, *t.shape[2:]).contiguous()
 
 
-def block_sparse(grid: BlockGrid, b: int, h: int, block_size: tuple[int, int]) -> tuple[Any, Any]:
-    """(forward, backward): kv-direction per query block, q-direction per key block."""
+def block_sparse(
+    tensors: tuple[torch.Tensor, ...], b: int, h: int, block_size: tuple[int, int]
+) -> tuple[Any, Any]:
+    """(forward, backward) from a build's eight BlockMask tensors (``fused.tensors``, in
+    BlockMask's order): the kv-direction ones per query block, the q-direction ones per key
+    block, expanded to FA4's (B, H) leading shape."""
     cls = _tensors_class()
-    out = []
-    for partial, full in ((grid.partial, grid.full), (grid.partial.mT, grid.full.mT)):
-        cnt, idx = ordered(partial)
-        fcnt, fidx = ordered(full)
-        out.append(
-            cls(
-                mask_block_cnt=_expand(cnt, b, h),
-                mask_block_idx=_expand(idx, b, h),
-                full_block_cnt=_expand(fcnt, b, h),
-                full_block_idx=_expand(fidx, b, h),
-                block_size=block_size,
-            )
-        )
-    return out[0], out[1]
+    return tuple(  # type: ignore[return-value]
+        cls(mask_block_cnt=_expand(cnt, b, h), mask_block_idx=_expand(idx, b, h),
+            full_block_cnt=_expand(fcnt, b, h), full_block_idx=_expand(fidx, b, h),
+            block_size=block_size)
+        for cnt, idx, fcnt, fidx in (tensors[:4], tensors[4:])
+    )
 
 
 @dataclass(frozen=True)
