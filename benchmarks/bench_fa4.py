@@ -71,7 +71,7 @@ def reference(q, k, v, allowed, grad) -> list[torch.Tensor]:
     outs: list[list[torch.Tensor]] = [[], [], [], []]
     for h in range(q.shape[2]):
         qkv = [t[:, :, h].detach().float().requires_grad_() for t in (q, k, v)]
-        s = torch.einsum("bqd,bkd->bqk", qkv[0], qkv[1]) / D**0.5
+        s = torch.einsum("bqd,bkd->bqk", qkv[0], qkv[1]) / q.shape[-1] ** 0.5
         m = allowed[:, min(h, allowed.shape[1] - 1)]
         p = torch.softmax(s.masked_fill(~m, float("-inf")), -1).nan_to_num(0.0)
         o = torch.einsum("bqk,bkd->bqd", p, qkv[2])

@@ -70,8 +70,7 @@ class CompiledMask:
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any,
         inputs: dict[str, Any], check: bool = True,
     ) -> tuple[dict[str, int], dict[str, torch.Tensor], torch.device]:
-        sizes = sizes_of(1 if B is None else B, 1 if H is None else H, Q_LEN, KV_LEN)
-        dev = device_of(device if device is not None else _device_of(inputs))
+        sizes, dev = _placed(B, H, Q_LEN, KV_LEN, device, inputs)
         return sizes, bind_inputs(self.ir, sizes, inputs, dev, check), dev
 
     def grid(
@@ -109,8 +108,7 @@ class CompiledMask:
         """``block_mask`` inside torch.compile: the build is one custom op (``custom_op``),
         which runs the checks and the kernels on concrete values; the mask_mod reads what
         the op reads (checked, or sanitized)."""
-        sizes = sizes_of(1 if B is None else B, 1 if H is None else H, Q_LEN, KV_LEN)
-        dev = device_of(device if device is not None else _device_of(inputs))
+        sizes, dev = _placed(B, H, Q_LEN, KV_LEN, device, inputs)
         given = convert_inputs(self.ir, sizes, inputs, dev)
         tensors = custom_op.block_tensors(
             self.op_key, [sizes[k] for k in ir.SIZES], list(bs),
@@ -179,7 +177,7 @@ class CompiledMask:
         """FlashAttention-4 (forward, backward) block-sparse tensors, FA4's block-size rules:
         the same build as ``block_mask`` (the fused kernels on CUDA), laid out for FA4."""
         bs = block_size_of(BLOCK_SIZE)
-        dev = device_of(device if device is not None else _device_of(inputs))
+        dev = _build_device(device, inputs)
         fa4.check_block_size(bs, fa4.sm_arch(dev, arch))
         sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, dev, inputs, check_inputs)
         return fa4.block_sparse(fused.tensors(self.ir, sizes, bound, dev, bs), B, H, bs)
@@ -194,7 +192,7 @@ class CompiledMask:
         The generated CuTe mask_mod, the inputs as aux_tensors and forward/backward
         block-sparse tensors; BLOCK_SIZE defaults to the finest FA4 tiles on the device.
         """
-        dev = device_of(device if device is not None else _device_of(inputs))
+        dev = _build_device(device, inputs)
         sm = fa4.sm_arch(dev, arch)
         bs = fa4.default_block_size(sm) if BLOCK_SIZE is None else BLOCK_SIZE
         fwd, bwd = self.fa4_block_sparse(
@@ -206,11 +204,20 @@ class CompiledMask:
         )
 
 
-def _device_of(inputs: dict[str, Any]) -> torch.device:
-    for v in inputs.values():
-        if isinstance(v, torch.Tensor):
-            return v.device
-    return torch.device("cpu")
+def _build_device(device: Any, inputs: dict[str, Any]) -> torch.device:
+    """The checked device to build on: ``device``, else the first tensor input's, else CPU."""
+    if device is None:
+        tensors = (v for v in inputs.values() if isinstance(v, torch.Tensor))
+        device = next((v.device for v in tensors), torch.device("cpu"))
+    return device_of(device)
+
+
+def _placed(
+    B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any, inputs: dict[str, Any]
+) -> tuple[dict[str, int], torch.device]:
+    """The checked sizes (B and H default to 1) and device of a build."""
+    return (sizes_of(1 if B is None else B, 1 if H is None else H, Q_LEN, KV_LEN),
+            _build_device(device, inputs))
 
 
 def compile(source: str, path: str = "<spec>", **params: int) -> CompiledMask:

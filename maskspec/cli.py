@@ -378,8 +378,10 @@ def _png_path(given: str, name: str, at: tuple[int, int] | None = None) -> Path:
     """Where ``--png`` writes: into a directory as ``<mask name>.png``; a name without an
     extension gets ``.png``; a second (b, h) grid gets ``_b<b>_h<h>`` after the stem."""
     path = Path(given)
-    path = path / f"{name}.png" if path.is_dir() else path if path.suffix else path.with_suffix(
-        ".png")
+    if path.is_dir():
+        path = path / f"{name}.png"
+    elif not path.suffix:
+        path = path.with_suffix(".png")
     return path if at is None else path.with_stem(f"{path.stem}_b{at[0]}_h{at[1]}")
 
 
