@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_families import eagle3_by_hand  # run as a script: benchmarks/ is on the path
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 import maskspec
@@ -173,11 +174,38 @@ def _methods(mask: maskspec.CompiledMask, case: Case, dev: torch.device) -> dict
         "torch eager": lambda kv: create_block_mask(mods[kv], b, 1, case.q, kv, device=dev),
         "torch compiled": lambda kv: cbm_compiled(mods[kv], b, 1, case.q, kv, device=dev),
     }
+    if case.spec == "eagle3" and not case.inputs(dev) and case.B == 1:
+        out.update(_hand_written(case, dev))
     if dev.type != "cuda":  # no graphs on CPU; inductor's CPU code is no faster than eager
         for name in ("maskspec graph", "maskspec compiled rows", "maskspec graph+compiled rows",
-                     "maskspec torch path"):
-            del out[name]
+                     "maskspec torch path", "hand-written graph"):
+            out.pop(name, None)
     return out
+
+
+def _hand_written(case: Case, dev: torch.device) -> dict[str, Callable]:
+    """A hand-written analytic EAGLE-3 builder (``bench_families.eagle3_by_hand``: aligned
+    shapes, no padding) eager, torch.compile'd, and replayed as one CUDA graph per shape."""
+    def hand(kv: int) -> BlockMask:
+        return eagle3_by_hand(case.q, kv // case.q, 128, dev)
+    compiled = torch.compile(hand)
+    graphs: dict[int, tuple[torch.cuda.CUDAGraph, BlockMask]] = {}
+
+    def graphed(kv: int) -> BlockMask:
+        if kv not in graphs:
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                hand(kv)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                bm = hand(kv)
+            graphs[kv] = (graph, bm)
+        graphs[kv][0].replay()
+        return graphs[kv][1]
+    return {"hand-written eager": hand, "hand-written compiled": compiled,
+            "hand-written graph": graphed}
 
 
 def run_case(case: Case, dev: torch.device) -> dict[str, Any]:
@@ -209,7 +237,7 @@ def run_case(case: Case, dev: torch.device) -> dict[str, Any]:
     ref = built.get("torch compiled") or built.get("torch eager")
     res["exact"] = {
         n: (first_difference(bm, ref) or "exact") if ref is not None else "no reference"
-        for n, bm in built.items() if n.startswith("maskspec")
+        for n, bm in built.items() if n.startswith(("maskspec", "hand-written"))
     }
     return res
 

@@ -1,7 +1,8 @@
-"""Where the plain call's host time goes: cProfile over many ``CompiledMask.block_mask``
-builds on CUDA (kernels compiled beforehand), functions by their own time.
+"""Where the plain call's host time goes: each stage of ``CompiledMask.block_mask`` timed
+alone over many calls on CUDA (kernels compiled beforehand), then cProfile over whole
+builds, functions by their own time.
 
-    python benchmarks/profile_host.py [--spec document_bidirectional] [--q-len 131072]
+    python benchmarks/profile_host.py [--spec eagle3] [--q-len 49152] [--kv-factor 5]
 """
 
 from __future__ import annotations
@@ -10,31 +11,84 @@ import argparse
 import cProfile
 import pstats
 import random
+import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 import maskspec
 from maskspec import fused
+from maskspec import mask_mod as mask_mod_backend
+from maskspec.targets import flex
 from maskspec.verify import random_inputs
+
+
+def _us(fn: Callable[[], Any], n: int = 2000) -> float:
+    """Host microseconds per call (the device synchronized before and after)."""
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    host = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return host / n * 1e6
+
+
+def stages(mask: maskspec.CompiledMask, q: int, kv: int, inputs: dict[str, Any]) -> None:
+    """Per-stage host time of one build."""
+    dev, bs = torch.device("cuda"), (128, 128)
+    sizes, bound, _ = mask._bind(1, 1, q, kv, dev, inputs, False)
+    tensors = fused.tensors(mask.ir, sizes, bound, dev, bs)
+    mm = mask_mod_backend.mask_mod(mask.ir, sizes, bound)
+    rows = {
+        "whole call, unchecked": lambda: mask.block_mask(1, 1, q, kv, dev, check_inputs=False,
+                                                         **inputs),
+        "whole call, checked": lambda: mask.block_mask(1, 1, q, kv, dev, **inputs),
+        "bind unchecked (convert + sanitize)": lambda: mask._bind(1, 1, q, kv, dev, inputs,
+                                                                  False),
+        "bind checked": lambda: mask._bind(1, 1, q, kv, dev, inputs, True),
+        "fused.tensors": lambda: fused.tensors(mask.ir, sizes, bound, dev, bs),
+        "fused.compiled (the ready check)": lambda: fused.compiled(mask.ir, sizes, bound, dev,
+                                                                   bs),
+        "mask_mod": lambda: mask_mod_backend.mask_mod(mask.ir, sizes, bound),
+        "BlockMask(...)": lambda: flex.from_tensors(tensors, q, kv, bs, mm),
+        "torch.zeros scratch": lambda: torch.zeros(2, 1, 1, -(-q // 128), -(-kv // 128),
+                                                   dtype=torch.int32, device=dev),
+        "torch.empty": lambda: torch.empty(16, dtype=torch.int32, device=dev),
+    }
+    for name, fn in rows.items():
+        print(f"{name:40s} {_us(fn):8.1f} us", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", default="document_bidirectional")
-    ap.add_argument("--q-len", type=int, default=131072)
+    ap.add_argument("--spec", default="eagle3")
+    ap.add_argument("--q-len", type=int, default=49152)
+    ap.add_argument("--kv-factor", type=int, default=5)
     ap.add_argument("--builds", type=int, default=300)
-    ap.add_argument("--rows", type=int, default=25)
+    ap.add_argument("--rows", type=int, default=30)
     args = ap.parse_args()
     dev, q = torch.device("cuda"), args.q_len
+    kv = q * args.kv_factor
     mask = maskspec.load(args.spec)
-    inputs = {k: v.to(dev) for k, v in random_inputs(mask, 1, 1, q, q, random.Random(0)).items()}
-    fused.compiled(mask.ir, *mask._bind(1, 1, q, q, dev, inputs)[:2], dev, (128, 128), wait=True)
+    inputs = {k: v.to(dev) for k, v in random_inputs(mask, 1, 1, q, kv, random.Random(0)).items()}
+    fused.compiled(mask.ir, *mask._bind(1, 1, q, kv, dev, inputs)[:2], dev, (128, 128), wait=True)
+    stages(mask, q, kv, inputs)
 
     def build() -> None:
-        mask.block_mask(1, 1, q, q, dev, 128, check_inputs=False, **inputs)
+        mask.block_mask(1, 1, q, kv, dev, 128, **inputs)
     for _ in range(20):
         build()
     torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as kp:
+        for _ in range(20):
+            build()
+        torch.cuda.synchronize()
+    print("device time of 20 builds, by kernel:")
+    print(kp.key_averages().table(sort_by="cuda_time_total", row_limit=12))
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(args.builds):

@@ -5,9 +5,10 @@ FlashAttention-4 block-sparse tensors, the element mask_mod and a dense
 reference — built analytically, in the time and memory of the output.
 """
 
-from maskspec.api import CompiledMask, compile, load
+from maskspec.api import CompiledMask, compile, load, wait_checks
 from maskspec.documents import document_ids
 from maskspec.errors import MaskSpecError, MaskSpecWarning
 
-__all__ = ["CompiledMask", "MaskSpecError", "MaskSpecWarning", "compile", "document_ids", "load"]
+__all__ = ["CompiledMask", "MaskSpecError", "MaskSpecWarning", "compile", "document_ids", "load",
+           "wait_checks"]
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import blocks, custom_op, dense, fused, ir
+from maskspec import blocks, custom_op, deferred, dense, fused, ir
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.compiler import compile_spec
 from maskspec.errors import did_you_mean
@@ -89,9 +89,12 @@ class CompiledMask:
         """A flex_attention BlockMask, same argument order as ``create_block_mask``.
 
         B' (H') is 1 when the mask does not depend on the batch (head): flex_attention
-        broadcasts it. ``check_inputs=False`` skips the value checks (no device sync) and
-        builds from the sanitized values (``inputs.sanitized``): clamped into range, ids
-        made non-decreasing.
+        broadcasts it. Input values are checked (ranges, document ids in order); on CUDA
+        the checks run on the device without a sync and a failure raises at a later build
+        or at ``maskspec.wait_checks()``, the failing build having used the sanitized
+        values (``inputs.sanitized``: clamped into range, ids made non-decreasing), which
+        its mask_mod reads too. ``check_inputs=False`` skips the checks and builds from the
+        sanitized values.
         """
         bs = block_size_of(BLOCK_SIZE)
         if torch.compiler.is_compiling():
@@ -107,14 +110,13 @@ class CompiledMask:
     ) -> BlockMask:
         """``block_mask`` inside torch.compile: the build is one custom op (``custom_op``),
         which runs the checks and the kernels on concrete values; the mask_mod reads what
-        the op reads (checked, or sanitized)."""
+        the op reads: the sanitized values (equal to the given ones where they pass)."""
         sizes, dev = _placed(B, H, Q_LEN, KV_LEN, device, inputs)
         given = convert_inputs(self.ir, sizes, inputs, dev)
         tensors = custom_op.block_tensors(
             self.op_key, [sizes[k] for k in ir.SIZES], list(bs),
             [given[d.name] for d in self.ir.inputs], check_inputs, dev)
-        read = given if check_inputs else sanitized(self.ir, sizes, given)
-        mm = mask_mod_backend.mask_mod(self.ir, sizes, read)
+        mm = mask_mod_backend.mask_mod(self.ir, sizes, sanitized(self.ir, sizes, given))
         return flex.from_tensors(tuple(tensors), Q_LEN, KV_LEN, bs, mm)
 
     def mask_mod(
@@ -218,6 +220,15 @@ def _placed(
     """The checked sizes (B and H default to 1) and device of a build."""
     return (sizes_of(1 if B is None else B, 1 if H is None else H, Q_LEN, KV_LEN),
             _build_device(device, inputs))
+
+
+def wait_checks(device: Any = None) -> None:
+    """Wait for the input checks that CUDA builds ran on the device (on ``device``, or on
+    every one) and raise the first failure, as a ValueError naming the input, the value
+    and the build. Builds also read the landed ones as they start, so a failure surfaces
+    at a later build without this; call it where an error must not wait (before a
+    checkpoint, at the end of a run)."""
+    deferred.wait(None if device is None else fused.indexed(_build_device(device, {})))
 
 
 def compile(source: str, path: str = "<spec>", **params: int) -> CompiledMask:

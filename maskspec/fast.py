@@ -11,6 +11,7 @@ devices without Triton. Nothing here re-derives the pipeline; it only runs it fa
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import fused, ir, lower
+from maskspec import deferred, fused, ir, lower
 from maskspec import inputs as inputs_stage
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.api import CompiledMask
@@ -44,34 +45,40 @@ class _RowStage:
 
 @dataclass
 class _Captured:
-    """One shape's CUDA graph: static input buffers and the BlockMask over its outputs."""
+    """One shape's CUDA graph: static input buffers, the BlockMask over its outputs, and
+    its value check's flag (``inputs.value_flag``, None when nothing is checked)."""
 
     graph: torch.cuda.CUDAGraph
+    sizes: dict[str, int]
     inputs: dict[str, torch.Tensor]
     block_mask: BlockMask
+    bad: torch.Tensor | None
 
 
 class Builder:
     """BlockMasks of one spec and block size from the compiled pipeline.
 
-    Call it like ``CompiledMask.block_mask`` (input values are not checked, which would sync
-    the device, but sanitized as with ``check_inputs=False``, inside captured graphs too).
-    With ``cuda_graph=True`` the first call at a shape captures a CUDA graph and later calls
-    copy the inputs in and replay it: the returned BlockMask wraps the graph's static
-    outputs, which the next call at the same shape overwrites in place (``clone`` what must
-    outlive it); each shape's graph has its own memory pool, so graphs replayed in any order
-    leave each other's masks intact. While the kernels still compile (``fused.compiled``),
-    calls return uncaptured builds. ``compiled=True`` traces the row stage with
-    torch.compile instead of running the generated kernel; ``backend`` is
+    Call it like ``CompiledMask.block_mask``: input values are checked as there (on CUDA on
+    the device, a failure raising at a later call or ``maskspec.wait_checks()``; inside a
+    captured graph too) and the build reads their sanitized values; ``check_inputs=False``
+    only sanitizes them. With ``cuda_graph=True`` the first call at a shape captures a CUDA
+    graph and later calls copy the inputs in and replay it: the returned BlockMask wraps the
+    graph's static outputs, which the next call at the same shape overwrites in place
+    (``clone`` what must outlive it); each shape's graph has its own memory pool, so graphs
+    replayed in any order leave each other's masks intact. While the kernels still compile
+    (``fused.compiled``), calls return uncaptured builds. ``compiled=True`` traces the row
+    stage with torch.compile instead of running the generated kernel; ``backend`` is
     torch.compile's (``"eager"`` traces only).
     """
 
     def __init__(
         self, mask: CompiledMask, BLOCK_SIZE: int | tuple[int, int] = 128, *,
         cuda_graph: bool = False, compiled: bool = False, backend: str = "inductor",
+        check_inputs: bool = True,
     ) -> None:
         self.mask = mask
         self.block_size = block_size_of(BLOCK_SIZE)
+        self.check = check_inputs
         self.cuda_graph = cuda_graph
         self.use_compiled = compiled
         # Over the IR, not a bound method: no reference cycle, so a dropped Builder frees its
@@ -86,7 +93,7 @@ class Builder:
         """A BlockMask equal to ``CompiledMask.block_mask``'s for the same arguments."""
         if self.cuda_graph:
             return self._replay(B, H, Q_LEN, KV_LEN, device, inputs)
-        return self._eager(*self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, check=False))
+        return self._eager(*self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, self.check))
 
     def _eager(
         self, sizes: dict[str, int], bound: dict[str, torch.Tensor], dev: torch.device
@@ -123,7 +130,8 @@ class Builder:
         Graphs are keyed by the call itself (sizes, device, each given tensor's shape, dtype
         and device), so a repeated call skips binding: its shapes were checked at capture,
         and the inputs it omits still hold the defaults captured with it. Inputs given as
-        lists or numbers are bound on every call and copied in whole.
+        lists or numbers are bound on every call and copied in whole. The graph computes
+        the value check's flag too; it is read back after the replay (``deferred``).
         """
         tensors = all(isinstance(t, torch.Tensor) for t in inputs.values())
         key = (B, H, Q_LEN, KV_LEN, str(device), tensors, *(
@@ -131,15 +139,21 @@ class Builder:
         ))
         cap = self._graphs.get(key)
         if cap is None or not tensors:
-            sizes, bound, dev = self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, False)
+            sizes, bound, dev = self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, self.check)
             if cap is None and not self._compiled(sizes, bound, dev):
                 return self._eager(sizes, bound, dev)  # captured once the kernels compiled
             if cap is None:
                 cap = self._graphs[key] = self._capture(sizes, bound, dev)
             inputs = bound
+        if self.check:
+            deferred.poll(cap.block_mask.kv_num_blocks.device)
         for name, t in inputs.items():
             cap.inputs[name].copy_(t)
         cap.graph.replay()
+        if self.check and cap.bad is not None:
+            report = functools.partial(inputs_stage.report_failed, self.mask.ir, cap.sizes,
+                                       {**cap.inputs, **inputs}, " (a CUDA graph replay)")
+            deferred.watch(cap.bad, report)
         return cap.block_mask
 
     def _compiled(
@@ -166,9 +180,10 @@ class Builder:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # replays read what the call copies into ``static``
             clean = inputs_stage.sanitized(self.mask.ir, sizes, static)
+            bad = inputs_stage.value_flag(static, clean)
             tensors = self._run(sizes, clean, dev)
         mm = mask_mod_backend.mask_mod(self.mask.ir, sizes, clean)
         bm = flex.from_tensors(tensors, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, mm)
         log.info("%s: captured the build as a CUDA graph at %s", self.mask.name,
                  inputs_stage.sizes_text(sizes))
-        return _Captured(graph, static, bm)
+        return _Captured(graph, dict(sizes), static, bm, bad)

@@ -102,9 +102,34 @@ TILES = Tiles()
 Launch = tuple[Any, tuple[int, ...], tuple[Any, ...], dict[str, Any]]  # kernel, grid, args, kw
 
 
-def _launch(launch: Launch) -> None:
-    kernel, grid, args, kw = launch
-    kernel[grid](*args, **kw)
+class _Kernel:
+    """One kernel at a fixed grid and constexprs, launched through the compiled binary that
+    Triton's JIT returned for the call's specialization (its first launch with a given
+    ``key`` goes through the JIT, which also compiles; later ones skip the JIT's argument
+    binding and cache lookup, about 10 µs a launch). ``key`` must tell apart every call
+    Triton would specialize differently: the plans pass what can vary between their calls
+    (input alignments and strides), all else being fixed per plan. Under Triton's
+    interpreter every launch goes through the JIT."""
+
+    def __init__(self, jit: Any, grid: tuple[int, ...], kw: dict[str, Any]) -> None:
+        self.jit, self.kw = jit, kw
+        self.grid = (*grid, *(1,) * (3 - len(grid)))
+        # The launcher takes every parameter in order, constexprs too: ours come last and
+        # are the parameters given by keyword.
+        names = [n for n in jit.arg_names if n in kw]
+        assert names == jit.arg_names[len(jit.arg_names) - len(names):], names
+        self.tail = tuple(kw[n] for n in names)
+        self.runners: dict[Any, Any] = {}
+
+    def __call__(self, args: tuple[Any, ...], key: Any = (), stream: Any = None) -> None:
+        """Launch on ``stream`` (a raw CUDA stream; None: the current one)."""
+        runner = self.runners.get(key)
+        if runner is not None:
+            runner(*args, *self.tail, stream=stream)
+            return
+        binary = self.jit[self.grid](*args, **self.kw)
+        if isinstance(binary, triton.compiler.CompiledKernel):
+            self.runners[key] = binary[self.grid]
 
 
 def _finish_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int) -> Launch:
@@ -120,22 +145,35 @@ def _column_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int) -> Launc
             {"QC": TILES.q_chunk, "STRIP": TILES.strip, "num_warps": TILES.column_warps})
 
 
-def _finish(scratch: Tensor, n_q: int, n_kv: int) -> tuple[Tensor, ...]:
+def _finish(scratch: Tensor, n_q: int, n_kv: int, stream: Any = None) -> tuple[Tensor, ...]:
     """All eight tensors from the counted difference arrays: classes and kv_* per row
     block (kv_idx and full_kv_idx in scratch's place), then the q-direction ones read down
-    the class bytes' columns."""
-    kv_idx, full_kv_idx = scratch
+    the class bytes' columns (launched on ``stream``, a raw CUDA stream; None: the current
+    one)."""
+    kv_idx, full_kv_idx = scratch[0], scratch[1]
     lead = kv_idx.shape[:-2]
     kv_num, full_kv_num = (kv_idx.new_empty(*lead, n_q) for _ in range(2))
     cls = kv_idx.new_empty(*lead, n_q, n_kv, dtype=torch.int8)
     kv = (kv_num, kv_idx, full_kv_num, full_kv_idx)
-    _launch(_finish_launch((*kv, cls), lead.numel(), n_q, n_kv))
+    finish, column = _fixed_kernels(lead.numel(), n_q, n_kv)
+    finish((*kv, cls, n_q, n_kv), cls.device, stream)
     q_num, full_q_num = (cls.new_empty(*lead, n_kv, dtype=torch.int32) for _ in range(2))
     q_idx = cls.new_empty(*lead, n_kv, n_q, dtype=torch.int32)
     full_q_idx = torch.empty_like(q_idx)
     q = (q_num, q_idx, full_q_num, full_q_idx)
-    _launch(_column_launch((cls, *q), lead.numel(), n_q, n_kv))
+    column((cls, *q, n_q, n_kv), cls.device, stream)
     return (*kv, *q)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fixed_kernels(bh: int, n_q: int, n_kv: int) -> tuple[_Kernel, _Kernel]:
+    """The finish and column kernels at this grid, keyed by device when called (their
+    tensors are allocated by ``_finish``: aligned alike on every call)."""
+    kernels_ = []
+    for make, n in ((_finish_launch, 5), (_column_launch, 5)):
+        kernel, grid, _, kw = make((None,) * n, bh, n_q, n_kv)
+        kernels_.append(_Kernel(kernel, grid, kw))
+    return kernels_[0], kernels_[1]
 
 
 def classify_rows(
@@ -218,21 +256,29 @@ def generated(mask: ir.MaskIR) -> _Generated:
     return g
 
 
+def _count_parts(
+    mask: ir.MaskIR, sizes: Mapping[str, int], block_size: tuple[int, int]
+) -> Launch:
+    """The spec's generated count kernel, its grid, the arguments after the inputs and
+    scratch (sizes, the family's, the loops') and its constexprs: fixed per sizes."""
+    g = generated(mask)
+    loops, slots = g.plan(sizes)[0], g.slots(sizes)  # cached per sizes: no per-call analysis
+    (q_bs, kv_bs), lead = block_size, lower.lead_shape(mask, sizes)
+    n_q, n_kv = blocks.counts(sizes["Q_LEN"], sizes["KV_LEN"], q_bs, kv_bs)
+    tail = (sizes["B"], sizes["H"], sizes["Q_LEN"], sizes["KV_LEN"], lead[1], n_q, n_kv,
+            *g.family(sizes).enumerated(kv_bs), *loops)
+    kw = {"KP": slots, "Q_BS": q_bs, "RC": _row_chunk(q_bs, slots), "KV_BS": kv_bs,
+          "FAMILY": mask.has_families(), "num_warps": COUNT_WARPS}
+    return g.kernel, _grid(lead, n_q, q_bs, slots), tail, kw
+
+
 def _count_launch(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
     scratch: tuple[Any, Any], block_size: tuple[int, int],
 ) -> Launch:
     """The spec's generated count kernel into scratch (tensors, or dtypes to compile only)."""
-    g = generated(mask)
-    loops, slots = g.plan(sizes)[0], g.slots(sizes)  # cached per sizes: no per-call analysis
-    (q_bs, kv_bs), lead = block_size, lower.lead_shape(mask, sizes)
-    n_q, n_kv = blocks.counts(sizes["Q_LEN"], sizes["KV_LEN"], q_bs, kv_bs)
-    args = (*triton_rows.input_args(mask, inputs), *scratch, sizes["B"], sizes["H"],
-            sizes["Q_LEN"], sizes["KV_LEN"], lead[1], n_q, n_kv,
-            *g.family(sizes).enumerated(kv_bs), *loops)
-    kw = {"KP": slots, "Q_BS": q_bs, "RC": _row_chunk(q_bs, slots), "KV_BS": kv_bs,
-          "FAMILY": mask.has_families(), "num_warps": COUNT_WARPS}
-    return g.kernel, _grid(lead, n_q, q_bs, slots), args, kw
+    kernel, grid, tail, kw = _count_parts(mask, sizes, block_size)
+    return kernel, grid, (*triton_rows.input_args(mask, inputs), *scratch, *tail), kw
 
 
 def _fits(mask: ir.MaskIR, sizes: Mapping[str, int], block_size: tuple[int, int]) -> bool:
@@ -241,18 +287,84 @@ def _fits(mask: ir.MaskIR, sizes: Mapping[str, int], block_size: tuple[int, int]
                 g.family(sizes).stride)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """One configuration's build (spec, sizes, block size, device) worked out once: output
+    shapes, the count kernel's grid and size and loop arguments, its launcher. ``run``
+    only allocates and launches, so a repeated build does no analysis and skips Triton's
+    argument binding (``_Kernel``)."""
+
+    mask: ir.MaskIR
+    device: torch.device
+    lead: tuple[int, ...]
+    n_q: int
+    n_kv: int
+    count: _Kernel
+    tail: tuple[Any, ...]  # the count kernel's arguments after the inputs and scratch
+    searched: frozenset[str]  # inputs the kernel binary-searches (``triton_rows``)
+
+    def run(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, ...]:
+        """The eight tensors from these bound inputs (on the plan's device)."""
+        scratch = _scratch(self.lead, self.n_q, self.n_kv, self.device)
+        args = triton_rows.input_args(self.mask, inputs, self.searched)
+        # What Triton specializes on and may differ between calls: the inputs' alignment
+        # and strides (their shapes and dtypes are fixed by the sizes and the spec).
+        key = tuple((t.data_ptr() % 16, t.stride()) for t in inputs.values())
+        stream = (torch.cuda.current_stream(self.device).cuda_stream
+                  if self.device.type == "cuda" else None)
+        self.count((*args, scratch[0], scratch[1], *self.tail), key, stream)
+        return _finish(scratch, self.n_q, self.n_kv, stream)
+
+
+_PLANS: dict[tuple[Any, ...], Plan | None] = {}
+MAX_PLANS = 1024  # configurations remembered; past that the cache starts again
+
+
+def _plan_key(mask: ir.MaskIR, sizes: Mapping[str, int], device: torch.device,
+              block_size: tuple[int, int]) -> tuple[Any, ...]:
+    return (id(mask), sizes["B"], sizes["H"], sizes["Q_LEN"], sizes["KV_LEN"], block_size,
+            device)
+
+
+def plan(
+    mask: ir.MaskIR, sizes: Mapping[str, int], device: torch.device,
+    block_size: tuple[int, int],
+) -> Plan | None:
+    """The build plan of this configuration (cached), None when the fused kernels decline
+    its shape (``fits``). Its kernels should be compiled first (``compiled``), else its
+    first run compiles them."""
+    device = indexed(device)
+    key = _plan_key(mask, sizes, device, block_size)
+    if key in _PLANS and (_PLANS[key] is None or _PLANS[key].mask is mask):
+        return _PLANS[key]
+    made = None
+    if _fits(mask, sizes, block_size):
+        kernel, grid, tail, kw = _count_parts(mask, sizes, block_size)
+        n_q, n_kv = blocks.counts(sizes["Q_LEN"], sizes["KV_LEN"], *block_size)
+        made = Plan(mask, device, lower.lead_shape(mask, sizes), n_q, n_kv,
+                    _Kernel(kernel, grid, kw), tail, frozenset(triton_rows.searched_inputs(mask)))
+    if len(_PLANS) >= MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = made
+    return made
+
+
+def indexed(device: torch.device) -> torch.device:
+    """A CUDA device with its index (``cuda`` is the current one)."""
+    if device.index is None and device.type == "cuda":
+        return torch.device(device.type, torch.cuda.current_device())
+    return device
+
+
 def build(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
     device: torch.device, block_size: tuple[int, int],
 ) -> tuple[Tensor, ...] | None:
     """The eight tensors from the spec's generated count kernel (rows computed in registers,
-    no row tensor) and ``_finish``. None when the shape does not fit (see ``fits``)."""
-    if not _fits(mask, sizes, block_size):
-        return None
-    n_q, n_kv = blocks.counts(sizes["Q_LEN"], sizes["KV_LEN"], *block_size)
-    scratch = _scratch(lower.lead_shape(mask, sizes), n_q, n_kv, device)
-    _launch(_count_launch(mask, sizes, inputs, (scratch[0], scratch[1]), block_size))
-    return _finish(scratch, n_q, n_kv)
+    no row tensor) and ``_finish``, by the configuration's ``plan``. None when the shape
+    does not fit (see ``fits``)."""
+    p = plan(mask, sizes, device, block_size)
+    return None if p is None else p.run(inputs)
 
 
 def _compile(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
@@ -315,10 +427,14 @@ def tensors(
     device: torch.device, block_size: tuple[int, int],
 ) -> tuple[Tensor, ...]:
     """The spec's eight BlockMask tensors at these sizes and bound inputs: the generated
-    kernel on CUDA where it fits (``torch_path`` while it compiles, see ``compiled``), else
-    lowering to row intervals and ``classify`` (``torch_path`` off CUDA)."""
+    kernel on CUDA where it fits (``torch_path`` while it compiles, see ``compiled``; a
+    configuration built before runs its cached ``plan`` at once), else lowering to row
+    intervals and ``classify`` (``torch_path`` off CUDA)."""
     if device.type != "cuda" or triton is None:
         return torch_path(mask, sizes, inputs, device, block_size)
+    p = _PLANS.get(_plan_key(mask, sizes, indexed(device), block_size))
+    if p is not None and p.mask is mask:
+        return p.run(inputs)
     if not compiled(mask, sizes, inputs, device, block_size):
         log.info("%s: building on the torch path while the kernels compile", mask.name)
         return torch_path(mask, sizes, inputs, device, block_size)

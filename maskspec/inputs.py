@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from maskspec import ir
+from maskspec import deferred, ir
 from maskspec.errors import SizesError, did_you_mean
 
 
@@ -38,7 +39,15 @@ def block_size_of(bs: int | tuple[int, int]) -> tuple[int, int]:
 
 def device_of(device: Any) -> torch.device:
     """The device to build on, checked: a torch device that holds values (not meta), CUDA
-    only where this torch has it."""
+    only where this torch has it (remembered per value: builds repeat it)."""
+    try:
+        return _device_of(device)
+    except TypeError:  # unhashable: not a device, as ``_device_of`` says
+        return _device_of.__wrapped__(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _device_of(device: Any) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -143,14 +152,9 @@ def convert_inputs(
                 + (f"; {hint}" if hint else f" (inputs: {', '.join(decls) or 'none'})")
             )
     out = {}
+    shapes = _declared_shapes(mask, sizes)
     for name, d in decls.items():
-        shape = tuple(_at_sizes(s, sizes, f"a dimension of input `{name}`", d, mask)
-                      for s in d.shape)
-        if any(n < 1 for n in shape):
-            raise ValueError(
-                f"input `{name}` (declared at {_where(d, mask)}) would have shape "
-                f"{list(shape)} at {sizes_text(sizes)}: every dimension must be at least 1"
-            )
+        shape = shapes[name]
         if name in given and given[name] is not None:
             t = _to_tensor(name, given[name], d.dtype, device)
             _check_dtype(name, t, d.dtype)
@@ -171,30 +175,127 @@ def convert_inputs(
     return out
 
 
+def _declared_shapes(mask: ir.MaskIR, sizes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+    """Every input's declared shape at these sizes, checked to have no empty dimension
+    (cached per sizes, but while torch.compile traces: a lookup would specialize them)."""
+    concrete = not torch.compiler.is_compiling()
+    key = (id(mask), *(sizes[k] for k in ir.SIZES))
+    hit = _SHAPES.get(key) if concrete else None
+    if hit is not None and hit[0] is mask:
+        return hit[1]
+    shapes = {}
+    for d in mask.inputs:
+        shape = tuple(_at_sizes(s, sizes, f"a dimension of input `{d.name}`", d, mask)
+                      for s in d.shape)
+        if any(n < 1 for n in shape):
+            raise ValueError(
+                f"input `{d.name}` (declared at {_where(d, mask)}) would have shape "
+                f"{list(shape)} at {sizes_text(sizes)}: every dimension must be at least 1"
+            )
+        shapes[d.name] = shape
+    if concrete:
+        _bounded(_SHAPES)[key] = (mask, shapes)
+    return shapes
+
+
+DEFERRED_DEVICES = {"cuda"}  # device types whose value checks run there, read later
+
+
 def check_bound(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: dict[str, torch.Tensor], check: bool
 ) -> dict[str, torch.Tensor]:
     """What ``convert_inputs`` leaves for concrete sizes and values: the checks the sizes
     alone decide (once per sizes), then either the value checks (``check``; they read the
-    values) or ``sanitized`` values."""
+    values) or ``sanitized`` values. On CUDA (``DEFERRED_DEVICES``) the value checks run
+    on the device and are read by a later build (``deferred``): the build goes on with the
+    sanitized values, which equal the given ones when they pass."""
     key = (id(mask), *(sizes[k] for k in ir.SIZES))
-    if _STATIC_OK.get(key) is not mask:  # what the sizes alone decide, once per sizes
+    static = _STATIC_OK.get(key)
+    if static is None or static[0] is not mask:  # what the sizes alone decide, once per sizes
         check_divisors(mask, sizes)
         check_value_ranges(mask, sizes, inputs)
-        check_index_bounds(mask, sizes, inputs, check, static=True)
-        if len(_STATIC_OK) > 4096:  # bounded: a run through many sizes keeps only recent ones
-            _STATIC_OK.clear()
-        _STATIC_OK[key] = mask
+        reads = check_index_bounds(mask, sizes, inputs, check, static=True)
+        static = _bounded(_STATIC_OK)[key] = (mask, reads)
     if not check:
         return sanitized(mask, sizes, inputs)
+    device = next((t.device for t in inputs.values()), None)
+    if device is not None and device.type in DEFERRED_DEVICES:
+        return _checked_later(mask, sizes, inputs, device, static[1])
+    _check_values(mask, sizes, inputs)
+    if static[1]:
+        check_index_bounds(mask, sizes, inputs, check, static=False)
+    return inputs
+
+
+def _check_values(
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor]
+) -> None:
+    """The value checks, on the host: ranges, and document ids in order."""
     for d in mask.inputs:
         t = inputs[d.name]
         if d.dtype == "int":  # bools take no range (the compiler refuses one)
             _check_range(d.name, t, *_value_range(d, sizes, mask))
         if d.name in mask.document_inputs():
             _check_sorted(d.name, t)
-    check_index_bounds(mask, sizes, inputs, check, static=False)
-    return inputs
+
+
+def _checked_later(
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: dict[str, torch.Tensor],
+    device: torch.device, reads_values: bool,
+) -> dict[str, torch.Tensor]:
+    """The value checks on the device (``value_flag``), watched by ``deferred``: first the
+    earlier builds' checks that have landed are read (one that failed raises here), then
+    this build's sanitized values are returned. Lookups indexed by input values still
+    check their bounds on the host (a sync). Inside a CUDA graph capture nothing can be
+    read back: the values are only sanitized there."""
+    deferred.poll(device)
+    clean = sanitized(mask, sizes, inputs)
+    if reads_values:
+        check_index_bounds(mask, sizes, clean, True, static=False)
+    bad = value_flag(inputs, clean)
+    if bad is not None and not (device.type == "cuda"
+                                and torch.cuda.is_current_stream_capturing()):
+        deferred.watch(bad, functools.partial(report_failed, mask, dict(sizes), dict(inputs)))
+    return clean
+
+
+def value_flag(
+    given: Mapping[str, torch.Tensor], clean: Mapping[str, torch.Tensor]
+) -> torch.Tensor | None:
+    """On the inputs' device, a 0-dim uint8 that is 1 when some given value fails the value
+    checks: exactly where ``sanitized`` changed it (it leaves passing values alone). None
+    when nothing was sanitized (no integer inputs)."""
+    flags = [(clean[n] != t).view(torch.uint8).amax() for n, t in given.items()
+             if clean[n] is not t]
+    if not flags:
+        return None
+    return flags[0] if len(flags) == 1 else torch.stack(flags).amax()
+
+
+def report_failed(
+    mask: ir.MaskIR, sizes: Mapping[str, int], given: Mapping[str, torch.Tensor],
+    replays: str = "",
+) -> None:
+    """Raise the error of a build whose device-side value check failed, found later: the
+    host checks' message on the same tensors, saying which build it was."""
+    where = (f"an earlier build of `{mask.name}` at {sizes_text(sizes)}{replays}, checked on "
+             "the device and reported at this call")
+    used = ("that build used the values clamped into range and document ids raised to "
+            "the largest one before them (what check_inputs=False builds)")
+    try:
+        _check_values(mask, sizes, given)
+    except ValueError as err:
+        raise ValueError(f"{err} — in {where}; {used}") from None
+    raise ValueError(f"{where[0].upper()}{where[1:]}, was given values outside their declared "
+                     f"ranges or unsorted document ids; the tensors have changed since, so "
+                     f"which values is not known; {used}")
+
+
+def _bounded(cache: dict[Any, Any]) -> dict[Any, Any]:
+    """``cache``, emptied when it is full: a run through many sizes keeps only recent ones."""
+    if len(cache) > 4096:
+        cache.clear()
+    return cache
 
 
 def sanitized(
@@ -220,8 +321,10 @@ def sanitized(
 
 
 # (id(mask), *sizes) → the mask whose divisors and input lookups these sizes were checked
-# for (a repeated build skips them; the entry holds the mask, so its id is not reused).
-_STATIC_OK: dict[tuple[int, ...], ir.MaskIR] = {}
+# for, and whether some lookup's bounds need the values (a repeated build skips the checks;
+# the entry holds the mask, so its id is not reused); likewise the inputs' declared shapes.
+_STATIC_OK: dict[tuple[int, ...], tuple[ir.MaskIR, bool]] = {}
+_SHAPES: dict[tuple[int, ...], tuple[ir.MaskIR, dict[str, tuple[int, ...]]]] = {}
 
 
 def sizes_text(sizes: Mapping[str, int]) -> str:
@@ -274,13 +377,15 @@ def _positions(sizes: Mapping[str, int]) -> dict[str, tuple[int, int]]:
 def check_index_bounds(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor],
     check: bool = True, static: bool | None = None,
-) -> None:
+) -> bool:
     """Every input lookup stays inside its tensor for all real (b, h, q): from the index's
     bounds at these sizes or, for an index that reads inputs, from its values everywhere
     (when ``check`` lets it read them). Lookups are clamped when evaluated, so an unchecked
     out-of-range index would silently reuse an edge value. ``static`` True (False) checks
-    only the indices whose bounds the sizes decide (that read inputs); None, both."""
+    only the indices whose bounds the sizes decide (that read inputs); None, both. Returns
+    whether some index's bounds need the values."""
     ranges = _positions(sizes)
+    reads = False
     for e in mask.exprs():
         for node in e.walk():
             if not isinstance(node, ir.Load):
@@ -288,6 +393,7 @@ def check_index_bounds(
             for dim, a in enumerate(node.args):
                 lo, hi = ir.bounds(a, ranges, sizes, {})
                 known = math.isfinite(lo - hi)
+                reads = reads or not known
                 if (not known and not check) or static is (not known):
                     continue
                 if not known:
@@ -302,6 +408,7 @@ def check_index_bounds(
                         "`(Q_LEN + block - 1) // block` for `q // block`" if known else
                         "the index reads inputs whose values send it outside",
                     )
+    return reads
 
 
 def check_value_ranges(

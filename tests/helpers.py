@@ -2,11 +2,15 @@
 comparison of BlockMask index tensors, and a spec's generated build kernel against the torch
 path."""
 
+import random
+
 import torch
 
+import maskspec
 from maskspec import blocks, fused, lower
-from maskspec.api import CompiledMask
+from maskspec.api import CompiledMask, shipped_specs
 from maskspec.targets import flex
+from maskspec.verify import random_inputs
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # else the interpreter
 
@@ -36,3 +40,18 @@ def assert_generated_equal(mask: CompiledMask, b: int, h: int, q: int, kv: int,
     rows = lower.row_slots(mask.ir, sizes, bound, dev)
     assert_tensors_equal(got, flex.index_tensors(blocks.classify(rows, q, kv, *bs)))
     return True
+
+
+SPECS_WITH_INPUTS = [n for n in sorted(shipped_specs()) if maskspec.load(n).ir.inputs]
+
+
+def hostile(mask: CompiledMask, b: int, q: int, kv: int, seed: int) -> dict:
+    """Inputs of the declared shapes whose integer values ignore every declared range and
+    order: anywhere in [-2·KV, 2·KV]."""
+    rng = random.Random(seed)
+    out = random_inputs(mask, b, 1, q, kv, rng)
+    gen = torch.Generator().manual_seed(seed)
+    for d in mask.ir.inputs:
+        if d.dtype == "int":
+            out[d.name] = torch.randint(-2 * kv, 2 * kv + 1, out[d.name].shape, generator=gen)
+    return out

@@ -195,7 +195,7 @@ def test_graph_replays_sanitize_values_the_checks_would_refuse(name):
     """Values copied into a captured graph are sanitized inside it (out-of-range lengths,
     decreasing document ids): every replay's mask agrees with the mask_mod it carries."""
     mask, q = maskspec.load(name), 1024
-    graphs = Builder(mask, cuda_graph=True)
+    graphs = Builder(mask, cuda_graph=True, check_inputs=False)
     gen = torch.Generator().manual_seed(0)
     for _ in range(3):
         inputs = {d.name: torch.randint(-2 * q, 2 * q, (2, 3 * q) if d.name == "doc" else (2,),
@@ -304,3 +304,74 @@ def test_capture_right_after_a_first_build_waits_for_the_kernels(monkeypatch):
     torch.cuda.synchronize()
     _assert_same(bm, ref)
     assert _compiled_kernels(fused.generated(mask.ir).kernel) == 1
+
+
+def _warm(build) -> None:
+    """A first call (compiles, captures, allocates the check ring) and its results landed."""
+    build()
+    torch.cuda.synchronize()
+    maskspec.wait_checks()
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_checked_builds_do_not_sync(eagle3, graph):
+    """The default (checked) call and a checking Builder's replay run no synchronizing
+    CUDA call once warm: torch's sync debug mode turns any into an error."""
+    lens, q = _seq_len(2, 4096, 5), 4096
+    graphs = Builder(eagle3, cuda_graph=True) if graph else None
+
+    def call():
+        if graphs is not None:
+            return graphs(2, 1, q, 5 * q, DEV, seq_len=lens)
+        return eagle3.block_mask(2, 1, q, 5 * q, DEV, seq_len=lens)
+    _warm(call)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            call()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    maskspec.wait_checks()
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_device_checks_report_at_a_later_call(graph):
+    """A bad value on CUDA: the build goes on with the sanitized values (agreeing with its
+    mask_mod), and the host check's message, naming the build, raises at wait_checks or
+    at the next build that finds it landed; later builds are clean again."""
+    mask, q = maskspec.load("document_causal"), 1024
+    graphs = Builder(mask, cuda_graph=True) if graph else None
+
+    def call(doc):
+        return graphs(1, 1, q, q, DEV, doc=doc) if graph else \
+            mask.block_mask(1, 1, q, q, DEV, doc=doc)
+    good = (torch.arange(q, device=DEV) // 100).view(1, q)
+    _warm(lambda: call(good))
+    bad = good.clone()
+    bad[0, 500] = 0
+    bm = call(bad)
+    ref = create_block_mask(bm.mask_mod, 1, 1, q, q, device=DEV)
+    assert first_difference(bm, ref) is None
+    with pytest.raises(ValueError, match=r"doc\[0, 500\] = 0 follows a larger id.*earlier "
+                       r"build of `document_causal`"):
+        maskspec.wait_checks()
+    maskspec.wait_checks()  # reported once
+    call(bad)
+    torch.cuda.synchronize()
+    with pytest.raises(ValueError, match="non-decreasing"):
+        call(good)
+    _assert_same(call(good), mask.block_mask(1, 1, q, q, DEV, check_inputs=False, doc=good))
+    maskspec.wait_checks()
+
+
+def test_plan_launches_follow_input_alignment_and_strides():
+    """A configuration's cached launches (fused.Plan) are keyed by what Triton specializes
+    on: inputs at odd offsets and with odd strides build what the torch path builds."""
+    mask, q = spec("document_causal"), 4096
+    wide = (torch.arange(3 * q + 1, device=DEV) // 300).view(1, -1)
+    views = [wide[:, :q], wide[:, 1:q + 1], wide[:, : 2 * q : 2], wide[:, 3::3][:, :q]]
+    for doc in views + views:
+        sizes, bound, dev = mask._bind(1, 1, q, q, DEV, {"doc": doc}, check=False)
+        got = fused.tensors(mask.ir, sizes, bound, dev, (128, 128))
+        want = fused.torch_path(mask.ir, sizes, bound, dev, (128, 128))
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

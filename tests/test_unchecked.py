@@ -1,40 +1,28 @@
-"""Unchecked builds (``check_inputs=False``, ``fast.Builder``) given values the checks would
+"""Unchecked builds (``check_inputs=False``, also ``fast.Builder``'s) given values the checks would
 refuse — out of their declared ranges, document ids that decrease — still give a BlockMask
 that agrees with the mask_mod it carries: the values are sanitized (clamped, ids raised to
 a running maximum), never trusted."""
 
 from __future__ import annotations
 
-import random
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import examples
+from helpers import SPECS_WITH_INPUTS as SPECS
+from helpers import hostile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec
-from maskspec.api import shipped_specs
 from maskspec.fast import Builder
-from maskspec.verify import first_difference, random_inputs
+from maskspec.verify import first_difference
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "specs"
-SPECS = [n for n in sorted(shipped_specs()) if maskspec.load(n).ir.inputs]
 BLOCKS = st.sampled_from([1, 8, 16, 128, (16, 8), (24, 40)])
-
-
-def hostile(mask: maskspec.CompiledMask, b: int, q: int, kv: int, seed: int) -> dict:
-    """Inputs of the declared shapes whose integer values ignore every declared range and
-    order: anywhere in [-2·KV, 2·KV]."""
-    rng = random.Random(seed)
-    out = random_inputs(mask, b, 1, q, kv, rng)
-    gen = torch.Generator().manual_seed(seed)
-    for d in mask.ir.inputs:
-        if d.dtype == "int":
-            out[d.name] = torch.randint(-2 * kv, 2 * kv + 1, out[d.name].shape, generator=gen)
-    return out
 
 
 def _agrees(bm, b: int, q: int, kv: int, bs) -> None:
@@ -80,8 +68,16 @@ def test_decreasing_document_ids_follow_the_running_maximum():
 @given(st.sampled_from(SPECS), st.integers(1, 2), st.integers(1, 160), st.integers(1, 160),
        st.integers(0, 10**6))
 def test_builder_sanitizes_like_the_plain_call(spec, b, q, kv, seed):
-    """fast.Builder never checks values: its masks agree with their mask_mods too."""
+    """fast.Builder with its checks off: its masks agree with their mask_mods too; with
+    them on (the default) it refuses what the plain call refuses."""
     mask = maskspec.load(spec)
     inputs = hostile(mask, b, q, kv, seed)
-    bm = Builder(mask, 16)(b, 1, q, kv, "cpu", **inputs)
+    bm = Builder(mask, 16, check_inputs=False)(b, 1, q, kv, "cpu", **inputs)
     _agrees(bm, b, q, kv, 16)
+    try:
+        mask.block_mask(b, 1, q, kv, "cpu", 16, **inputs)
+    except ValueError as err:
+        with pytest.raises(ValueError, match=re.escape(str(err))):
+            Builder(mask, 16)(b, 1, q, kv, "cpu", **inputs)
+    else:
+        _agrees(Builder(mask, 16)(b, 1, q, kv, "cpu", **inputs), b, q, kv, 16)

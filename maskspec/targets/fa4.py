@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -19,7 +20,9 @@ class BlockSparseTensors(NamedTuple):
     block_size: tuple[int, int] | None = None
 
 
+@functools.cache
 def _tensors_class() -> Any:
+    """FA4's tensors class, else the stand-in (looked up once: a failed import is slow)."""
     try:
         from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
     except Exception:  # flash-attn-4 absent or unusable here: same fields, plain tuple
@@ -74,7 +77,9 @@ def check_block_size(block_size: tuple[int, int], arch: int) -> None:
 
 
 def _expand(t: torch.Tensor, b: int, h: int) -> torch.Tensor:
-    return t.expand(b, h, *t.shape[2:]).contiguous()
+    """``t`` seen at FA4's (B, H) leading shape: a broadcast view (FA4 reads the zero
+    strides as broadcast dims), no copy."""
+    return t.expand(b, h, *t.shape[2:])
 
 
 def block_sparse(

@@ -17,7 +17,7 @@ iteration fills one slot of every row. A strided family is no loop: its slot hol
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any, ClassVar
 
 from maskspec import ir, lower
@@ -83,7 +83,7 @@ def _term_args(t: ir.Term, i: int) -> list[str]:
 def _input_args(mask: ir.MaskIR) -> tuple[list[str], list[str]]:
     """Every input's kernel arguments, and those of them that are sizes (not specialized)."""
     out, sizes = [], []
-    searched = _searched(mask)
+    searched = searched_inputs(mask)
     for d in mask.inputs:
         dims = [arg(d.name, "d", k) for k in range(len(d.shape))]
         bits = [arg(d.name, "bits")] if d.name in searched else []
@@ -92,7 +92,7 @@ def _input_args(mask: ir.MaskIR) -> tuple[list[str], list[str]]:
     return out, sizes
 
 
-def _searched(mask: ir.MaskIR) -> set[str]:
+def searched_inputs(mask: ir.MaskIR) -> set[str]:
     """Inputs a row program binary-searches (document edges)."""
     return {n.ids.input for t in mask.terms for e in t.program.exprs() for n in e.walk()
             if isinstance(n, ir.DocEdge)}
@@ -197,11 +197,14 @@ def plan(mask: ir.MaskIR, sizes: Mapping[str, int]) -> tuple[list[int], int]:
     return args, col
 
 
-def input_args(mask: ir.MaskIR, inputs: Mapping[str, Any]) -> list[Any]:
+def input_args(
+    mask: ir.MaskIR, inputs: Mapping[str, Any], searched: Set[str] | None = None
+) -> list[Any]:
     """The bound input tensors as ``source``'s arguments: each with its dims and strides
-    (and, for document ids, the steps of a binary search over a row)."""
+    (and, for the ``searched`` ones, document ids, the steps of a binary search over a
+    row; found from the IR unless given)."""
     out: list[Any] = []
-    searched = _searched(mask)
+    searched = searched_inputs(mask) if searched is None else searched
     for d in mask.inputs:
         t = inputs[d.name]
         out += [t, *t.shape, *t.stride()]

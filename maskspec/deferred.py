@@ -1,0 +1,84 @@
+"""Checks that run on a CUDA device and are read later, so a checked build never syncs.
+
+A checked CUDA build computes on the device one byte saying whether its inputs failed a
+check, and ``watch`` copies it asynchronously into a slot of a pinned host ring, marked
+pending until the copy lands. Every later checked build first ``poll``s: slots that have
+landed are read oldest first, and a failed one calls its ``report``, which raises the error
+the host checks would have raised. ``wait`` syncs and reads them all. The ring is per
+device and bounded: a build that finds it full waits for the oldest slot.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import torch
+
+RING = 256  # pending checks per device
+_PENDING = 255  # a slot's byte until the device's copy lands (the checks write 0 or 1)
+
+
+class _Ring:
+    """A device's pinned byte slots and the reports waiting on them, oldest first."""
+
+    def __init__(self, device: torch.device) -> None:
+        pinned = device.type == "cuda"  # what an asynchronous copy lands in
+        self.host = torch.full((RING,), 0, dtype=torch.uint8, pin_memory=pinned)
+        self.bytes = self.host.numpy()  # reads and writes without torch's dispatch
+        self.slots = self.host.unbind()
+        self.reports: deque[tuple[int, Callable[[], None]]] = deque()
+        self.next = 0
+
+
+_RINGS: dict[torch.device, _Ring] = {}
+
+
+def watch(bad: torch.Tensor, report: Callable[[], None]) -> None:
+    """Read ``bad`` (a 0-dim uint8 tensor, nonzero when a check failed) once its device has
+    computed it, and then call ``report`` if it is nonzero (``poll``). Off CUDA the copy
+    lands at once."""
+    ring = _RINGS.get(bad.device)
+    if ring is None:
+        ring = _RINGS[bad.device] = _Ring(bad.device)
+    if len(ring.reports) == RING:
+        _sync(bad.device)
+        _read(ring)
+    slot = ring.next
+    ring.next = (slot + 1) % RING
+    ring.bytes[slot] = _PENDING
+    ring.slots[slot].copy_(bad, non_blocking=True)
+    ring.reports.append((slot, report))
+
+
+def _read(ring: _Ring) -> None:
+    """Retire the landed slots, oldest first; the first failed one's report raises."""
+    while ring.reports:
+        slot, report = ring.reports[0]
+        value = int(ring.bytes[slot])
+        if value == _PENDING:
+            return
+        ring.reports.popleft()
+        if value:
+            report()
+
+
+def poll(device: torch.device | None = None) -> None:
+    """Report the failed checks whose bytes have landed (on ``device``, or every one),
+    without waiting for the others."""
+    for dev, ring in list(_RINGS.items()):
+        if device is None or dev == device:
+            _read(ring)
+
+
+def wait(device: torch.device | None = None) -> None:
+    """Wait for every pending check (on ``device``, or everywhere) and report failures."""
+    for dev, ring in list(_RINGS.items()):
+        if (device is None or dev == device) and ring.reports:
+            _sync(dev)
+            _read(ring)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
