@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_families import eagle3_by_hand  # run as a script: benchmarks/ is on the path
+from hand_builders import eagle3_by_hand  # run as a script: benchmarks/ is on the path
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 import maskspec

@@ -66,8 +66,8 @@ def _read(ring: _Ring) -> None:
 def poll(device: torch.device | None = None) -> None:
     """Report the failed checks whose bytes have landed (on ``device``, or every one),
     without waiting for the others."""
-    for dev, ring in list(_RINGS.items()):
-        if device is None or dev == device:
+    for dev, ring in _RINGS.items():
+        if ring.reports and (device is None or dev == device):
             _read(ring)
 
 

@@ -131,13 +131,15 @@ class Builder:
         and device), so a repeated call skips binding: its shapes were checked at capture,
         and the inputs it omits still hold the defaults captured with it. Inputs given as
         lists or numbers are bound on every call and copied in whole. The graph computes
-        the value check's flag too; it is read back after the replay (``deferred``).
+        the value check's flag too; it is read back after the replay (``deferred``) when the
+        call copied tensors in unchecked (binding checks the others; defaults pass).
         """
         tensors = all(isinstance(t, torch.Tensor) for t in inputs.values())
         key = (B, H, Q_LEN, KV_LEN, str(device), tensors, *(
             (k, t.shape, t.dtype, t.device) if tensors else k for k, t in sorted(inputs.items())
         ))
         cap = self._graphs.get(key)
+        unchecked = inputs if cap is not None and tensors else {}
         if cap is None or not tensors:
             sizes, bound, dev = self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, self.check)
             if cap is None and not self._compiled(sizes, bound, dev):
@@ -146,13 +148,13 @@ class Builder:
                 cap = self._graphs[key] = self._capture(sizes, bound, dev)
             inputs = bound
         if self.check:
-            deferred.poll(cap.block_mask.kv_num_blocks.device)
+            deferred.poll()
         for name, t in inputs.items():
             cap.inputs[name].copy_(t)
         cap.graph.replay()
-        if self.check and cap.bad is not None:
+        if self.check and cap.bad is not None and unchecked:
             report = functools.partial(inputs_stage.report_failed, self.mask.ir, cap.sizes,
-                                       {**cap.inputs, **inputs}, " (a CUDA graph replay)")
+                                       {**cap.inputs, **unchecked}, " (a CUDA graph replay)")
             deferred.watch(cap.bad, report)
         return cap.block_mask
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -130,10 +130,11 @@ def bind_inputs(
 ) -> dict[str, torch.Tensor]:
     """Tensors for every declared input: given ones checked, missing ones from defaults.
 
-    ``check`` also verifies value ranges, which reads the values (a device sync on GPU);
-    turn it off inside CUDA graphs or hot loops. Unchecked values are ``sanitized``.
+    ``check`` also verifies value ranges (on CUDA on the device, read later; see
+    ``check_bound``). Unchecked values are ``sanitized``.
     """
-    return check_bound(mask, sizes, convert_inputs(mask, sizes, given, device), check)
+    names = [k for k, v in given.items() if v is not None]
+    return check_bound(mask, sizes, convert_inputs(mask, sizes, given, device), check, names)
 
 
 def convert_inputs(
@@ -202,13 +203,16 @@ DEFERRED_DEVICES = {"cuda"}  # device types whose value checks run there, read l
 
 
 def check_bound(
-    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: dict[str, torch.Tensor], check: bool
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: dict[str, torch.Tensor], check: bool,
+    given: Collection[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """What ``convert_inputs`` leaves for concrete sizes and values: the checks the sizes
     alone decide (once per sizes), then either the value checks (``check``; they read the
     values) or ``sanitized`` values. On CUDA (``DEFERRED_DEVICES``) the value checks run
     on the device and are read by a later build (``deferred``): the build goes on with the
-    sanitized values, which equal the given ones when they pass."""
+    sanitized values, which equal the given ones when they pass. Only the ``given`` inputs
+    (None: all) are checked or sanitized: defaults lie in their ranges (the compiler checks
+    them)."""
     key = (id(mask), *(sizes[k] for k in ir.SIZES))
     static = _STATIC_OK.get(key)
     if static is None or static[0] is not mask:  # what the sizes alone decide, once per sizes
@@ -216,12 +220,13 @@ def check_bound(
         check_value_ranges(mask, sizes, inputs)
         reads = check_index_bounds(mask, sizes, inputs, check, static=True)
         static = _bounded(_STATIC_OK)[key] = (mask, reads)
+    part = inputs if given is None else {k: inputs[k] for k in given}
     if not check:
-        return sanitized(mask, sizes, inputs)
+        return {**inputs, **sanitized(mask, sizes, part)}
     device = next((t.device for t in inputs.values()), None)
     if device is not None and device.type in DEFERRED_DEVICES:
-        return _checked_later(mask, sizes, inputs, device, static[1])
-    _check_values(mask, sizes, inputs)
+        return _checked_later(mask, sizes, inputs, part, device, static[1])
+    _check_values(mask, sizes, part)
     if static[1]:
         check_index_bounds(mask, sizes, inputs, check, static=False)
     return inputs
@@ -230,8 +235,10 @@ def check_bound(
 def _check_values(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor]
 ) -> None:
-    """The value checks, on the host: ranges, and document ids in order."""
+    """The value checks of these inputs, on the host: ranges, and document ids in order."""
     for d in mask.inputs:
+        if d.name not in inputs:
+            continue
         t = inputs[d.name]
         if d.dtype == "int":  # bools take no range (the compiler refuses one)
             _check_range(d.name, t, *_value_range(d, sizes, mask))
@@ -241,7 +248,7 @@ def _check_values(
 
 def _checked_later(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: dict[str, torch.Tensor],
-    device: torch.device, reads_values: bool,
+    part: dict[str, torch.Tensor], device: torch.device, reads_values: bool,
 ) -> dict[str, torch.Tensor]:
     """The value checks on the device (``value_flag``), watched by ``deferred``: first the
     earlier builds' checks that have landed are read (one that failed raises here), then
@@ -249,13 +256,14 @@ def _checked_later(
     check their bounds on the host (a sync). Inside a CUDA graph capture nothing can be
     read back: the values are only sanitized there."""
     deferred.poll(device)
-    clean = sanitized(mask, sizes, inputs)
+    fixed = sanitized(mask, sizes, part)
+    clean = {**inputs, **fixed}
     if reads_values:
         check_index_bounds(mask, sizes, clean, True, static=False)
-    bad = value_flag(inputs, clean)
+    bad = value_flag(part, fixed)
     if bad is not None and not (device.type == "cuda"
                                 and torch.cuda.is_current_stream_capturing()):
-        deferred.watch(bad, functools.partial(report_failed, mask, dict(sizes), dict(inputs)))
+        deferred.watch(bad, functools.partial(report_failed, mask, dict(sizes), dict(part)))
     return clean
 
 
