@@ -5,18 +5,19 @@
 
 Every case is built by each method in the same process: maskspec
 (``CompiledMask.block_mask`` with ``check_inputs=False``: on CUDA the spec's generated
-Triton kernel), maskspec checked (the default call, whose value checks read the inputs),
+Triton kernel), maskspec checked (the default call, whose value checks run on the device),
 maskspec in torch.compile (the call inside ``torch.compile(fullgraph=True, dynamic=True)``:
 one custom op), maskspec graph (``fast.Builder(cuda_graph=True)``, the same kernels
 replayed), maskspec with the row stage torch.compile'd instead
 (``fast.Builder(compiled=True)``, with and without a graph), maskspec's torch path (what a
 build runs while its kernels compile: ``fused.torch_path``), create_block_mask eager and
-torch.compile'd. Times are medians of many runs, each timed with CUDA events around the
-whole build (a TTT case builds all its steps); memory is the peak allocated above what was
-live before one build. Also measured: the first calls in a fresh process (cold and warm
-compile caches, kernels compiled in the background or first) and flex_attention
-forward+backward with maskspec's BlockMask and with create_block_mask's of a hand-written
-mask_mod.
+torch.compile'd, and for EAGLE-3 without padding a hand-written builder
+(``hand_builders.eagle3_by_hand``) eager, torch.compile'd and replayed as a CUDA graph.
+Times are medians of many runs, each timed with CUDA events around the whole build (a TTT
+case builds all its steps); memory is the peak allocated above what was live before one
+build. Also measured: the first calls in a fresh process (cold and warm compile caches,
+kernels compiled in the background or first) and flex_attention forward+backward with
+maskspec's BlockMask and with create_block_mask's of a hand-written mask_mod.
 """
 
 from __future__ import annotations
