@@ -63,20 +63,19 @@ def _read(ring: _Ring) -> None:
             report()
 
 
-def poll(device: torch.device | None = None) -> None:
+def poll(device: torch.device | None = None, wait: bool = False) -> None:
     """Report the failed checks whose bytes have landed (on ``device``, or every one),
-    without waiting for the others."""
+    without waiting for the others; ``wait``: after waiting for them all."""
     for dev, ring in _RINGS.items():
         if ring.reports and (device is None or dev == device):
+            if wait:
+                _sync(dev)
             _read(ring)
 
 
 def wait(device: torch.device | None = None) -> None:
     """Wait for every pending check (on ``device``, or everywhere) and report failures."""
-    for dev, ring in list(_RINGS.items()):
-        if (device is None or dev == device) and ring.reports:
-            _sync(dev)
-            _read(ring)
+    poll(device, wait=True)
 
 
 def _sync(device: torch.device) -> None:

@@ -169,11 +169,9 @@ def _finish(scratch: Tensor, n_q: int, n_kv: int, stream: Any = None) -> tuple[T
 def _fixed_kernels(bh: int, n_q: int, n_kv: int) -> tuple[_Kernel, _Kernel]:
     """The finish and column kernels at this grid, keyed by device when called (their
     tensors are allocated by ``_finish``: aligned alike on every call)."""
-    kernels_ = []
-    for make, n in ((_finish_launch, 5), (_column_launch, 5)):
-        kernel, grid, _, kw = make((None,) * n, bh, n_q, n_kv)
-        kernels_.append(_Kernel(kernel, grid, kw))
-    return kernels_[0], kernels_[1]
+    launches = (make((None,) * 5, bh, n_q, n_kv) for make in (_finish_launch, _column_launch))
+    finish, column = (_Kernel(kernel, grid, kw) for kernel, grid, _, kw in launches)
+    return finish, column
 
 
 def classify_rows(
@@ -403,8 +401,7 @@ def compiled(
     Inside a CUDA graph capture it waits: the torch path would sync the device."""
     if not _fits(mask, sizes, block_size):
         return True  # ``build`` declines the shape: nothing to compile
-    if device.index is None:
-        device = torch.device(device.type, torch.cuda.current_device())
+    device = indexed(device)
     g = generated(mask)
     key = (id(g.kernel), g.slots(sizes), block_size, TILES, device)
     wait = wait or not BACKGROUND_JIT or torch.cuda.is_current_stream_capturing()
