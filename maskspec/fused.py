@@ -106,7 +106,7 @@ class _Kernel:
     """One kernel at a fixed grid and constexprs, launched through the compiled binary that
     Triton's JIT returned for the call's specialization (its first launch with a given
     ``key`` goes through the JIT, which also compiles; later ones skip the JIT's argument
-    binding and cache lookup, about 10 µs a launch). ``key`` must tell apart every call
+    binding and cache lookup). ``key`` must tell apart every call
     Triton would specialize differently: the plans pass what can vary between their calls
     (input alignments and strides), all else being fixed per plan. Under Triton's
     interpreter every launch goes through the JIT."""
