@@ -10,7 +10,7 @@ maskspec in torch.compile (the call inside ``torch.compile(fullgraph=True, dynam
 one custom op), maskspec graph (``fast.Builder(cuda_graph=True)``, the same kernels
 replayed), maskspec with the row stage torch.compile'd instead
 (``fast.Builder(compiled=True)``, with and without a graph), maskspec's torch path (what a
-build runs while its kernels compile: ``fused.torch_path``), create_block_mask eager and
+build runs while its kernels compile: ``dispatch.torch_path``), create_block_mask eager and
 torch.compile'd, and for EAGLE-3 without padding a hand-written builder
 (``hand_builders.eagle3_by_hand``) eager, torch.compile'd and replayed as a CUDA graph.
 Times are medians of many runs, each timed with CUDA events around the whole build (a TTT
@@ -41,7 +41,7 @@ from hand_builders import eagle3_by_hand  # run as a script: benchmarks/ is on t
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 import maskspec
-from maskspec import fused
+from maskspec.cuda import dispatch
 from maskspec.fast import Builder
 from maskspec.targets import flex
 from maskspec.verify import PAIRS, first_difference
@@ -158,8 +158,7 @@ def _methods(mask: maskspec.CompiledMask, case: Case, dev: torch.device) -> dict
         fullgraph=True, dynamic=True)
 
     def torch_path(kv: int) -> BlockMask:  # what a build runs while its kernels compile
-        sizes, bound, d = mask._bind(case.B, 1, case.q, kv, dev, inputs, False)
-        tensors = fused.torch_path(mask.ir, sizes, bound, d, (128, 128))
+        tensors = dispatch.torch_path(mask._bind(case.B, 1, case.q, kv, dev, inputs, False))
         return flex.from_tensors(tensors, case.q, kv, (128, 128), mods[kv])
 
     out = {
@@ -264,7 +263,7 @@ def first_call_child(mode: str) -> None:
     compiles first, the wait until the kernels compiled in the background and one build on
     them."""
     t0 = time.perf_counter()
-    fused.BACKGROUND_JIT = mode != "no graph, compile first"
+    dispatch.BACKGROUND_JIT = mode != "no graph, compile first"
     mask = maskspec.load(SPECS / "eagle3.mask")
     fast = Builder(mask, **FIRST_CALL_MODES[mode])
     dev = torch.device("cuda")
@@ -277,9 +276,8 @@ def first_call_child(mode: str) -> None:
         marks.append(time.perf_counter())
     first, next_kv, rest = (b - a for a, b in itertools.pairwise(marks))
     out = {"setup_s": marks[0] - t0, "first_s": first, "next_kv_s": next_kv, "ttt_rest_s": rest}
-    if fused.BACKGROUND_JIT:
-        sizes, bound, _ = mask._bind(1, 1, 4096, 8192, dev, {})
-        fused.compiled(mask.ir, sizes, bound, dev, (128, 128), wait=True)
+    if dispatch.BACKGROUND_JIT:
+        dispatch.compiled(mask._bind(1, 1, 4096, 8192, dev, {}), wait=True)
         out["compiled_after_s"] = time.perf_counter() - marks[0]
         t1 = time.perf_counter()
         fast(1, 1, 4096, 8192, dev)
@@ -384,7 +382,7 @@ def main() -> None:
     torch._dynamo.config.recompile_limit = 64
     # The table times the kernels, and its first-call column their compile in the
     # foreground; the first-call table (fresh processes) measures the background compile.
-    fused.BACKGROUND_JIT = False
+    dispatch.BACKGROUND_JIT = False
     dev = torch.device(args.device)
     info = {"torch": torch.__version__, "device": torch.cuda.get_device_name(dev)
             if dev.type == "cuda" else "cpu", "date": time.strftime("%Y-%m-%d")}

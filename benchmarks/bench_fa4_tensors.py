@@ -13,14 +13,14 @@ import torch
 from bench_fa4 import bench_ms  # run as a script: benchmarks/ is on the path
 
 import maskspec
-from maskspec import fused
+from maskspec.cuda import dispatch
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--q-len", type=int, default=8192)
     args = ap.parse_args()
-    fused.BACKGROUND_JIT = False
+    dispatch.BACKGROUND_JIT = False
     dev, q = torch.device("cuda"), args.q_len
     docs = {"doc": (torch.arange(q, device=dev) // 1000).view(1, -1)}
     for name, kv, inputs in (("causal", q, {}), ("eagle3", 5 * q, {}),

@@ -34,8 +34,8 @@ from hand_builders import eagle3_by_hand
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 import maskspec
-from maskspec import fused
 from maskspec.api import shipped_specs
+from maskspec.cuda import dispatch
 from maskspec.fast import Builder
 from maskspec.verify import first_difference, random_inputs
 
@@ -100,8 +100,7 @@ def time_case(case: Case, q: int, dev: torch.device, compiled: bool) -> dict[str
     kv = q * case.rounds
     inputs = _inputs(mask, q, kv, dev)
     if dev.type == "cuda":
-        fused.compiled(mask.ir, *mask._bind(1, 1, q, kv, dev, inputs)[:2], dev, (128, 128),
-                       wait=True)
+        dispatch.compiled(mask._bind(1, 1, q, kv, dev, inputs), wait=True)
     peak, bm = _peak_extra(lambda: _build(mask, q, kv, dev, inputs), dev)
     ms = _time_ms(lambda: _build(mask, q, kv, dev, inputs), dev)
     ref, ref_ms = _reference(mask, q, kv, dev, inputs, compiled)
@@ -194,7 +193,7 @@ def main() -> None:
         memory_child(args.memory_child[0], int(args.memory_child[1]))
         return
     dev = torch.device(args.device)
-    fused.BACKGROUND_JIT = False
+    dispatch.BACKGROUND_JIT = False
     picked = [c for c in cases() if args.only is None or args.only in c.label]
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
                                else "cpu", "torch": torch.__version__, "builds": [],

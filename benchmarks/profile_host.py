@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 import maskspec
-from maskspec import fused
 from maskspec import mask_mod as mask_mod_backend
+from maskspec.cuda import dispatch
 from maskspec.targets import flex
 from maskspec.verify import random_inputs
 
@@ -40,9 +40,9 @@ def _us(fn: Callable[[], Any], n: int = 2000) -> float:
 def stages(mask: maskspec.CompiledMask, q: int, kv: int, inputs: dict[str, Any]) -> None:
     """Per-stage host time of one build."""
     dev, bs = torch.device("cuda"), (128, 128)
-    sizes, bound, _ = mask._bind(1, 1, q, kv, dev, inputs, False)
-    tensors = fused.tensors(mask.ir, sizes, bound, dev, bs)
-    mm = mask_mod_backend.mask_mod(mask.ir, sizes, bound)
+    ctx = mask._bind(1, 1, q, kv, dev, inputs, False, bs)
+    tensors = dispatch.tensors(ctx)
+    mm = mask_mod_backend.mask_mod(mask.ir, ctx.sizes, ctx.inputs)
     rows = {
         "whole call, unchecked": lambda: mask.block_mask(1, 1, q, kv, dev, check_inputs=False,
                                                          **inputs),
@@ -50,10 +50,9 @@ def stages(mask: maskspec.CompiledMask, q: int, kv: int, inputs: dict[str, Any])
         "bind unchecked (convert + sanitize)": lambda: mask._bind(1, 1, q, kv, dev, inputs,
                                                                   False),
         "bind checked": lambda: mask._bind(1, 1, q, kv, dev, inputs, True),
-        "fused.tensors": lambda: fused.tensors(mask.ir, sizes, bound, dev, bs),
-        "fused.compiled (the ready check)": lambda: fused.compiled(mask.ir, sizes, bound, dev,
-                                                                   bs),
-        "mask_mod": lambda: mask_mod_backend.mask_mod(mask.ir, sizes, bound),
+        "dispatch.tensors": lambda: dispatch.tensors(ctx),
+        "dispatch.compiled (the ready check)": lambda: dispatch.compiled(ctx),
+        "mask_mod": lambda: mask_mod_backend.mask_mod(mask.ir, ctx.sizes, ctx.inputs),
         "BlockMask(...)": lambda: flex.from_tensors(tensors, q, kv, bs, mm),
         "torch.zeros scratch": lambda: torch.zeros(2, 1, 1, -(-q // 128), -(-kv // 128),
                                                    dtype=torch.int32, device=dev),
@@ -75,7 +74,7 @@ def main() -> None:
     kv = q * args.kv_factor
     mask = maskspec.load(args.spec)
     inputs = {k: v.to(dev) for k, v in random_inputs(mask, 1, 1, q, kv, random.Random(0)).items()}
-    fused.compiled(mask.ir, *mask._bind(1, 1, q, kv, dev, inputs)[:2], dev, (128, 128), wait=True)
+    dispatch.compiled(mask._bind(1, 1, q, kv, dev, inputs), wait=True)
     stages(mask, q, kv, inputs)
 
     def build() -> None:

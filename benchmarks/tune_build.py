@@ -4,7 +4,7 @@
 
 For each case: the device time of each kernel of the build (torch.profiler, mean over 20
 builds) and the CUDA-graph replay time of the whole build, first with the default
-``fused.TILES``, then with each alternative tile size of the finish kernel and of the column
+``plans.TILES``, then with each alternative tile size of the finish kernel and of the column
 kernel (one changed at a time: the two kernels do not interact). Every variant's tensors are
 checked equal to the default's. Then the cold first call in a fresh process with an empty
 Triton cache, split by compiler stage (cProfile).
@@ -32,7 +32,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import maskspec
-from maskspec import fused
+from maskspec.cuda import dispatch, plans
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 STAGES = ("ast_to_ttir", "make_ttir", "make_ttgir", "make_llir", "make_ptx", "make_cubin")
@@ -48,9 +48,9 @@ def cases(dev: torch.device) -> dict[str, tuple[str, int, int, int, dict[str, to
     return out
 
 
-def variants() -> dict[str, fused.Tiles]:
+def variants() -> dict[str, plans.Tiles]:
     """The default tiles, then one field group changed at a time."""
-    base = fused.TILES
+    base = plans.TILES
     out = {"default": base}
     for chunk in (256, 512, 1024, 2048):
         for warps in (4, 8):
@@ -105,24 +105,24 @@ def builder(spec: str, b: int, q: int, kv: int, inputs: dict[str, torch.Tensor],
             dev: torch.device) -> Callable[[], Any]:
     """One build of the spec's eight tensors on the fused kernels, as a closure."""
     mask = maskspec.load(SPECS / f"{spec}.mask")
-    sizes, bound, _ = mask._bind(b, 1, q, kv, dev, inputs)
-    return lambda: fused.build(mask.ir, sizes, bound, dev, (128, 128))
+    ctx = mask._bind(b, 1, q, kv, dev, inputs)
+    return lambda: dispatch.build(ctx)
 
 
 def tune(dev: torch.device) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, case in cases(dev).items():
         build = builder(*case, dev)
-        ref, default = build(), fused.TILES
+        ref, default = build(), plans.TILES
         rows = {}
         for label, tiles in variants().items():
-            fused.TILES = tiles
+            plans.TILES = tiles
             try:
                 same = all(torch.equal(x, y) for x, y in zip(build(), ref, strict=True))
                 rows[label] = {"replay_ms": replay_ms(build), "equal": same,
                                "kernels_us": kernel_times(build)}
             finally:
-                fused.TILES = default
+                plans.TILES = default
             print(name, label, json.dumps(rows[label]), flush=True)
         out[name] = rows
     return out

@@ -1,10 +1,10 @@
 """The generated count kernel's launch shape compared: slots per program, rows per program,
-warps (``fused.MIN_SLOTS``, ``fused.ROW_CHUNK``, ``fused.COUNT_WARPS``).
+warps (``plans.MIN_SLOTS``, ``plans.ROW_CHUNK``, ``plans.COUNT_WARPS``).
 
     python benchmarks/tune_count.py [--json results.json]
 
 For EAGLE-3 at Q=48K, KV=5Q and a 7-step TTT sequence at Q=4K (the build table's graph
-cases) and two 128K cases: the CUDA-graph replay time of the whole build (``fused.build``,
+cases) and two 128K cases: the CUDA-graph replay time of the whole build (``dispatch.build``,
 all steps of a sequence summed) and the count kernel's device time (torch.profiler), for
 every variant; each variant's eight tensors are checked equal to the default's.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tune_build import builder, kernel_times, replay_ms  # run as a script
 
-from maskspec import fused
+from maskspec.cuda import dispatch, plans
 
 CASES = {  # name → (spec, B, Q_LEN, [KV_LEN, ...], inputs)
     "eagle3 Q=48K KV=5Q": ("eagle3", 1, 49152, [245760]),
@@ -33,7 +33,7 @@ KNOBS = ("MIN_SLOTS", "ROW_CHUNK", "COUNT_WARPS")
 
 def variants() -> list[tuple[int, int, int]]:
     """The default first, then every combination."""
-    default = tuple(getattr(fused, k) for k in KNOBS)
+    default = tuple(getattr(plans, k) for k in KNOBS)
     grid = itertools.product((2, 4), (16, 32, 64), (1, 2, 4))
     return [default, *(v for v in grid if v != default)]
 
@@ -54,13 +54,13 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda")
-    fused.BACKGROUND_JIT = False
+    dispatch.BACKGROUND_JIT = False
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(dev),
                                "torch": torch.__version__, "rows": []}
     reference: dict[str, list] = {}
     for v in variants():
         for k, x in zip(KNOBS, v, strict=True):
-            setattr(fused, k, x)
+            setattr(plans, k, x)
         for name, case in CASES.items():
             m = measure(case, dev)
             tensors = m.pop("tensors")

@@ -9,9 +9,11 @@ from typing import Any
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import blocks, custom_op, deferred, dense, fused, ir
+from maskspec import blocks, custom_op, deferred, dense, ir
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.compiler import compile_spec
+from maskspec.context import BuildContext
+from maskspec.cuda import dispatch, plans
 from maskspec.errors import did_you_mean
 from maskspec.inputs import (
     bind_inputs,
@@ -69,18 +71,21 @@ class CompiledMask:
     def _bind(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any,
         inputs: dict[str, Any], check: bool = True,
-    ) -> tuple[dict[str, int], dict[str, torch.Tensor], torch.device]:
+        block_size: tuple[int, int] = (128, 128),
+    ) -> BuildContext:
+        """The build's context: checked sizes and device, inputs bound (and checked)."""
         sizes, dev = _placed(B, H, Q_LEN, KV_LEN, device, inputs)
-        return sizes, bind_inputs(self.ir, sizes, inputs, dev, check), dev
+        return BuildContext(self.ir, sizes, bind_inputs(self.ir, sizes, inputs, dev, check), dev,
+                            block_size)
 
     def grid(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
         BLOCK_SIZE: int | tuple[int, int] = 128, *, check_inputs: bool = True, **inputs: Any,
     ) -> blocks.BlockGrid:
         """The FULL/PARTIAL block grid, (B', H', Q_blocks, KV_blocks) bool each."""
-        bs = block_size_of(BLOCK_SIZE)
-        sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)
-        return blocks.build_grid(self.ir, sizes, bound, dev, bs)
+        ctx = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs,
+                         block_size_of(BLOCK_SIZE))
+        return blocks.build_grid(ctx)
 
     def block_mask(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
@@ -99,10 +104,9 @@ class CompiledMask:
         bs = block_size_of(BLOCK_SIZE)
         if torch.compiler.is_compiling():
             return self._traced_block_mask(B, H, Q_LEN, KV_LEN, device, bs, check_inputs, inputs)
-        sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)
-        tensors = fused.tensors(self.ir, sizes, bound, dev, bs)
-        mm = mask_mod_backend.mask_mod(self.ir, sizes, bound)
-        return flex.from_tensors(tensors, Q_LEN, KV_LEN, bs, mm)
+        ctx = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs, bs)
+        mm = mask_mod_backend.mask_mod(self.ir, ctx.sizes, ctx.inputs)
+        return flex.from_tensors(dispatch.tensors(ctx), Q_LEN, KV_LEN, bs, mm)
 
     def _traced_block_mask(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any,
@@ -139,16 +143,16 @@ class CompiledMask:
                     f"input `{used[0]}` of spec `{self.name}` is indexed by {var}: pass "
                     f"mask_mod({size}=...) so its lookups can be checked at that size"
                 )
-        sizes, bound, _ = self._bind(B, H, Q_LEN or 1, KV_LEN or 1, device, inputs)
-        return mask_mod_backend.mask_mod(self.ir, sizes, bound)
+        ctx = self._bind(B, H, Q_LEN or 1, KV_LEN or 1, device, inputs)
+        return mask_mod_backend.mask_mod(self.ir, ctx.sizes, ctx.inputs)
 
     def dense(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
         **inputs: Any,
     ) -> torch.Tensor:
         """The reference bool mask [B, H, Q_LEN, KV_LEN] (small sizes: it is Q×KV)."""
-        sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs)
-        return dense.dense(self.ir, sizes, bound, dev)
+        ctx = self._bind(B, H, Q_LEN, KV_LEN, device, inputs)
+        return dense.dense(self.ir, ctx.sizes, ctx.inputs, ctx.device)
 
     def cp_block_mask(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, mesh: Any = None, *,
@@ -164,12 +168,12 @@ class CompiledMask:
         """
         rank, world_size, device = cp.placement(mesh, rank, world_size, device)
         cp.check_layout(Q_LEN, KV_LEN, world_size, rank)
-        bs = block_size_of(BLOCK_SIZE)
-        sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs)
-        order = cp.sharding(self.ir, load_balancer, Q_LEN, world_size, dev, bound,
-                           sizes["B"])
-        mm = mask_mod_backend.mask_mod(self.ir, sizes, bound)
-        return cp.block_mask(self.ir, sizes, bound, mm, order, rank, world_size, bs)
+        ctx = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs,
+                         block_size_of(BLOCK_SIZE))
+        order = cp.sharding(self.ir, load_balancer, Q_LEN, world_size, ctx.device, ctx.inputs,
+                            ctx.sizes["B"])
+        mm = mask_mod_backend.mask_mod(self.ir, ctx.sizes, ctx.inputs)
+        return cp.block_mask(ctx, mm, order, rank, world_size)
 
     def fa4_block_sparse(
         self, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any = None,
@@ -181,8 +185,8 @@ class CompiledMask:
         bs = block_size_of(BLOCK_SIZE)
         dev = _build_device(device, inputs)
         fa4.check_block_size(bs, fa4.sm_arch(dev, arch))
-        sizes, bound, dev = self._bind(B, H, Q_LEN, KV_LEN, dev, inputs, check_inputs)
-        return fa4.block_sparse(fused.tensors(self.ir, sizes, bound, dev, bs), B, H, bs)
+        ctx = self._bind(B, H, Q_LEN, KV_LEN, dev, inputs, check_inputs, bs)
+        return fa4.block_sparse(dispatch.tensors(ctx), B, H, bs)
 
     def fa4(
         self, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any = None,
@@ -200,9 +204,9 @@ class CompiledMask:
         fwd, bwd = self.fa4_block_sparse(
             B, H, Q_LEN, KV_LEN, dev, bs, arch=sm, check_inputs=check_inputs, **inputs
         )
-        sizes, bound, _ = self._bind(B, H, Q_LEN, KV_LEN, dev, inputs, check=False)
+        ctx = self._bind(B, H, Q_LEN, KV_LEN, dev, inputs, check=False)
         return fa4.FA4Args(
-            cute.mask_mod(self.ir, sizes), cute.aux_tensors(self.ir, bound), fwd, bwd
+            cute.mask_mod(self.ir, ctx.sizes), cute.aux_tensors(self.ir, ctx.inputs), fwd, bwd
         )
 
 
@@ -228,7 +232,7 @@ def wait_checks(device: Any = None) -> None:
     and the build. Builds also read the landed ones as they start, so a failure surfaces
     at a later build without this; call it where an error must not wait (before a
     checkpoint, at the end of a run)."""
-    deferred.wait(None if device is None else fused.indexed(_build_device(device, {})))
+    deferred.wait(None if device is None else plans.indexed(_build_device(device, {})))
 
 
 def compile(source: str, path: str = "<spec>", **params: int) -> CompiledMask:

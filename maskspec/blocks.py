@@ -21,8 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from maskspec import ir, lower
+from maskspec.context import BuildContext
 from maskspec.lower import Rows
 
 
@@ -258,24 +260,32 @@ def chunk_rows(mask: ir.MaskIR, sizes: dict[str, int], block_size: tuple[int, in
     return max(1, ROW_BUDGET // (width * block_size[0])) * block_size[0]
 
 
-def build_grid(
-    mask: ir.MaskIR, sizes: dict[str, int], inputs: dict[str, torch.Tensor],
-    device: torch.device, block_size: tuple[int, int],
-) -> BlockGrid:
-    """The spec's block grid at these sizes and bound inputs: row slots, then classes, a
-    chunk of row blocks at a time (``chunk_rows``)."""
-    q_len, kv_len = sizes["Q_LEN"], sizes["KV_LEN"]
-    step = chunk_rows(mask, sizes, block_size)
+def build_grid(ctx: BuildContext) -> BlockGrid:
+    """The build's block grid: row slots, then classes, a chunk of row blocks at a time
+    (``chunk_rows``)."""
+    q_len, kv_len, block_size, device = ctx.q_len, ctx.kv_len, ctx.block_size, ctx.device
+    step = chunk_rows(ctx.mask, ctx.sizes, block_size)
     if step >= q_len:
-        return classify(lower.row_slots(mask, sizes, inputs, device), q_len, kv_len, *block_size)
+        return classify(lower.row_slots(ctx), q_len, kv_len, *block_size)
     n_q, n_kv = counts(q_len, kv_len, *block_size)
-    shape = (*lower.lead_shape(mask, sizes), n_q, n_kv)
+    shape = (*lower.lead_shape(ctx.mask, ctx.sizes), n_q, n_kv)
     out = BlockGrid(*(torch.empty(shape, dtype=torch.bool, device=device) for _ in range(2)))
     for a in range(0, q_len, step):
         rows = torch.arange(a, min(a + step, q_len), device=device)
-        part = classify(lower.row_slots(mask, sizes, inputs, device, rows), rows.numel(),
-                        kv_len, *block_size)
+        part = classify(lower.row_slots(ctx, rows), rows.numel(), kv_len, *block_size)
         at = slice(a // block_size[0], a // block_size[0] + part.full.shape[-2])
         out.partial[..., at, :] = part.partial
         out.full[..., at, :] = part.full
     return out
+
+
+def index_tensors(grid: BlockGrid) -> tuple[Tensor, ...]:
+    """BlockMask's eight tensors, in its constructor's order.
+
+    kv_* from the grid's rows, q_* from its columns: no dense transpose-and-argsort pass.
+    """
+    kv_num, kv_idx = ordered(grid.partial)
+    full_kv_num, full_kv_idx = ordered(grid.full)
+    q_num, q_idx = ordered(grid.partial.transpose(-1, -2))
+    full_q_num, full_q_idx = ordered(grid.full.transpose(-1, -2))
+    return kv_num, kv_idx, full_kv_num, full_kv_idx, q_num, q_idx, full_q_num, full_q_idx

@@ -24,10 +24,11 @@ from rich.table import Table
 
 import maskspec
 from maskspec import blocks, cases, ir, lower, render, standalone, verify
+from maskspec.context import BuildContext
+from maskspec.cuda import generator
 from maskspec.errors import MaskSpecError, MaskSpecWarning, did_you_mean
 from maskspec.inputs import bind_inputs, sizes_of
 from maskspec.targets import spec as spec_target
-from maskspec.targets import triton_rows
 
 
 class UsageError(Exception):
@@ -392,7 +393,7 @@ def block_stats(
     """Block counts by class, work left and exact density, from the row intervals (no Q×KV)."""
     cpu = torch.device("cpu")
     bound = bind_inputs(mask.ir, sizes, inputs, cpu)
-    rows = lower.row_slots(mask.ir, sizes, bound, cpu)
+    rows = lower.row_slots(BuildContext(mask.ir, sizes, bound, cpu, bs))
     grid = blocks.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], *bs)
     shape = (sizes["B"], sizes["H"], *grid.full.shape[-2:])
     full, part = int(grid.full.expand(shape).sum()), int(grid.partial.expand(shape).sum())
@@ -435,7 +436,7 @@ def cmd_explain(args: argparse.Namespace, out: Console) -> int:
 
 def cmd_compile(args: argparse.Namespace, out: Console) -> int:
     mask = _load(args).ir
-    emit = {"triton": triton_rows.source, "mask": spec_target.source,
+    emit = {"triton": generator.source, "mask": spec_target.source,
             "python": standalone.python_module}[args.emit]
     source = emit(mask)
     if args.output is None:

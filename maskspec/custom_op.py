@@ -5,7 +5,7 @@ guards), the per-sizes checks key a cache on concrete sizes, and the lowering's 
 loops would unroll into a long trace per shape. Inside a compiled region the build is
 instead one opaque op, ``maskspec::block_tensors``, whose fake implementation gives the
 eight output shapes from the (possibly symbolic) sizes alone. The real implementation runs
-the same code as an eager build — the checks, then ``fused.tensors`` — on concrete sizes
+the same code as an eager build — the checks, then ``dispatch.tensors`` — on concrete sizes
 and values, so the compiled graph has no graph break, no guard on values, and one entry for
 every sequence length once the sizes are dynamic.
 """
@@ -17,7 +17,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from maskspec import blocks, fused, ir, lower
+from maskspec import blocks, ir, lower
+from maskspec.context import BuildContext
+from maskspec.cuda import dispatch
 from maskspec.inputs import check_bound
 
 # Op arguments must be plain values: each mask is passed by a key into this table (the entry
@@ -43,8 +45,9 @@ def block_tensors(
     mask = _MASKS[key]
     at = dict(zip(ir.SIZES, sizes, strict=True))
     given = dict(zip((d.name for d in mask.inputs), values, strict=True))
-    bound = check_bound(mask, at, given, check)
-    return _unaliased(fused.tensors(mask, at, bound, device, (block_size[0], block_size[1])))
+    ctx = BuildContext(mask, at, check_bound(mask, at, given, check), device,
+                       (block_size[0], block_size[1]))
+    return _unaliased(dispatch.tensors(ctx))
 
 
 def _unaliased(tensors: Sequence[Tensor]) -> list[Tensor]:

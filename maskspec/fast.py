@@ -2,10 +2,10 @@
 row stage compiled once for all KV lengths.
 
 On CUDA a build is the spec's generated Triton count kernel and two fixed ones
-(``fused.tensors``); a CUDA graph removes what is left, the Python and launch overhead.
+(``cuda.dispatch.tensors``); a CUDA graph removes what is left, the Python and launch overhead.
 ``compiled=True`` instead traces ``lower.slot_tensors`` with torch.compile, KV_LEN symbolic, so
 KV_LEN growing across TTT steps and new input values reuse one compiled graph (a new Q_LEN, B
-or H may compile once more), and classifies the rows with ``fused.classify``: the route for
+or H may compile once more), and classifies the rows with ``dispatch.classify``: the route for
 devices without Triton. Nothing here re-derives the pipeline; it only runs it faster.
 """
 
@@ -19,10 +19,12 @@ from typing import Any
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import deferred, fused, ir, lower
+from maskspec import deferred, ir, lower
 from maskspec import inputs as inputs_stage
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.api import CompiledMask
+from maskspec.context import BuildContext
+from maskspec.cuda import dispatch
 from maskspec.inputs import block_size_of
 from maskspec.targets import flex
 
@@ -66,7 +68,7 @@ class Builder:
     graph's static outputs, which the next call at the same shape overwrites in place
     (``clone`` what must outlive it); each shape's graph has its own memory pool, so graphs
     replayed in any order leave each other's masks intact. While the kernels still compile
-    (``fused.compiled``), calls return uncaptured builds. ``compiled=True`` traces the row
+    (``dispatch.compiled``), calls return uncaptured builds. ``compiled=True`` traces the row
     stage with torch.compile instead of running the generated kernel; ``backend`` is
     torch.compile's (``"eager"`` traces only).
     """
@@ -93,33 +95,34 @@ class Builder:
         """A BlockMask equal to ``CompiledMask.block_mask``'s for the same arguments."""
         if self.cuda_graph:
             return self._replay(B, H, Q_LEN, KV_LEN, device, inputs)
-        return self._eager(*self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, self.check))
+        return self._eager(self._bind(B, H, Q_LEN, KV_LEN, device, inputs))
 
-    def _eager(
-        self, sizes: dict[str, int], bound: dict[str, torch.Tensor], dev: torch.device
-    ) -> BlockMask:
+    def _bind(
+        self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any,
+        inputs: dict[str, Any],
+    ) -> BuildContext:
+        return self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, self.check, self.block_size)
+
+    def _eager(self, ctx: BuildContext) -> BlockMask:
         """One build, not captured."""
-        mm = mask_mod_backend.mask_mod(self.mask.ir, sizes, bound)
-        tensors = self._run(sizes, bound, dev)
-        return flex.from_tensors(tensors, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, mm)
+        mm = mask_mod_backend.mask_mod(ctx.mask, ctx.sizes, ctx.inputs)
+        return flex.from_tensors(self._run(ctx), ctx.q_len, ctx.kv_len, self.block_size, mm)
 
-    def _run(
-        self, sizes: dict[str, int], inputs: dict[str, torch.Tensor], device: torch.device
-    ) -> tuple[torch.Tensor, ...]:
-        """Call the pipeline: ``fused.tensors``, or the compiled row stage then ``classify``.
+    def _run(self, ctx: BuildContext) -> tuple[torch.Tensor, ...]:
+        """Call the pipeline: ``dispatch.tensors``, or the compiled row stage then ``classify``.
 
         KV_LEN travels to the compiled stage as the length of an empty tensor marked
         dynamic: every other size stays a constant, which keeps tracing short (symbolic
         sizes cost seconds there).
         """
         if not self.use_compiled:
-            return fused.tensors(self.mask.ir, sizes, inputs, device, self.block_size)
-        kv = torch.empty(sizes["KV_LEN"], 0)
+            return dispatch.tensors(ctx)
+        kv = torch.empty(ctx.kv_len, 0)
         torch._dynamo.maybe_mark_dynamic(kv, 0)
-        fixed = {k: v for k, v in sizes.items() if k != "KV_LEN"}
-        rows = lower.Rows(*self.compiled(fixed, kv, inputs, device),
-                          family=lower.family_plan(self.mask.ir, sizes))
-        return fused.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, True)
+        fixed = {k: v for k, v in ctx.sizes.items() if k != "KV_LEN"}
+        rows = lower.Rows(*self.compiled(fixed, kv, dict(ctx.inputs), ctx.device),
+                          family=lower.family_plan(ctx.mask, ctx.sizes))
+        return dispatch.classify(rows, ctx.q_len, ctx.kv_len, self.block_size, True)
 
     def _replay(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any,
@@ -141,12 +144,12 @@ class Builder:
         cap = self._graphs.get(key)
         unchecked = inputs if cap is not None and tensors else {}
         if cap is None or not tensors:
-            sizes, bound, dev = self.mask._bind(B, H, Q_LEN, KV_LEN, device, inputs, self.check)
-            if cap is None and not self._compiled(sizes, bound, dev):
-                return self._eager(sizes, bound, dev)  # captured once the kernels compiled
+            ctx = self._bind(B, H, Q_LEN, KV_LEN, device, inputs)
+            if cap is None and not self._compiled(ctx):
+                return self._eager(ctx)  # captured once the kernels compiled
             if cap is None:
-                cap = self._graphs[key] = self._capture(sizes, bound, dev)
-            inputs = bound
+                cap = self._graphs[key] = self._capture(ctx)
+            inputs = ctx.inputs
         if self.check:
             deferred.poll()
         for name, t in inputs.items():
@@ -158,34 +161,30 @@ class Builder:
             deferred.watch(cap.bad, report)
         return cap.block_mask
 
-    def _compiled(
-        self, sizes: dict[str, int], bound: dict[str, torch.Tensor], dev: torch.device
-    ) -> bool:
-        """Whether the generated kernels are ready to capture (``fused.compiled``; the
+    def _compiled(self, ctx: BuildContext) -> bool:
+        """Whether the generated kernels are ready to capture (``dispatch.compiled``; the
         compiled row stage compiles when first called, ready or not)."""
-        return self.use_compiled or dev.type != "cuda" or \
-            fused.compiled(self.mask.ir, sizes, bound, dev, self.block_size)
+        return self.use_compiled or ctx.device.type != "cuda" or dispatch.compiled(ctx)
 
-    def _capture(
-        self, sizes: dict[str, int], bound: dict[str, torch.Tensor], dev: torch.device
-    ) -> _Captured:
+    def _capture(self, ctx: BuildContext) -> _Captured:
         """Warm up on a side stream (JIT and compiles happen there), then capture the
         pipeline into a pool of its own."""
+        dev, sizes = ctx.device, ctx.sizes
         if dev.type != "cuda":
             raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}")
-        static = {k: t.clone() for k, t in bound.items()}
+        static = {k: t.clone() for k, t in ctx.inputs.items()}
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
-            self._run(sizes, static, dev)
+            self._run(ctx.with_inputs(static))
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # replays read what the call copies into ``static``
-            clean = inputs_stage.sanitized(self.mask.ir, sizes, static)
+            clean = inputs_stage.sanitized(ctx.mask, sizes, static)
             bad = inputs_stage.value_flag(static, clean)
-            tensors = self._run(sizes, clean, dev)
-        mm = mask_mod_backend.mask_mod(self.mask.ir, sizes, clean)
-        bm = flex.from_tensors(tensors, sizes["Q_LEN"], sizes["KV_LEN"], self.block_size, mm)
+            tensors = self._run(ctx.with_inputs(clean))
+        mm = mask_mod_backend.mask_mod(ctx.mask, sizes, clean)
+        bm = flex.from_tensors(tensors, ctx.q_len, ctx.kv_len, self.block_size, mm)
         log.info("%s: captured the build as a CUDA graph at %s", self.mask.name,
                  inputs_stage.sizes_text(sizes))
         return _Captured(graph, dict(sizes), static, bm, bad)

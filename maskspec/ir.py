@@ -6,7 +6,7 @@ A mask is a union of terms; a term is an intersection of primitives (``causal``,
 element-level conditions on (q, kv) — the definition that dense, mask_mod and the CuTe
 mask_mod evaluate — and a ``RowProgram``, its keys per query row as a strided family
 (``Level``) inside a key range, which the torch evaluator (``lower``) and the Triton
-generator (``targets/triton_rows``) both read. Tests hold the two equal.
+generator (``cuda/generator``) both read. Tests hold the two equal.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import torch
 
 from maskspec import ir
 from maskspec.analysis import loop_counts, pieces
+from maskspec.context import BuildContext
 
 
 @dataclass(frozen=True)
@@ -152,18 +153,15 @@ def lead_shape(
     )
 
 
-def row_slots(
-    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor],
-    device: torch.device, q_positions: torch.Tensor | None = None,
-) -> Rows:
+def row_slots(ctx: BuildContext, q_positions: torch.Tensor | None = None) -> Rows:
     """Every row's allowed keys as K slots, broadcast to (B', H', Q_LEN, K), with the
     mask's family plan at these sizes.
 
     B' is B when the mask reads ``b`` (or ``q_positions`` differ per batch) and 1
     otherwise; likewise H'. With ``q_positions`` the rows are those positions (see row_env).
     """
-    tensors = slot_tensors(mask, sizes, inputs, device, q_positions)
-    return Rows(*tensors, family=family_plan(mask, sizes))
+    tensors = slot_tensors(ctx.mask, ctx.sizes, ctx.inputs, ctx.device, q_positions)
+    return Rows(*tensors, family=family_plan(ctx.mask, ctx.sizes))
 
 
 def slot_tensors(
@@ -171,7 +169,8 @@ def slot_tensors(
     device: torch.device, q_positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """``row_slots``' (lo, hi, phase, stride, length): tensor work only, which
-    torch.compile traces with KV_LEN symbolic."""
+    torch.compile traces with KV_LEN symbolic (plain arguments, not a ``BuildContext``:
+    the trace then guards on what it reads alone)."""
     env = row_env(sizes, inputs, device, q_positions)
     q = env.vars["q"]
     shape = (*lead_shape(mask, sizes, q.shape[0] > 1), q.shape[2])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Pos(BaseModel):
@@ -125,17 +125,3 @@ class Spec(BaseModel):
     valid: list[Valid] = []
     source: str = ""
     path: str = "<spec>"
-
-    @model_validator(mode="after")
-    def _one_region_at_least(self) -> Spec:
-        if not self.regions:
-            from maskspec.errors import MaskSpecError
-
-            raise MaskSpecError(
-                f"mask `{self.name}` declares no region, so it allows nothing",
-                self.pos,
-                source=self.source,
-                path=self.path,
-                hint="add one, e.g. `region all = causal`",
-            )
-        return self

@@ -138,6 +138,11 @@ class _ToModel(Transformer):
         fields: dict[str, list] = {v: [] for v in kinds.values()}
         for d in decls:
             fields[kinds[type(d)]].append(d)
+        if not fields["regions"]:
+            raise MaskSpecError(
+                f"mask `{c[0]}` declares no region, so it allows nothing", _pos(meta),
+                source=self.source, path=self.path, hint="add one, e.g. `region all = causal`",
+            )
         return m.Spec(
             name=str(c[0]), pos=_pos(meta), source=self.source, path=self.path, **fields
         )

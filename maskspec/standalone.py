@@ -15,7 +15,8 @@ from importlib import import_module
 from maskspec import ir
 
 # Dependency order: each module only uses names defined above it.
-RUNTIME = ("errors", "ir", "analysis", "lower", "blocks", "mask_mod", "inputs", "targets.flex")
+RUNTIME = ("errors", "ir", "analysis", "context", "lower", "blocks", "mask_mod", "inputs",
+           "targets.flex")
 
 API = '''
 
@@ -29,7 +30,7 @@ def make_block_mask(B, H, Q_LEN, KV_LEN, device=None, BLOCK_SIZE=128, *, check_i
     device = torch.device(device if device is not None else "cpu")
     sizes = sizes_of(1 if B is None else B, 1 if H is None else H, Q_LEN, KV_LEN)
     bound = bind_inputs(MASK, sizes, inputs, device, check_inputs)
-    return build(MASK, sizes, bound, device, bs)
+    return build(BuildContext(MASK, sizes, bound, device, bs))
 
 
 def make_mask_mod(*, B=None, H=None, Q_LEN=None, KV_LEN=None, device=None, **inputs):

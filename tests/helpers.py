@@ -7,9 +7,9 @@ import random
 import torch
 
 import maskspec
-from maskspec import blocks, fused, lower
+from maskspec import blocks, lower
 from maskspec.api import CompiledMask, shipped_specs
-from maskspec.targets import flex
+from maskspec.cuda import dispatch
 from maskspec.verify import random_inputs
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # else the interpreter
@@ -33,12 +33,12 @@ def assert_generated_equal(mask: CompiledMask, b: int, h: int, q: int, kv: int,
                             bs: tuple[int, int], inputs: dict) -> bool:
     """The generated build kernel against lowering + torch classification; False if the
     shape does not fit the kernel (huge interval counts fall back to the torch path)."""
-    sizes, bound, dev = mask._bind(b, h, q, kv, DEV, inputs)
-    got = fused.build(mask.ir, sizes, bound, dev, bs)
+    ctx = mask._bind(b, h, q, kv, DEV, inputs, block_size=bs)
+    got = dispatch.build(ctx)
     if got is None:
         return False
-    rows = lower.row_slots(mask.ir, sizes, bound, dev)
-    assert_tensors_equal(got, flex.index_tensors(blocks.classify(rows, q, kv, *bs)))
+    rows = lower.row_slots(ctx)
+    assert_tensors_equal(got, blocks.index_tensors(blocks.classify(rows, q, kv, *bs)))
     return True
 
 

@@ -21,7 +21,7 @@ from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec
 from maskspec import cli, render, verify
-from maskspec.targets import triton_rows
+from maskspec.cuda import generator
 
 # The console script beside this interpreter (the venv's bin/), found without PATH, so the
 # tests pass whether or not the venv is activated (PATH is left out of their environment).
@@ -374,7 +374,7 @@ def test_compile_emits_the_generated_triton_kernel(capsys):
     spec = SPECS / "document_causal.mask"
     assert cli.main(["compile", str(spec), "--emit", "triton"]) == 0
     text = capsys.readouterr().out
-    assert text == triton_rows.source(maskspec.load(spec).ir)
+    assert text == generator.source(maskspec.load(spec).ir)
     compile(text, "kernel.py", "exec")
     assert "def count_kernel(" in text and "search(" in text  # document edges: binary search
 

@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec
-from maskspec import blocks, fused, lower, render
+from maskspec import blocks, lower, render
 from maskspec.api import shipped_specs
+from maskspec.context import BuildContext
+from maskspec.cuda import dispatch, plans
 from maskspec.lower import Rows
-from maskspec.targets import flex
 from maskspec.verify import first_difference, random_inputs, validate
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "specs"
@@ -155,7 +156,7 @@ def test_benchmark_specs_keep_one_family_per_row():
     for name, slots in [("dilated_sliding_window", 1), ("natten", 1), ("sta_3d", 4),
                         ("svg_temporal", 3)]:
         mask = bench(name, **({"frame": 3} if name == "svg_temporal" else {}))
-        rows = lower.row_slots(mask.ir, sizes, {}, torch.device("cpu"))
+        rows = lower.row_slots(BuildContext(mask.ir, sizes, {}, torch.device("cpu")))
         assert mask.ir.has_families() and rows.lo.shape[-1] == slots, name
 
 
@@ -281,7 +282,7 @@ def test_family_classification_matches_brute_force(case, bs):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(fused.triton is None, reason="Triton is not installed")
+@pytest.mark.skipif(plans.triton is None, reason="Triton is not installed")
 @settings(max_examples=30)
 @given(family_rows(), BLOCKS)
 def test_fused_family_classification_matches_torch(case, bs):
@@ -289,14 +290,14 @@ def test_fused_family_classification_matches_torch(case, bs):
     for f in ("lo", "hi", "phase", "stride", "length"):
         setattr(rows, f, getattr(rows, f).to(DEV))
     bs = (bs, bs) if isinstance(bs, int) else bs
-    want = flex.index_tensors(blocks.classify(rows, q, kv, *bs))
-    got = fused.classify_rows(rows, q, kv, bs)
+    want = blocks.index_tensors(blocks.classify(rows, q, kv, *bs))
+    got = dispatch.classify_rows(rows, q, kv, bs)
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(fused.triton is None, reason="Triton is not installed")
+@pytest.mark.skipif(plans.triton is None, reason="Triton is not installed")
 @settings(max_examples=30)
 @given(st.one_of(strided_specs(), st.sampled_from([
     (BENCH / f"{n}.mask").read_text() for n in

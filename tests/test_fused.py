@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 from strategies import shapes, valid_specs
 
 import maskspec
-from maskspec import blocks, fused, lower
+from maskspec import blocks, lower
 from maskspec.api import shipped_specs
+from maskspec.cuda import dispatch, generator, plans
 from maskspec.lower import Rows
-from maskspec.targets import flex, triton_rows
 from maskspec.verify import random_inputs
 
-pytestmark = pytest.mark.skipif(fused.triton is None, reason="Triton is not installed")
+pytestmark = pytest.mark.skipif(plans.triton is None, reason="Triton is not installed")
 
 BLOCKS = st.sampled_from(
     [(1, 8), (2, 16), (4, 4), (16, 16), (32, 16), (16, 48), (64, 32), (128, 128), (24, 40)]
@@ -30,8 +30,8 @@ BLOCKS = st.sampled_from(
 
 
 def _assert_equal(rows: Rows, q_len: int, kv_len: int, bs: tuple[int, int]) -> None:
-    want = flex.index_tensors(blocks.classify(rows, q_len, kv_len, *bs))
-    got = fused.classify_rows(rows, q_len, kv_len, bs, release=True)
+    want = blocks.index_tensors(blocks.classify(rows, q_len, kv_len, *bs))
+    got = dispatch.classify_rows(rows, q_len, kv_len, bs, release=True)
     assert rows.lo.numel() == rows.hi.numel() == 0  # released for the q-direction outputs
     assert_tensors_equal(got, want)
 
@@ -44,8 +44,7 @@ def test_shipped_specs(name, b, q, extra, bs, seed):
     mask = spec(name)
     kv = q + extra if mask.ir.sizes_used() & {"KV_LEN"} or name.startswith("eagle3") else q
     inputs = on_dev(random_inputs(mask, b, 2, q, kv, random.Random(seed)))
-    sizes, bound, dev = mask._bind(b, 2, q, kv, DEV, inputs)
-    _assert_equal(lower.row_slots(mask.ir, sizes, bound, dev), q, kv, bs)
+    _assert_equal(lower.row_slots(mask._bind(b, 2, q, kv, DEV, inputs)), q, kv, bs)
 
 
 @st.composite
@@ -75,22 +74,20 @@ def test_arbitrary_intervals(case, bs):
 
 
 def test_dispatch_falls_back_off_cuda(eagle3):
-    sizes, bound, dev = eagle3._bind(1, 1, 64, 200, "cpu", {})  # CPU: the torch path
-    rows = lower.row_slots(eagle3.ir, sizes, bound, dev)
+    rows = lower.row_slots(eagle3._bind(1, 1, 64, 200, "cpu", {}))  # CPU: the torch path
     k = rows.lo.shape[-1]
-    assert fused.fits(k, 64, 200, (16, 16))
-    assert not fused.fits(k, 64, 2**31, (16, 16))
-    assert fused.fits(fused.MAX_SLOTS, 64, 200, (16, 16))
-    assert not fused.fits(fused.MAX_SLOTS + 1, 64, 200, (16, 16))
-    got = fused.classify(rows, 64, 200, (16, 16))  # CPU tensors: the torch path
-    want = flex.index_tensors(blocks.classify(rows, 64, 200, 16, 16))
+    assert plans.fits(k, 64, 200, (16, 16))
+    assert not plans.fits(k, 64, 2**31, (16, 16))
+    assert plans.fits(plans.MAX_SLOTS, 64, 200, (16, 16))
+    assert not plans.fits(plans.MAX_SLOTS + 1, 64, 200, (16, 16))
+    got = dispatch.classify(rows, 64, 200, (16, 16))  # CPU tensors: the torch path
+    want = blocks.index_tensors(blocks.classify(rows, 64, 200, 16, 16))
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     # A second strided region is enumerated piece by piece: 64000 slots, too many.
     two = maskspec.compile("mask m\nregion even = full where kv % 2 == 0\n"
                            "region thirds = full where kv % 3 == 0\n")
     assert len(two.ir.terms[1].program.loops) == 1 and two.ir.terms[0].program.family
-    huge = two._bind(1, 1, 64, 64 * 3000, "cpu", {})
-    assert fused.build(two.ir, *huge, (16, 16)) is None
+    assert dispatch.build(two._bind(1, 1, 64, 64 * 3000, "cpu", {}, block_size=(16, 16))) is None
 
 
 @pytest.mark.slow
@@ -151,14 +148,13 @@ def test_generated_kernel_edge_cases(text, shape):
 def test_scans_carry_across_chunks(monkeypatch, name):
     """Rows, key blocks and row blocks taken a few at a time, so every scan carries counts
     from one chunk to the next (at real sizes the chunks hold 16 rows, 512 key blocks...)."""
-    monkeypatch.setattr(fused, "ROW_CHUNK", 2)
-    monkeypatch.setattr(fused, "TILES", fused.Tiles(kv_chunk=4, q_chunk=2, strip=2))
+    monkeypatch.setattr(plans, "ROW_CHUNK", 2)
+    monkeypatch.setattr(plans, "TILES", plans.Tiles(kv_chunk=4, q_chunk=2, strip=2))
     mask, q = spec(name), 70
     kv = 3 * q + 5 if name == "eagle3" else q
     inputs = on_dev(random_inputs(mask, 2, 1, q, kv, random.Random(3)))
     assert assert_generated_equal(mask, 2, 1, q, kv, (8, 4), inputs)
-    sizes, bound, dev = mask._bind(2, 1, q, kv, DEV, inputs)
-    _assert_equal(lower.row_slots(mask.ir, sizes, bound, dev), q, kv, (8, 4))
+    _assert_equal(lower.row_slots(mask._bind(2, 1, q, kv, DEV, inputs)), q, kv, (8, 4))
 
 
 @pytest.mark.slow
@@ -171,30 +167,30 @@ def test_many_intervals_per_row():
                             " where kv < q + n[b]\n")
     q, kv = 40, 40 * 41 + 7
     inputs = on_dev({"n": torch.tensor([40, 23])})
-    _, k = fused.generated(mask.ir).plan({"B": 2, "H": 1, "Q_LEN": q, "KV_LEN": kv})
-    assert fused._slots(k) == 64 and fused._row_chunk(16, fused._slots(k)) == 1
+    _, k = plans.generated(mask.ir).plan({"B": 2, "H": 1, "Q_LEN": q, "KV_LEN": kv})
+    assert plans.slots_held(k) == 64 and plans.row_chunk(16, plans.slots_held(k)) == 1
     assert assert_generated_equal(mask, 2, 1, q, kv, (16, 64), inputs)
 
 
 def test_generated_source_is_one_kernel_per_spec(eagle3):
     """Sizes and loop extents are arguments, never baked in or specialized: one source (one
     JIT) for every shape, and TTT steps share a compiled kernel."""
-    src = triton_rows.source(eagle3.ir)
+    src = generator.source(eagle3.ir)
     assert src.count("\n    # region ") == len(eagle3.ir.terms)
-    assert fused.generated(eagle3.ir).kernel is fused.generated(spec("eagle3").ir).kernel
+    assert plans.generated(eagle3.ir).kernel is plans.generated(spec("eagle3").ir).kernel
     for name in ("Q_LEN", "KV_LEN", "n_kv", "t0_s0", "d0_seq_len", "pieces"):
         assert f"'{name}'" in src.split("do_not_specialize=")[1].split(")")[0]
-    g = fused.generated(eagle3.ir)
+    g = plans.generated(eagle3.ir)
     ks = [g.plan({"B": 1, "H": 1, "Q_LEN": 4096, "KV_LEN": 4096 * s + extra})[1]
           for s in range(1, 8) for extra in (0, 100)]
     # the draft rounds are one strided family, the context one piece: two slots at every step
     assert set(ks) == {2} and {g.slots({"B": 1, "H": 1, "Q_LEN": 4096, "KV_LEN": 4096 * s})
-                               for s in range(1, 8)} == {max(2, fused.MIN_SLOTS)}
+                               for s in range(1, 8)} == {max(2, plans.MIN_SLOTS)}
 
 
 def test_specs_without_loops_hold_few_slots():
     """A spec whose interval count is fixed holds just its slots (at least MIN_SLOTS): the
     gap search costs slots² per row."""
-    g = fused.generated(spec("causal").ir)
+    g = plans.generated(spec("causal").ir)
     sizes = {"B": 1, "H": 1, "Q_LEN": 64, "KV_LEN": 640}
-    assert g.slots(sizes) == fused.MIN_SLOTS and g.plan(sizes)[1] == 1
+    assert g.slots(sizes) == plans.MIN_SLOTS and g.plan(sizes)[1] == 1

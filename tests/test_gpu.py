@@ -10,8 +10,9 @@ from torch._dynamo.utils import counters
 from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec
-from maskspec import blocks, fused, lower
+from maskspec import blocks, lower
 from maskspec.api import shipped_specs
+from maskspec.cuda import dispatch, plans
 from maskspec.fast import Builder
 from maskspec.targets import flex
 from maskspec.verify import first_difference, random_inputs, structure_problems
@@ -27,7 +28,7 @@ DEV = torch.device("cuda")
 def _compile_in_the_foreground(monkeypatch):
     """These tests check the kernels: no build may take the torch path while they compile
     (the last tests here check that path)."""
-    monkeypatch.setattr(fused, "BACKGROUND_JIT", False)
+    monkeypatch.setattr(dispatch, "BACKGROUND_JIT", False)
 
 
 def _seq_len(b: int, q: int, seed: int) -> torch.Tensor:
@@ -68,13 +69,13 @@ def test_fused_kernels_match_torch_classification(name):
     for seed, bs in ((0, (128, 128)), (1, (64, 128)), (2, (128, 48))):
         inputs = {k: t.to(DEV) for k, t in
                   random_inputs(mask, 2, 2, q, kv, random.Random(seed)).items()}
-        sizes, bound, dev = mask._bind(2, 2, q, kv, DEV, inputs)
-        rows = lower.row_slots(mask.ir, sizes, bound, dev)
-        assert fused.fits(fused._slots(rows.lo.shape[-1]), q, kv, bs)
-        want = flex.index_tensors(blocks.classify(rows, q, kv, *bs))
-        got = fused.classify_rows(rows, q, kv, bs)
+        ctx = mask._bind(2, 2, q, kv, DEV, inputs, block_size=bs)
+        rows = lower.row_slots(ctx)
+        assert plans.fits(plans.slots_held(rows.lo.shape[-1]), q, kv, bs)
+        want = blocks.index_tensors(blocks.classify(rows, q, kv, *bs))
+        got = dispatch.classify_rows(rows, q, kv, bs)
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
-        generated = fused.build(mask.ir, sizes, bound, dev, bs)
+        generated = dispatch.build(ctx)
         assert all(torch.equal(a, b) for a, b in zip(generated, want, strict=True))
 
 
@@ -86,7 +87,7 @@ def _compiled_kernels(fn) -> int:
 def test_generated_kernel_compiles_once_for_a_ttt_sequence(eagle3):
     """KV_LEN growing over 7 TTT steps and new seq_len values reuse one binary of the build
     kernel (sizes and loop extents are unspecialized arguments, slots and bins bucketed)."""
-    kernel, q = fused.generated(eagle3.ir).kernel, 4096
+    kernel, q = plans.generated(eagle3.ir).kernel, 4096
     eagle3.block_mask(2, 1, q, q, DEV, seq_len=_seq_len(2, q, 0))  # compile
     before = _compiled_kernels(kernel)
     for step in range(1, 8):
@@ -94,8 +95,7 @@ def test_generated_kernel_compiles_once_for_a_ttt_sequence(eagle3):
             kv = q * step + (step % 3) * 100
             lens = _seq_len(2, q, seed)
             ours = eagle3.block_mask(2, 1, q, kv, DEV, check_inputs=False, seq_len=lens)
-            sizes, bound, _ = eagle3._bind(2, 1, q, kv, DEV, {"seq_len": lens})
-            _assert_same(ours, flex.build(eagle3.ir, sizes, bound, DEV, (128, 128)))
+            _assert_same(ours, flex.build(eagle3._bind(2, 1, q, kv, DEV, {"seq_len": lens})))
     assert _compiled_kernels(kernel) == before >= 1
 
 
@@ -236,9 +236,9 @@ def _fresh_spec() -> maskspec.CompiledMask:
 
 def _held_worker(monkeypatch) -> threading.Event:
     """Hold the compiling worker until the returned event is set."""
-    gate, compile_ = threading.Event(), fused._compile
-    monkeypatch.setattr(fused, "BACKGROUND_JIT", True)
-    monkeypatch.setattr(fused, "_compile", lambda *a: (gate.wait(60), compile_(*a)))
+    gate, compile_ = threading.Event(), dispatch._compile
+    monkeypatch.setattr(dispatch, "BACKGROUND_JIT", True)
+    monkeypatch.setattr(dispatch, "_compile", lambda *a: (gate.wait(60), compile_(*a)))
     return gate
 
 
@@ -251,12 +251,11 @@ def test_first_builds_take_the_torch_path_while_the_kernels_compile(monkeypatch,
     mask, q = _fresh_spec(), 4096
     ref = create_block_mask(mask.mask_mod(Q_LEN=q, KV_LEN=q, device=DEV), 1, 1, q, q,
                             device=DEV)
-    kernel = fused.generated(mask.ir).kernel
+    kernel = plans.generated(mask.ir).kernel
     _assert_same(mask.block_mask(1, 1, q, q, DEV), ref)
     assert _compiled_kernels(kernel) == 0  # the worker is still held
     gate.set()
-    sizes, bound, dev = mask._bind(1, 1, q, q, DEV, {})
-    assert fused.compiled(mask.ir, sizes, bound, dev, (128, 128), wait=True)
+    assert dispatch.compiled(mask._bind(1, 1, q, q, DEV, {}), wait=True)
     assert _compiled_kernels(kernel) == 1
     _assert_same(mask.block_mask(1, 1, q, q, DEV), ref)
     assert _compiled_kernels(kernel) == 1
@@ -277,8 +276,7 @@ def test_builder_captures_once_the_kernels_compiled(monkeypatch, caplog):
     _assert_same(graphs(1, 1, q, q, DEV), ref)
     assert not graphs._graphs
     gate.set()
-    sizes, bound, dev = mask._bind(1, 1, q, q, DEV, {})
-    assert fused.compiled(mask.ir, sizes, bound, dev, (128, 128), wait=True)
+    assert dispatch.compiled(mask._bind(1, 1, q, q, DEV, {}), wait=True)
     with caplog.at_level("INFO", logger="maskspec"):
         for _ in range(2):
             _assert_same(graphs(1, 1, q, q, DEV), ref)
@@ -303,7 +301,7 @@ def test_capture_right_after_a_first_build_waits_for_the_kernels(monkeypatch):
     graph.replay()
     torch.cuda.synchronize()
     _assert_same(bm, ref)
-    assert _compiled_kernels(fused.generated(mask.ir).kernel) == 1
+    assert _compiled_kernels(plans.generated(mask.ir).kernel) == 1
 
 
 def _warm(build) -> None:
@@ -365,13 +363,12 @@ def test_device_checks_report_at_a_later_call(graph):
 
 
 def test_plan_launches_follow_input_alignment_and_strides():
-    """A configuration's cached launches (fused.Plan) are keyed by what Triton specializes
+    """A configuration's cached launches (plans.Plan) are keyed by what Triton specializes
     on: inputs at odd offsets and with odd strides build what the torch path builds."""
     mask, q = spec("document_causal"), 4096
     wide = (torch.arange(3 * q + 1, device=DEV) // 300).view(1, -1)
     views = [wide[:, :q], wide[:, 1:q + 1], wide[:, : 2 * q : 2], wide[:, 3::3][:, :q]]
     for doc in views + views:
-        sizes, bound, dev = mask._bind(1, 1, q, q, DEV, {"doc": doc}, check=False)
-        got = fused.tensors(mask.ir, sizes, bound, dev, (128, 128))
-        want = fused.torch_path(mask.ir, sizes, bound, dev, (128, 128))
+        ctx = mask._bind(1, 1, q, q, DEV, {"doc": doc}, check=False)
+        got, want = dispatch.tensors(ctx), dispatch.torch_path(ctx)
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

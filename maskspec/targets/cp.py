@@ -28,6 +28,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask
 
 from maskspec import blocks, ir, lower
+from maskspec.context import BuildContext
 from maskspec.mask_mod import MaskMod
 from maskspec.targets import flex
 
@@ -187,14 +188,13 @@ def _coarsen(grid: torch.Tensor, m: int, n_kv: int, fill: bool) -> torch.Tensor:
 
 
 def local_grid(
-    mask: ir.MaskIR, sizes: dict[str, int], inputs: dict[str, torch.Tensor],
-    q_positions: torch.Tensor, keys: torch.Tensor, run: int, block_size: tuple[int, int],
+    ctx: BuildContext, q_positions: torch.Tensor, keys: torch.Tensor, run: int
 ) -> blocks.BlockGrid:
     """The rank's FULL/PARTIAL grid: its query rows against the keys in gathered order."""
-    q_bs, kv_bs = block_size
-    kv_len = sizes["KV_LEN"]
+    q_bs, kv_bs = ctx.block_size
+    kv_len = ctx.kv_len
     g = math.gcd(kv_bs, run)
-    rows = lower.row_slots(mask, sizes, inputs, q_positions.device, q_positions)
+    rows = lower.row_slots(ctx, q_positions)
     fine = blocks.classify(rows, q_positions.shape[-1], kv_len, q_bs, g)
     cols = keys[:, ::g] // g  # the global g-block held by every gathered g-block
     full = _gather_columns(fine.full, cols)
@@ -239,10 +239,10 @@ def check_layout(q_len: int, kv_len: int, world_size: int, rank: int) -> int:
 
 
 def block_mask(
-    mask: ir.MaskIR, sizes: dict[str, int], inputs: dict[str, torch.Tensor], mm: MaskMod,
-    sharding: Sharding, rank: int, world_size: int, block_size: tuple[int, int],
+    ctx: BuildContext, mm: MaskMod, sharding: Sharding, rank: int, world_size: int
 ) -> BlockMask:
     """Rank ``rank``'s BlockMask: (Q_LEN / world_size) local queries × KV_LEN gathered keys."""
+    sizes = ctx.sizes
     rounds = check_layout(sizes["Q_LEN"], sizes["KV_LEN"], world_size, rank)
     if sharding.order.shape[-1] != sizes["Q_LEN"]:
         raise ValueError(f"the load balancer's order has {sharding.order.shape[-1]} positions, "
@@ -251,6 +251,6 @@ def block_mask(
     q_positions = local_positions(sharding.order, rank, world_size)
     keys = key_order(sharding, world_size, rounds)
     run = sharding.run if rounds == 1 else math.gcd(sharding.run, shard)
-    grid = local_grid(mask, sizes, inputs, q_positions, keys, run, block_size)
+    grid = local_grid(ctx, q_positions, keys, run)
     local_mm = local_mask_mod(mm, q_positions, keys)
-    return flex.block_mask(grid, shard, sizes["KV_LEN"], block_size, local_mm)
+    return flex.block_mask(grid, shard, ctx.kv_len, ctx.block_size, local_mm)

@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-from maskspec import ir
-from maskspec.targets import codegen
+from maskspec import codegen, ir
 
 DIALECTS = ("cute", "python")
 SIGNATURE = "batch, head, m_idx, n_idx, seqlen_info, aux_tensors"

@@ -85,7 +85,7 @@ def _expand(t: torch.Tensor, b: int, h: int) -> torch.Tensor:
 def block_sparse(
     tensors: tuple[torch.Tensor, ...], b: int, h: int, block_size: tuple[int, int]
 ) -> tuple[Any, Any]:
-    """(forward, backward) from a build's eight BlockMask tensors (``fused.tensors``, in
+    """(forward, backward) from a build's eight BlockMask tensors (``dispatch.tensors``, in
     BlockMask's order): the kv-direction ones per query block, the q-direction ones per key
     block, expanded to FA4's (B, H) leading shape."""
     cls = _tensors_class()

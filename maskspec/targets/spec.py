@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
-from maskspec import ir, primitives
-from maskspec.targets import codegen
+from maskspec import codegen, ir, primitives
 
 
 class _Spec(codegen.Emitter):

@@ -1,10 +1,10 @@
-"""Triton target: a spec's whole BlockMask build as one kernel, its row stage printed from the
-terms' row programs.
+"""The Triton generator: a spec's whole BlockMask build as one kernel, its row stage printed
+from the terms' row programs.
 
 ``lower.row_slots`` evaluates every term's ``RowProgram`` with torch ops and writes the slots
 out; here the same programs are printed as Triton source, so one program per chunk of a row
 block's rows computes their slots in registers and hands them straight to
-``kernels.count_rows``. The build is then this kernel and ``fused``'s two fixed ones, with no
+``kernels.count_rows``. The build is then this kernel and the two fixed ones (``plans``), with no
 row tensor, no torch.compile and one Triton JIT per spec and block size, cached on disk
 across processes.
 
@@ -20,8 +20,7 @@ import math
 from collections.abc import Mapping, Set
 from typing import Any, ClassVar
 
-from maskspec import ir, lower
-from maskspec.targets import codegen
+from maskspec import codegen, ir, lower
 
 KERNEL = "count_kernel"
 OUTPUTS = ("kv_idx", "full_kv_idx")  # zeroed; the difference arrays are added in place
@@ -32,7 +31,7 @@ SLOT_FIELDS = ("lo", "hi", "ph", "st", "ln")  # a slot: keys in [lo, hi) in the 
 _PRELUDE = """import triton
 import triton.language as tl
 
-from maskspec.kernels import clamp, count_rows, floordiv, mod, search
+from maskspec.cuda.kernels import clamp, count_rows, floordiv, mod, search
 """
 
 

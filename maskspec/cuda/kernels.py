@@ -1,11 +1,11 @@
 """The fixed Triton kernels of CUDA builds and the helpers generated kernels import.
 
 ``count_rows`` turns a chunk of rows' slots into difference arrays (the spec's generated
-count kernel, ``targets/triton_rows.py``, calls it; ``rows_count_kernel`` does for slots given
+count kernel, ``generator``, calls it; ``rows_count_kernel`` does for slots given
 as tensors); ``finish_kernel`` classifies each row block's key blocks and writes the ordered
 kv-direction indices; ``column_strip_kernel`` writes the q-direction ones. ``floordiv``,
 ``mod``, ``clamp`` and ``search`` give generated code the spec's arithmetic (Python's floor
-division, clamped input reads, ``torch.searchsorted``). ``fused`` launches them.
+division, clamped input reads, ``torch.searchsorted``). ``plans`` launches them.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ if triton is not None:
         tl.store(q_num_ptr + bh * n_kv + kb, n_partial, mask=kb < n_kv)
         tl.store(full_q_num_ptr + bh * n_kv + kb, n_full, mask=kb < n_kv)
 
-    # Helpers of the generated build kernels (targets/triton_rows.py): the spec's arithmetic
+    # Helpers of the generated build kernels (``generator``): the spec's arithmetic
     # with Python's meaning (floor division; divisors are positive, the compiler checks).
 
     @triton.jit

@@ -1,0 +1,303 @@
+"""Launch plans and caches of CUDA builds: the fixed kernels at their grids, each spec's
+generated count kernel, and one ``Plan`` per configuration (spec, sizes, block size,
+device) worked out once, so a repeated build only allocates and launches.
+
+A build is three kernels (``kernels``): the spec's generated count kernel
+(``generator``) turns each row block's rows into difference arrays in the zeroed kv_idx and
+full_kv_idx; ``finish_kernel`` classifies each row block's key blocks into a byte grid and
+writes the ordered kv-direction indices over the scratch; ``column_strip_kernel`` reads the
+bytes down the columns and writes the q-direction ones. The byte grid is the only scratch,
+and no array in a program grows with the sequence: one compiled kernel serves every length.
+``dispatch`` decides when these run and when the torch path does.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from maskspec import blocks, codegen, ir, lower
+from maskspec.context import BuildContext
+from maskspec.cuda import generator, kernels
+from maskspec.cuda.kernels import triton
+
+ROW_CHUNK = 16  # rows of a row block counted by one program (fewer when rows hold many slots)
+COUNT_WARPS = 2
+MAX_PAIRS = 2**12  # interval pairs one program compares (rows × slots²) in the gap search
+MAX_SLOTS = 128  # interval slots per row past which the torch path classifies
+MIN_SLOTS = 2  # slots per row a program holds at least
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def slots_held(k: int) -> int:
+    """Slots per row held by a program: a power of two, at least MIN_SLOTS. The gap search
+    costs slots² per row, so few slots are fast; strided families keep a spec's slot count
+    fixed as KV_LEN grows (EAGLE-3: 2), so TTT steps share one compiled kernel."""
+    return max(MIN_SLOTS, _pow2(k))
+
+
+def row_chunk(q_bs: int, slots: int) -> int:
+    """Rows per count program: ROW_CHUNK, fewer for small blocks or many slots per row."""
+    return min(ROW_CHUNK, _pow2(q_bs), max(1, MAX_PAIRS // slots**2))
+
+
+def fits(slots: int, q_len: int, kv_len: int, block_size: tuple[int, int],
+         stride: int = 0) -> bool:
+    """Whether the fused kernels can classify rows of this many slots (else use the torch
+    path): at most MAX_SLOTS, keys, block ends and the arithmetic of a family of this stride
+    within int32, and a grid within CUDA's limits (65535 in y and z)."""
+    n_q, n_kv = blocks.counts(q_len, kv_len, *block_size)
+    chunks = -(-block_size[0] // row_chunk(block_size[0], slots))
+    return (triton is not None and n_q <= 65535 and chunks <= 65535
+            and (2 * kv_len + 3 * stride if stride else kv_len) + block_size[1] < 2**31 - 1
+            and -(-n_kv // TILES.strip) <= 65535 and slots <= MAX_SLOTS)
+
+
+def count_grid(lead: tuple[int, ...], n_q: int, q_bs: int, slots: int) -> tuple[int, int, int]:
+    """The count kernels' grid: (batch·head, row block, chunk of its rows)."""
+    return math.prod(lead), n_q, -(-q_bs // row_chunk(q_bs, slots))
+
+
+def zeroed_scratch(lead: tuple[int, ...], n_q: int, n_kv: int, device: torch.device) -> Tensor:
+    """kv_idx and full_kv_idx, zeroed: the count kernels' difference arrays, in place."""
+    return torch.zeros(2, *lead, n_q, n_kv, dtype=torch.int32, device=device)
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Tile sizes and warps of the two fixed kernels (``benchmarks/tune_build.py`` times
+    the alternatives)."""
+
+    kv_chunk: int = 1024  # key blocks of a row scanned at a time (finish kernel)
+    finish_warps: int = 4
+    q_chunk: int = 256  # row blocks × key blocks: the column kernel's tile
+    strip: int = 4
+    column_warps: int = 4
+
+
+TILES = Tiles()
+
+
+Launch = tuple[Any, tuple[int, ...], tuple[Any, ...], dict[str, Any]]  # kernel, grid, args, kw
+
+
+class _Kernel:
+    """One kernel at a fixed grid and constexprs, launched through the compiled binary that
+    Triton's JIT returned for the call's specialization (its first launch with a given
+    ``key`` goes through the JIT, which also compiles; later ones skip the JIT's argument
+    binding and cache lookup). ``key`` must tell apart every call
+    Triton would specialize differently: the plans pass what can vary between their calls
+    (input alignments and strides), all else being fixed per plan. Under Triton's
+    interpreter every launch goes through the JIT."""
+
+    def __init__(self, jit: Any, grid: tuple[int, ...], kw: dict[str, Any]) -> None:
+        self.jit, self.kw = jit, kw
+        self.grid = (*grid, *(1,) * (3 - len(grid)))
+        # The launcher takes every parameter in order, constexprs too: ours come last and
+        # are the parameters given by keyword.
+        names = [n for n in jit.arg_names if n in kw]
+        assert names == jit.arg_names[len(jit.arg_names) - len(names):], names
+        self.tail = tuple(kw[n] for n in names)
+        self.runners: dict[Any, Any] = {}
+
+    def __call__(self, args: tuple[Any, ...], key: Any = (), stream: Any = None) -> None:
+        """Launch on ``stream`` (a raw CUDA stream; None: the current one)."""
+        runner = self.runners.get(key)
+        if runner is not None:
+            runner(*args, *self.tail, stream=stream)
+            return
+        binary = self.jit[self.grid](*args, **self.kw)
+        if isinstance(binary, triton.compiler.CompiledKernel):
+            self.runners[key] = binary[self.grid]
+
+
+def finish_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int) -> Launch:
+    """The finish kernel over (kv_num, kv_idx, full_kv_num, full_kv_idx, cls): tensors, or
+    their dtypes (to compile only)."""
+    return (kernels.finish_kernel, (bh, n_q), (*bufs, n_q, n_kv),
+            {"CHUNK": TILES.kv_chunk, "num_warps": TILES.finish_warps})
+
+
+def column_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int) -> Launch:
+    """The column kernel over (cls, q_num, q_idx, full_q_num, full_q_idx)."""
+    return (kernels.column_strip_kernel, (bh, -(-n_kv // TILES.strip)), (*bufs, n_q, n_kv),
+            {"QC": TILES.q_chunk, "STRIP": TILES.strip, "num_warps": TILES.column_warps})
+
+
+def finish(scratch: Tensor, n_q: int, n_kv: int, stream: Any = None) -> tuple[Tensor, ...]:
+    """All eight tensors from the counted difference arrays: classes and kv_* per row
+    block (kv_idx and full_kv_idx in scratch's place), then the q-direction ones read down
+    the class bytes' columns (launched on ``stream``, a raw CUDA stream; None: the current
+    one)."""
+    kv_idx, full_kv_idx = scratch[0], scratch[1]
+    lead = kv_idx.shape[:-2]
+    kv_num, full_kv_num = (kv_idx.new_empty(*lead, n_q) for _ in range(2))
+    cls = kv_idx.new_empty(*lead, n_q, n_kv, dtype=torch.int8)
+    kv = (kv_num, kv_idx, full_kv_num, full_kv_idx)
+    finish, column = _fixed_kernels(lead.numel(), n_q, n_kv)
+    finish((*kv, cls, n_q, n_kv), cls.device, stream)
+    q_num, full_q_num = (cls.new_empty(*lead, n_kv, dtype=torch.int32) for _ in range(2))
+    q_idx = cls.new_empty(*lead, n_kv, n_q, dtype=torch.int32)
+    full_q_idx = torch.empty_like(q_idx)
+    q = (q_num, q_idx, full_q_num, full_q_idx)
+    column((cls, *q, n_q, n_kv), cls.device, stream)
+    return (*kv, *q)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fixed_kernels(bh: int, n_q: int, n_kv: int) -> tuple[_Kernel, _Kernel]:
+    """The finish and column kernels at this grid, keyed by device when called (their
+    tensors are allocated by ``finish``: aligned alike on every call)."""
+    launches = (make((None,) * 5, bh, n_q, n_kv) for make in (finish_launch, column_launch))
+    finish, column = (_Kernel(kernel, grid, kw) for kernel, grid, _, kw in launches)
+    return finish, column
+
+
+class _Generated:
+    """A spec's generated build kernel, and its loop arguments per sizes (computed once)."""
+
+    def __init__(self, mask: ir.MaskIR) -> None:
+        self.mask = mask
+        src = generator.source(mask)
+        if src not in _KERNELS:
+            _KERNELS[src] = codegen.load_source(src, generator.KERNEL)
+        self.kernel = _KERNELS[src]
+        self.plans: dict[tuple[int, ...], tuple[list[int], int]] = {}
+        self.families: dict[tuple[int, ...], lower.FamilyPlan] = {}
+
+    def family(self, sizes: Mapping[str, int]) -> lower.FamilyPlan:
+        """The strided family's plan at these sizes (cached: a build does no analysis)."""
+        key = tuple(sizes[k] for k in ir.SIZES)
+        if key not in self.families:
+            self.families[key] = lower.family_plan(self.mask, sizes)
+        return self.families[key]
+
+    def slots(self, sizes: Mapping[str, int]) -> int:
+        """Interval slots per row a program holds at these sizes."""
+        return slots_held(self.plan(sizes)[1])
+
+    def plan(self, sizes: Mapping[str, int]) -> tuple[list[int], int]:
+        key = tuple(sizes[k] for k in ir.SIZES)
+        if key not in self.plans:
+            self.plans[key] = generator.plan(self.mask, sizes)
+        return self.plans[key]
+
+
+_KERNELS: dict[str, Any] = {}  # generated source → its JIT function (one per spec)
+_GENERATED: dict[int, _Generated] = {}
+
+
+def generated(mask: ir.MaskIR) -> _Generated:
+    """The spec's generated kernel (built on first use; the IR is immutable)."""
+    g = _GENERATED.get(id(mask))
+    if g is None or g.mask is not mask:
+        g = _GENERATED[id(mask)] = _Generated(mask)
+    return g
+
+
+def _count_parts(ctx: BuildContext) -> Launch:
+    """The spec's generated count kernel, its grid, the arguments after the inputs and
+    scratch (sizes, the family's, the loops') and its constexprs: fixed per sizes."""
+    mask, sizes = ctx.mask, ctx.sizes
+    g = generated(mask)
+    loops, slots = g.plan(sizes)[0], g.slots(sizes)  # cached per sizes: no per-call analysis
+    (q_bs, kv_bs), lead = ctx.block_size, lower.lead_shape(mask, sizes)
+    n_q, n_kv = blocks.counts(ctx.q_len, ctx.kv_len, q_bs, kv_bs)
+    tail = (sizes["B"], sizes["H"], ctx.q_len, ctx.kv_len, lead[1], n_q, n_kv,
+            *g.family(sizes).enumerated(kv_bs), *loops)
+    kw = {"KP": slots, "Q_BS": q_bs, "RC": row_chunk(q_bs, slots), "KV_BS": kv_bs,
+          "FAMILY": mask.has_families(), "num_warps": COUNT_WARPS}
+    return g.kernel, count_grid(lead, n_q, q_bs, slots), tail, kw
+
+
+def count_launch(ctx: BuildContext, scratch: tuple[Any, Any]) -> Launch:
+    """The spec's generated count kernel into scratch (tensors, or dtypes to compile only)."""
+    kernel, grid, tail, kw = _count_parts(ctx)
+    return kernel, grid, (*generator.input_args(ctx.mask, ctx.inputs), *scratch, *tail), kw
+
+
+def fits_build(ctx: BuildContext) -> bool:
+    """``fits`` for the spec's generated kernel at the build's sizes."""
+    g = generated(ctx.mask)
+    return fits(g.slots(ctx.sizes), ctx.q_len, ctx.kv_len, ctx.block_size,
+                g.family(ctx.sizes).stride)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One configuration's build (spec, sizes, block size, device) worked out once: output
+    shapes, the count kernel's grid and size and loop arguments, its launcher. ``run``
+    only allocates and launches, so a repeated build does no analysis and skips Triton's
+    argument binding (``_Kernel``)."""
+
+    mask: ir.MaskIR
+    device: torch.device
+    lead: tuple[int, ...]
+    n_q: int
+    n_kv: int
+    count: _Kernel
+    tail: tuple[Any, ...]  # the count kernel's arguments after the inputs and scratch
+    searched: frozenset[str]  # inputs the kernel binary-searches (``generator``)
+
+    def run(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, ...]:
+        """The eight tensors from these bound inputs (on the plan's device)."""
+        scratch = zeroed_scratch(self.lead, self.n_q, self.n_kv, self.device)
+        args = generator.input_args(self.mask, inputs, self.searched)
+        # What Triton specializes on and may differ between calls: the inputs' alignment
+        # and strides (their shapes and dtypes are fixed by the sizes and the spec).
+        key = tuple((t.data_ptr() % 16, t.stride()) for t in inputs.values())
+        stream = (torch.cuda.current_stream(self.device).cuda_stream
+                  if self.device.type == "cuda" else None)
+        self.count((*args, scratch[0], scratch[1], *self.tail), key, stream)
+        return finish(scratch, self.n_q, self.n_kv, stream)
+
+
+_PLANS: dict[tuple[Any, ...], Plan | None] = {}
+MAX_PLANS = 1024  # configurations remembered; past that the cache starts again
+
+
+def _plan_key(ctx: BuildContext, device: torch.device) -> tuple[Any, ...]:
+    return (id(ctx.mask), *ctx.size_key(), ctx.block_size, device)
+
+
+def cached(ctx: BuildContext) -> Plan | None:
+    """The configuration's plan if one was made (a CUDA build's first look)."""
+    p = _PLANS.get(_plan_key(ctx, indexed(ctx.device)))
+    return p if p is not None and p.mask is ctx.mask else None
+
+
+def plan(ctx: BuildContext) -> Plan | None:
+    """The build plan of this configuration (cached), None when the fused kernels decline
+    its shape (``fits``). Its kernels should be compiled first (``dispatch.compiled``),
+    else its first run compiles them."""
+    device = indexed(ctx.device)
+    key = _plan_key(ctx, device)
+    if key in _PLANS and (_PLANS[key] is None or _PLANS[key].mask is ctx.mask):
+        return _PLANS[key]
+    made = None
+    if fits_build(ctx):
+        kernel, grid, tail, kw = _count_parts(ctx)
+        n_q, n_kv = blocks.counts(ctx.q_len, ctx.kv_len, *ctx.block_size)
+        made = Plan(ctx.mask, device, lower.lead_shape(ctx.mask, ctx.sizes), n_q, n_kv,
+                    _Kernel(kernel, grid, kw), tail,
+                    frozenset(generator.searched_inputs(ctx.mask)))
+    if len(_PLANS) >= MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = made
+    return made
+
+
+def indexed(device: torch.device) -> torch.device:
+    """A CUDA device with its index (``cuda`` is the current one)."""
+    if device.index is None and device.type == "cuda":
+        return torch.device(device.type, torch.cuda.current_device())
+    return device
