@@ -11,6 +11,7 @@ from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec
 from maskspec import blocks, lower
+from maskspec import inputs as inputs_stage
 from maskspec.api import shipped_specs
 from maskspec.cuda import dispatch, plans
 from maskspec.fast import Builder
@@ -372,3 +373,12 @@ def test_plan_launches_follow_input_alignment_and_strides():
         ctx = mask._bind(1, 1, q, q, DEV, {"doc": doc}, check=False)
         got, want = dispatch.tensors(ctx), dispatch.torch_path(ctx)
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_running_max_on_long_rows_is_cummax():
+    """Document ids are sanitized on CUDA by a chunked scan (torch's cummax scans a row in
+    one thread block): equal to cummax on rows past the chunking threshold."""
+    g = torch.Generator(device=DEV).manual_seed(0)
+    for n in (1025, 4096, 131072, 131072 + 77):
+        t = torch.randint(0, 1000, (2, n), device=DEV, generator=g)
+        assert torch.equal(inputs_stage.running_max(t), t.cummax(-1).values), n
