@@ -247,14 +247,14 @@ def ordered(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return counts.view(grid.shape[:-1]), out.view(grid.shape)
 
 
-ROW_BUDGET = 1 << 18  # slot entries (rows × slots × pieces) a chunk of rows evaluates at once
+ROW_BUDGET = 1 << 17  # slot entries (rows × slots × pieces) a chunk of rows evaluates at once
 
 
 def chunk_rows(mask: ir.MaskIR, sizes: dict[str, int], block_size: tuple[int, int]) -> int:
     """Rows evaluated together: whole row blocks, as many as keep the chunk's slot entries
     (slots per row times the family pieces enumerated at this key block size) within
-    ROW_BUDGET, at least one block. The per-row temporaries are then a few MB however long
-    Q_LEN is, beside the output; most specs take one chunk at Q_LEN = 16K or more."""
+    ROW_BUDGET, at least one block. The per-row temporaries are then about 30 MB however
+    long Q_LEN is, beside the output; most specs take one chunk up to Q_LEN = 32K."""
     pieces = max(lower.family_plan(mask, sizes).enumerated(block_size[1]))
     width = max(1, lower.slot_count(mask, sizes)) * (1 + pieces)
     return max(1, ROW_BUDGET // (width * block_size[0])) * block_size[0]
