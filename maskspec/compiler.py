@@ -36,12 +36,13 @@ class _Resolver:
         self.spec = spec
         self.params = dict(params)
         self.inputs = {i.name: i for i in spec.inputs}
+        self.lets = {d.name: d for d in spec.lets}
 
     def error(self, msg: str, pos: m.Pos | None, hint: str | None = None) -> MaskSpecError:
         return MaskSpecError(msg, pos, source=self.spec.source, path=self.spec.path, hint=hint)
 
     def names(self, scope: _Scope) -> list[str]:
-        out = [*scope.vars, *ir.SIZES, *self.params]
+        out = [*scope.vars, *ir.SIZES, *self.params, *self.lets]
         return out + (list(self.inputs) if scope.inputs else [])
 
     def fold(self, e: ir.Bin) -> ir.Expr:
@@ -116,6 +117,8 @@ class _Resolver:
         return out
 
     def name(self, e: m.Name, scope: _Scope) -> ir.Expr:
+        if e.id in self.lets:
+            return self.let(e, scope)
         if e.id in scope.vars:
             return ir.Var(e.id, pos=e.pos)
         if e.id in ir.SIZES:
@@ -133,6 +136,16 @@ class _Resolver:
         raise self.error(
             f"unknown name `{e.id}`", e.pos, hint=did_you_mean(e.id, self.names(scope))
         )
+
+    def let(self, e: m.Name, scope: _Scope) -> ir.Expr:
+        """A named expression: its body, resolved where it is used; an error inside it
+        also says where that use is."""
+        try:
+            return self.expr(self.lets[e.id].value, scope)
+        except MaskSpecError as err:
+            use = f"`{e.id}` is used in {scope.what} at line {e.pos.line}, column {e.pos.column}"
+            raise self.error(err.message, err.pos,
+                             hint=use + (f"; {err.hint}" if err.hint else "")) from None
 
     def index(self, e: m.Index, scope: _Scope) -> ir.Expr:
         decl = self.inputs.get(e.id)
@@ -211,7 +224,7 @@ def _check_unique(spec: m.Spec) -> None:
     seen: dict[str, str] = {}
     reserved = set(ir.VARS) | set(ir.SIZES)
     decls = [("param", p) for p in spec.params] + [("input", i) for i in spec.inputs]
-    decls += [("region", r) for r in spec.regions]
+    decls += [("let", d) for d in spec.lets] + [("region", r) for r in spec.regions]
     for kind, d in decls:
         if d.name in reserved or d.name in primitives.registry():
             raise MaskSpecError(
@@ -225,6 +238,29 @@ def _check_unique(spec: m.Spec) -> None:
                 source=spec.source, path=spec.path,
             )
         seen[d.name] = kind
+
+
+def _check_lets(spec: m.Spec) -> None:
+    """A ``let`` may name only the lets before it: no use before the definition, no cycle."""
+    order = {d.name: i for i, d in enumerate(spec.lets)}
+    for i, d in enumerate(spec.lets):
+        for n in _names(d.value):
+            if order.get(n.id, -1) >= i:
+                what = "itself" if n.id == d.name else f"`{n.id}`, defined after it"
+                raise MaskSpecError(
+                    f"let `{d.name}` uses {what}", n.pos, source=spec.source, path=spec.path,
+                    hint="a let may use only the lets above it",
+                )
+
+
+def _names(e: m.Expr) -> list[m.Name]:
+    """The names an expression of the spec model reads (its lookups' indices included)."""
+    if isinstance(e, m.Name):
+        return [e]
+    kids = {m.Index: lambda x: x.args, m.Func: lambda x: x.args, m.Neg: lambda x: [x.operand],
+            m.BinOp: lambda x: [x.left, x.right]}
+    get = kids.get(type(e))
+    return [n for k in (get(e) if get else []) for n in _names(k)]
 
 
 def _argument(r: _Resolver, kind: primitives.PrimitiveKind, call: m.Call, i: int,
@@ -374,6 +410,7 @@ def _term(name: str, prims: tuple[ir.Primitive, ...], where: tuple[ir.Cmp, ...],
 def compile_spec(spec: m.Spec, **params: int) -> ir.MaskIR:
     """Resolve a parsed spec into the IR, binding ``params`` (overriding defaults)."""
     _check_unique(spec)
+    _check_lets(spec)
     r = _Resolver(spec, _params(spec, params))
     inputs = tuple(_input(r, d) for d in spec.inputs)
     valid = tuple(_cond(r, c) for v in spec.valid for c in v.conds)

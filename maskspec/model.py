@@ -99,6 +99,13 @@ class Call(Node):
     args: list[Arg]
 
 
+class Let(Node):
+    """A named expression: ``let c = min(max(q, 3), 28)``, usable wherever its body is."""
+
+    name: str
+    value: Expr
+
+
 class Region(Node):
     """Allowed keys: the intersection of its calls, restricted by its ``where`` conditions."""
 
@@ -121,6 +128,7 @@ class Spec(BaseModel):
     pos: Pos
     params: list[Param] = []
     inputs: list[Input] = []
+    lets: list[Let] = []
     regions: list[Region] = []
     valid: list[Valid] = []
     source: str = ""

@@ -24,7 +24,8 @@ from maskspec import model as m
 from maskspec.errors import MaskSpecError
 
 KEYWORDS = (
-    "mask", "param", "input", "region", "valid", "where", "and", "in", "int", "bool", "min", "max",
+    "mask", "param", "input", "let", "region", "valid", "where", "and", "in", "int", "bool", "min",
+    "max",
 )
 
 
@@ -129,12 +130,16 @@ class _ToModel(Transformer):
         *calls, where = c[1:]
         return m.Region(pos=_pos(meta), name=str(c[0]), calls=calls, where=where or [])
 
+    def let(self, meta: Meta, c: list) -> m.Let:
+        return m.Let(pos=_pos(meta), name=str(c[0]), value=c[1])
+
     def valid(self, meta: Meta, c: list) -> m.Valid:
         return m.Valid(pos=_pos(meta), conds=c[0])
 
     def start(self, meta: Meta, c: list) -> m.Spec:
         decls = c[1:]
-        kinds = {m.Param: "params", m.Input: "inputs", m.Region: "regions", m.Valid: "valid"}
+        kinds = {m.Param: "params", m.Input: "inputs", m.Let: "lets", m.Region: "regions",
+                 m.Valid: "valid"}
         fields: dict[str, list] = {v: [] for v in kinds.values()}
         for d in decls:
             fields[kinds[type(d)]].append(d)
@@ -158,7 +163,7 @@ _WORDS = {
     "$END": "the end of the spec",
 }
 _OPERATORS = frozenset({"`+`", "`-`", "`*`", "`//`", "`%`"})
-_DECLS = frozenset({"`param`", "`input`", "`region`", "`valid`", _WORDS["$END"]})
+_DECLS = frozenset({"`param`", "`input`", "`let`", "`region`", "`valid`", _WORDS["$END"]})
 _FIRST = (_WORDS["CMP"], "`)`", "`]`", "`,`", "a name", "a number", "`(`")
 _LAST = ("an operator such as `+`", "`[`", "`and`", "a new declaration", _WORDS["$END"])
 # Tokens people type from other languages: (the terminal that was wanted, the hint).
@@ -200,7 +205,7 @@ def _expected(terms: set[str] | frozenset[str]) -> str | None:
 def _missing_name(err: UnexpectedToken) -> bool:
     """Whether the keyword where a name belongs starts a declaration or a clause (a name
     was probably left out: `mask` then `region`, `region r =` then `where`)."""
-    return str(err.token) in ("param", "input", "region", "valid", "where", "and")
+    return str(err.token) in ("param", "input", "let", "region", "valid", "where", "and")
 
 
 def _token_error(err: UnexpectedToken) -> tuple[m.Pos, str, str | None]:
@@ -211,7 +216,7 @@ def _token_error(err: UnexpectedToken) -> tuple[m.Pos, str, str | None]:
         pos = m.Pos(line=line, column=col, end_line=line, end_column=col + 1)
         return pos, "unexpected end of spec", _expected(accepts)
     pos = _pos(tok)
-    starts_decl = str(tok) in ("param", "input", "region", "valid") and accepts != {"NAME"}
+    starts_decl = str(tok) in ("param", "input", "let", "region", "valid") and accepts != {"NAME"}
     if str(tok) in KEYWORDS and "NAME" in accepts and not starts_decl:
         return pos, f"`{tok}` is a keyword, not a name", (
             f"rename it, e.g. `{tok}_`" if not _missing_name(err) else
