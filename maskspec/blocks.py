@@ -282,10 +282,12 @@ def build_grid(ctx: BuildContext) -> BlockGrid:
 def index_tensors(grid: BlockGrid) -> tuple[Tensor, ...]:
     """BlockMask's eight tensors, in its constructor's order.
 
-    kv_* from the grid's rows, q_* from its columns: no dense transpose-and-argsort pass.
+    kv_* from the grid's rows, q_* from its columns (copied transposed first, a byte per
+    block: ordering contiguous rows takes half the time of strided ones on a CPU), with no
+    dense argsort pass.
     """
     kv_num, kv_idx = ordered(grid.partial)
     full_kv_num, full_kv_idx = ordered(grid.full)
-    q_num, q_idx = ordered(grid.partial.transpose(-1, -2))
-    full_q_num, full_q_idx = ordered(grid.full.transpose(-1, -2))
+    q_num, q_idx = ordered(grid.partial.mT.contiguous())
+    full_q_num, full_q_idx = ordered(grid.full.mT.contiguous())
     return kv_num, kv_idx, full_kv_num, full_kv_idx, q_num, q_idx, full_q_num, full_q_idx
