@@ -36,7 +36,7 @@ class BuildContext:
 
     def size_key(self) -> tuple[int, ...]:
         """The sizes as a tuple in ``ir.SIZES`` order (a cache key)."""
-        return tuple(self.sizes[k] for k in ir.SIZES)
+        return ir.size_key(self.sizes)
 
     def with_inputs(self, inputs: Mapping[str, Tensor]) -> BuildContext:
         """The same build over other bound inputs (a CUDA graph's static copies)."""

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from maskspec import deferred, ir
+from maskspec.caches import MISSING, PerMask
 from maskspec.errors import SizesError, did_you_mean
 
 
@@ -180,10 +181,10 @@ def _declared_shapes(mask: ir.MaskIR, sizes: Mapping[str, int]) -> dict[str, tup
     """Every input's declared shape at these sizes, checked to have no empty dimension
     (cached per sizes, but while torch.compile traces: a lookup would specialize them)."""
     concrete = not torch.compiler.is_compiling()
-    key = (id(mask), *(sizes[k] for k in ir.SIZES))
-    hit = _SHAPES.get(key) if concrete else None
-    if hit is not None and hit[0] is mask:
-        return hit[1]
+    key = ir.size_key(sizes)
+    hit = _SHAPES.get(mask, key) if concrete else None
+    if hit is not None:
+        return hit
     shapes = {}
     for d in mask.inputs:
         shape = tuple(_at_sizes(s, sizes, f"a dimension of input `{d.name}`", d, mask)
@@ -194,9 +195,7 @@ def _declared_shapes(mask: ir.MaskIR, sizes: Mapping[str, int]) -> dict[str, tup
                 f"{list(shape)} at {sizes_text(sizes)}: every dimension must be at least 1"
             )
         shapes[d.name] = shape
-    if concrete:
-        _bounded(_SHAPES)[key] = (mask, shapes)
-    return shapes
+    return _SHAPES.put(mask, key, shapes) if concrete else shapes
 
 
 DEFERRED_DEVICES = {"cuda"}  # device types whose value checks run there, read later
@@ -213,21 +212,21 @@ def check_bound(
     sanitized values, which equal the given ones when they pass. Only the ``given`` inputs
     (None: all) are checked or sanitized: defaults lie in their ranges (the compiler checks
     them)."""
-    key = (id(mask), *(sizes[k] for k in ir.SIZES))
-    static = _STATIC_OK.get(key)
-    if static is None or static[0] is not mask:  # what the sizes alone decide, once per sizes
+    key = ir.size_key(sizes)
+    reads = _STATIC_OK.get(mask, key, MISSING)
+    if reads is MISSING:  # what the sizes alone decide, once per sizes
         check_divisors(mask, sizes)
         check_value_ranges(mask, sizes, inputs)
-        reads = check_index_bounds(mask, sizes, inputs, check, static=True)
-        static = _bounded(_STATIC_OK)[key] = (mask, reads)
+        reads = _STATIC_OK.put(mask, key,
+                               check_index_bounds(mask, sizes, inputs, check, static=True))
     part = inputs if given is None else {k: inputs[k] for k in given}
     if not check:
         return {**inputs, **sanitized(mask, sizes, part)}
     device = next((t.device for t in inputs.values()), None)
     if device is not None and device.type in DEFERRED_DEVICES:
-        return _checked_later(mask, sizes, inputs, part, device, static[1])
+        return _checked_later(mask, sizes, inputs, part, device, reads)
     _check_values(mask, sizes, part)
-    if static[1]:
+    if reads:
         check_index_bounds(mask, sizes, inputs, check, static=False)
     return inputs
 
@@ -299,13 +298,6 @@ def report_failed(
                      f"which values is not known; {used}")
 
 
-def _bounded(cache: dict[Any, Any]) -> dict[Any, Any]:
-    """``cache``, emptied when it is full: a run through many sizes keeps only recent ones."""
-    if len(cache) > 4096:
-        cache.clear()
-    return cache
-
-
 def sanitized(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
@@ -351,11 +343,10 @@ def running_max(t: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     return local.flatten(-2)[..., :n]
 
 
-# (id(mask), *sizes) → the mask whose divisors and input lookups these sizes were checked
-# for, and whether some lookup's bounds need the values (a repeated build skips the checks;
-# the entry holds the mask, so its id is not reused); likewise the inputs' declared shapes.
-_STATIC_OK: dict[tuple[int, ...], tuple[ir.MaskIR, bool]] = {}
-_SHAPES: dict[tuple[int, ...], tuple[ir.MaskIR, dict[str, tuple[int, ...]]]] = {}
+# Per (mask, sizes): the divisors and input lookups were checked, and whether some lookup's
+# bounds need the values (a repeated build skips the checks); the inputs' declared shapes.
+_STATIC_OK = PerMask(4096)
+_SHAPES = PerMask(4096)
 
 
 def sizes_text(sizes: Mapping[str, int]) -> str:

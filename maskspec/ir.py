@@ -25,6 +25,11 @@ Value = Union[int, torch.Tensor]  # noqa: UP007 (runtime alias)
 
 VARS = ("b", "h", "q", "kv")
 SIZES = ("B", "H", "Q_LEN", "KV_LEN")
+
+
+def size_key(sizes: Mapping[str, int]) -> tuple[int, ...]:
+    """The sizes as a tuple in ``SIZES`` order (a cache key)."""
+    return tuple(sizes[k] for k in SIZES)
 # The largest magnitude of a literal, a param or an input value: sums and small products of
 # them stay far from int64's limits (and BlockMask indices are int32 anyway).
 MAX_NUMBER = 2**31 - 1

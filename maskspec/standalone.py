@@ -15,7 +15,7 @@ from importlib import import_module
 from maskspec import ir
 
 # Dependency order: each module only uses names defined above it.
-RUNTIME = ("errors", "ir", "analysis", "context", "lower", "blocks", "mask_mod", "inputs",
+RUNTIME = ("errors", "caches", "ir", "analysis", "context", "lower", "blocks", "mask_mod", "inputs",
            "targets.flex")
 
 API = '''

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from maskspec import blocks, codegen, ir, lower
+from maskspec.caches import MISSING, PerMask
 from maskspec.context import BuildContext
 from maskspec.cuda import generator, kernels
 from maskspec.cuda.kernels import triton
@@ -176,7 +177,7 @@ class _Generated:
 
     def family(self, sizes: Mapping[str, int]) -> lower.FamilyPlan:
         """The strided family's plan at these sizes (cached: a build does no analysis)."""
-        key = tuple(sizes[k] for k in ir.SIZES)
+        key = ir.size_key(sizes)
         if key not in self.families:
             self.families[key] = lower.family_plan(self.mask, sizes)
         return self.families[key]
@@ -186,22 +187,20 @@ class _Generated:
         return slots_held(self.plan(sizes)[1])
 
     def plan(self, sizes: Mapping[str, int]) -> tuple[list[int], int]:
-        key = tuple(sizes[k] for k in ir.SIZES)
+        key = ir.size_key(sizes)
         if key not in self.plans:
             self.plans[key] = generator.plan(self.mask, sizes)
         return self.plans[key]
 
 
 _KERNELS: dict[str, Any] = {}  # generated source → its JIT function (one per spec)
-_GENERATED: dict[int, _Generated] = {}
+_GENERATED = PerMask(1024)
 
 
 def generated(mask: ir.MaskIR) -> _Generated:
     """The spec's generated kernel (built on first use; the IR is immutable)."""
-    g = _GENERATED.get(id(mask))
-    if g is None or g.mask is not mask:
-        g = _GENERATED[id(mask)] = _Generated(mask)
-    return g
+    g = _GENERATED.get(mask, None)
+    return _GENERATED.put(mask, None, _Generated(mask)) if g is None else g
 
 
 def _count_parts(ctx: BuildContext) -> Launch:
@@ -261,18 +260,16 @@ class Plan:
         return finish(scratch, self.n_q, self.n_kv, stream)
 
 
-_PLANS: dict[tuple[Any, ...], Plan | None] = {}
-MAX_PLANS = 1024  # configurations remembered; past that the cache starts again
+_PLANS = PerMask(1024)  # configurations remembered; past that the cache starts again
 
 
 def _plan_key(ctx: BuildContext, device: torch.device) -> tuple[Any, ...]:
-    return (id(ctx.mask), *ctx.size_key(), ctx.block_size, device)
+    return (*ctx.size_key(), ctx.block_size, device)
 
 
 def cached(ctx: BuildContext) -> Plan | None:
     """The configuration's plan if one was made (a CUDA build's first look)."""
-    p = _PLANS.get(_plan_key(ctx, indexed(ctx.device)))
-    return p if p is not None and p.mask is ctx.mask else None
+    return _PLANS.get(ctx.mask, _plan_key(ctx, indexed(ctx.device)))
 
 
 def plan(ctx: BuildContext) -> Plan | None:
@@ -281,8 +278,9 @@ def plan(ctx: BuildContext) -> Plan | None:
     else its first run compiles them."""
     device = indexed(ctx.device)
     key = _plan_key(ctx, device)
-    if key in _PLANS and (_PLANS[key] is None or _PLANS[key].mask is ctx.mask):
-        return _PLANS[key]
+    found = _PLANS.get(ctx.mask, key, MISSING)
+    if found is not MISSING:
+        return found
     made = None
     if fits_build(ctx):
         kernel, grid, tail, kw = _count_parts(ctx)
@@ -290,10 +288,7 @@ def plan(ctx: BuildContext) -> Plan | None:
         made = Plan(ctx.mask, device, lower.lead_shape(ctx.mask, ctx.sizes), n_q, n_kv,
                     _Kernel(kernel, grid, kw), tail,
                     frozenset(generator.searched_inputs(ctx.mask)))
-    if len(_PLANS) >= MAX_PLANS:
-        _PLANS.clear()
-    _PLANS[key] = made
-    return made
+    return _PLANS.put(ctx.mask, key, made)
 
 
 def indexed(device: torch.device) -> torch.device:
