@@ -257,10 +257,7 @@ def _names(e: m.Expr) -> list[m.Name]:
     """The names an expression of the spec model reads (its lookups' indices included)."""
     if isinstance(e, m.Name):
         return [e]
-    kids = {m.Index: lambda x: x.args, m.Func: lambda x: x.args, m.Neg: lambda x: [x.operand],
-            m.BinOp: lambda x: [x.left, x.right]}
-    get = kids.get(type(e))
-    return [n for k in (get(e) if get else []) for n in _names(k)]
+    return [n for k in e.children() for n in _names(k)]
 
 
 def _argument(r: _Resolver, kind: primitives.PrimitiveKind, call: m.Call, i: int,

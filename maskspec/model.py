@@ -21,6 +21,10 @@ class Node(BaseModel):
     model_config = ConfigDict(frozen=True)
     pos: Pos
 
+    def children(self) -> list[Expr]:
+        """The expressions directly inside this one."""
+        return []
+
 
 class Num(Node):
     kind: Literal["num"] = "num"
@@ -39,6 +43,9 @@ class Index(Node):
     id: str
     args: list[Expr]
 
+    def children(self) -> list[Expr]:
+        return self.args
+
 
 class BinOp(Node):
     kind: Literal["binop"] = "binop"
@@ -46,16 +53,25 @@ class BinOp(Node):
     left: Expr
     right: Expr
 
+    def children(self) -> list[Expr]:
+        return [self.left, self.right]
+
 
 class Neg(Node):
     kind: Literal["neg"] = "neg"
     operand: Expr
+
+    def children(self) -> list[Expr]:
+        return [self.operand]
 
 
 class Func(Node):
     kind: Literal["func"] = "func"
     name: Literal["min", "max"]
     args: list[Expr]
+
+    def children(self) -> list[Expr]:
+        return self.args
 
 
 Expr = Annotated[Num | Name | Index | BinOp | Neg | Func, Field(discriminator="kind")]
