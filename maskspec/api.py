@@ -182,11 +182,8 @@ class CompiledMask:
     ) -> tuple[Any, Any]:
         """FlashAttention-4 (forward, backward) block-sparse tensors, FA4's block-size rules:
         the same build as ``block_mask`` (the fused kernels on CUDA), laid out for FA4."""
-        bs = block_size_of(BLOCK_SIZE)
-        dev = _build_device(device, inputs)
-        fa4.check_block_size(bs, fa4.sm_arch(dev, arch))
-        ctx = self._bind(B, H, Q_LEN, KV_LEN, dev, inputs, check_inputs, bs)
-        return fa4.block_sparse(dispatch.tensors(ctx), B, H, bs)
+        ctx = self._fa4_bind(B, H, Q_LEN, KV_LEN, device, BLOCK_SIZE, arch, check_inputs, inputs)
+        return fa4.block_sparse(dispatch.tensors(ctx), B, H, ctx.block_size)
 
     def fa4(
         self, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any = None,
@@ -198,16 +195,26 @@ class CompiledMask:
         The generated CuTe mask_mod, the inputs as aux_tensors and forward/backward
         block-sparse tensors; BLOCK_SIZE defaults to the finest FA4 tiles on the device.
         """
-        dev = _build_device(device, inputs)
-        sm = fa4.sm_arch(dev, arch)
-        bs = fa4.default_block_size(sm) if BLOCK_SIZE is None else BLOCK_SIZE
-        fwd, bwd = self.fa4_block_sparse(
-            B, H, Q_LEN, KV_LEN, dev, bs, arch=sm, check_inputs=check_inputs, **inputs
-        )
-        ctx = self._bind(B, H, Q_LEN, KV_LEN, dev, inputs, check=False)
+        ctx = self._fa4_bind(B, H, Q_LEN, KV_LEN, device, BLOCK_SIZE, arch, check_inputs, inputs)
+        fwd, bwd = fa4.block_sparse(dispatch.tensors(ctx), B, H, ctx.block_size)
         return fa4.FA4Args(
             cute.mask_mod(self.ir, ctx.sizes), cute.aux_tensors(self.ir, ctx.inputs), fwd, bwd
         )
+
+    def _fa4_bind(
+        self, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any,
+        BLOCK_SIZE: int | tuple[int, int] | None, arch: int | None, check_inputs: bool,
+        inputs: dict[str, Any],
+    ) -> BuildContext:
+        """An FA4 build's context: the device's arch, the block size checked against FA4's
+        rules (None: the finest tiles of the arch), the inputs bound as ``_bind`` does. The
+        build and the CuTe mask_mod's aux tensors both read its inputs."""
+        bs = None if BLOCK_SIZE is None else block_size_of(BLOCK_SIZE)
+        dev = _build_device(device, inputs)
+        sm = fa4.sm_arch(dev, arch)
+        bs = block_size_of(fa4.default_block_size(sm)) if bs is None else bs
+        fa4.check_block_size(bs, sm)
+        return self._bind(B, H, Q_LEN, KV_LEN, dev, inputs, check_inputs, bs)
 
 
 def _build_device(device: Any, inputs: dict[str, Any]) -> torch.device:
