@@ -10,13 +10,12 @@ enumerated piece by piece. Nothing here runs at build time: the IR carries the r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from maskspec import ir
-from maskspec.model import Pos
 
 _KV = ("kv",)
 
@@ -60,6 +59,8 @@ def _kv_form(e: ir.Expr) -> _Form:
         return (_KV, 1, ir.Const(0))
     if not ir.uses(e, ir.Var, "kv"):
         return (None, 0, e)
+    if isinstance(e, ir.Load):
+        raise _NotAffine(e, "an input read at kv has no interval form")
     if not isinstance(e, ir.Bin):
         raise _NotAffine(e, "kv appears where it cannot be lowered")
     if e.op in ("+", "-"):
@@ -79,8 +80,10 @@ def _kv_form(e: ir.Expr) -> _Form:
     if e.op in ("//", "%"):
         if isinstance(e.a, ir.Var) and e.a.name == "kv":
             return (("div" if e.op == "//" else "mod", e.b), 1, ir.Const(0))
+        _kv_form(e.a)  # an operand with no form of its own is the more telling reason
         raise _NotAffine(e, f"only `kv {e.op} N` itself can be lowered, not an expression of kv")
-    raise _NotAffine(e, f"kv inside {e.op}() cannot be lowered to intervals")
+    what = f"`{e.op}`" if e.op in ir.BIT_OPS else f"{e.op}()"
+    raise _NotAffine(e, f"kv inside {what} has no interval form")
 
 
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
@@ -101,32 +104,28 @@ def _solve(op: str, c: int, rest: ir.Expr) -> tuple[ir.Expr | None, ir.Expr | No
     }[op]
 
 
-ErrorFactory = Callable[..., Exception]
-
-
-def analyze_cond(cmp: ir.Cmp, error: ErrorFactory) -> CondForm:
-    """Classify a comparison as a row condition, a kv range or a kv-modulo range.
-
-    Raises ``error(message, pos, hint=...)`` for comparisons that are not affine in kv.
-    """
+def residual(cmp: ir.Cmp) -> ir.Residual | None:
+    """Why a condition has no interval form in kv, located at the node that stops it (None:
+    it is a row condition, a kv range or a kv-modulo range): such a condition is left to
+    the element fallback."""
     try:
-        atom, c, rest = _kv_form(ir.sub(cmp.left, cmp.right))
+        atom, c, _ = _kv_form(ir.sub(cmp.left, cmp.right))
     except _NotAffine as err:
-        raise error(
-            f"condition is not affine in kv: {err.why}", err.node.pos or cmp.pos,
-            hint="compare kv (or kv % N, kv // N) with an expression of b, h, q, sizes, "
-            "params and inputs, e.g. `kv < q + 4`",
-        ) from None
+        return ir.Residual(cmp, err.why, err.node.pos or cmp.pos)
+    if atom is not None and c != 0 and cmp.op == "!=":
+        return ir.Residual(cmp, "`!=` on kv splits a row's keys in two", cmp.pos)
+    return None
+
+
+def cond_form(cmp: ir.Cmp) -> CondForm:
+    """Classify a comparison with an interval form (``residual`` is None) as a row
+    condition, a kv range or a kv-modulo range."""
+    atom, c, rest = _kv_form(ir.sub(cmp.left, cmp.right))
     if atom is None:
         return RowCond(cmp)
     if c == 0:  # kv cancels out (`kv - kv < q`): a row condition on what is left
         return RowCond(ir.Cmp(cmp.op, rest, ir.const(0), pos=cmp.pos))
     op = cmp.op
-    if op == "!=":
-        raise error(
-            "`!=` on kv would split a row's keys in two", cmp.pos,
-            hint="write two regions, one with `<` and one with `>`",
-        )
     if c < 0:
         c, rest, op = -c, ir.neg(rest), _FLIP[op]
     lo, hi = _solve(op, c, rest)
@@ -136,15 +135,6 @@ def analyze_cond(cmp: ir.Cmp, error: ErrorFactory) -> CondForm:
     if kind == "div":
         return KvRange(None if lo is None else ir.mul(lo, d), None if hi is None else ir.mul(hi, d))
     return ModRange(d, lo, hi)
-
-
-def _raise(msg: str, pos: Pos | None = None, hint: str | None = None) -> Exception:
-    return ValueError(msg + (f" ({hint})" if hint else ""))
-
-
-def cond_form(cmp: ir.Cmp) -> CondForm:
-    """analyze_cond for conditions the compiler has already accepted (they cannot fail)."""
-    return analyze_cond(cmp, _raise)
 
 
 # ---------------------------------------------------------------- row programs

@@ -242,9 +242,11 @@ def wait_checks(device: Any = None) -> None:
     deferred.wait(None if device is None else plans.indexed(_build_device(device, {})))
 
 
-def compile(source: str, path: str = "<spec>", **params: int) -> CompiledMask:
-    """Compile spec text (``params`` override the spec's defaults)."""
-    return CompiledMask(compile_spec(parse(source, path), **params))
+def compile(source: str, path: str = "<spec>", *, strict: bool = False,
+            **params: int) -> CompiledMask:
+    """Compile spec text (``params`` override the spec's defaults). ``strict=True`` refuses
+    a spec whose blocks need the element fallback, with a located MaskSpecError."""
+    return CompiledMask(compile_spec(parse(source, path), strict, **params))
 
 
 def shipped_specs() -> dict[str, Path]:
@@ -254,8 +256,9 @@ def shipped_specs() -> dict[str, Path]:
             if p.name.endswith(".mask")}
 
 
-def load(path: str | Path, **params: int) -> CompiledMask:
-    """Parse, validate and compile a `.mask` file, or a shipped spec by name ("eagle3")."""
+def load(path: str | Path, *, strict: bool = False, **params: int) -> CompiledMask:
+    """Parse, validate and compile a `.mask` file, or a shipped spec by name ("eagle3");
+    ``strict`` as in ``compile``."""
     p = Path(path)
     if not p.exists():
         shipped = shipped_specs()
@@ -267,4 +270,4 @@ def load(path: str | Path, **params: int) -> CompiledMask:
                 f"no spec file {str(path)!r}" + (f"; {hint}" if hint else "")
                 + f" (shipped specs, loadable by name: {', '.join(sorted(shipped))})"
             )
-    return CompiledMask(compile_spec(parse_file(p), **params))
+    return CompiledMask(compile_spec(parse_file(p), strict, **params))

@@ -18,12 +18,13 @@ pieces or gaps are a key block or more apart).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from maskspec import ir, lower
+from maskspec import elements, ir, lower
 from maskspec.context import BuildContext
 from maskspec.lower import Rows
 
@@ -260,19 +261,49 @@ def chunk_rows(mask: ir.MaskIR, sizes: dict[str, int], block_size: tuple[int, in
     return max(1, ROW_BUDGET // (width * block_size[0])) * block_size[0]
 
 
+def classify_at(ctx: BuildContext, q_positions: torch.Tensor | None, n_rows: int,
+                block_size: tuple[int, int]) -> BlockGrid:
+    """Exact classes of the rows at ``q_positions`` (None: every row; see
+    ``lower.row_env``) against all keys. A mask whose terms leave conditions to the element
+    fallback is classified in two halves: its analytic terms exactly, the others as the
+    supersets their row programs allow; the blocks those touch and the analytic half does
+    not already make FULL are then decided from the element meaning (``elements``)."""
+    kv_len, mask = ctx.kv_len, ctx.mask
+    if not mask.fallback:
+        return classify(lower.row_slots(ctx, q_positions), n_rows, kv_len, *block_size)
+    per_batch = q_positions is not None and q_positions.dim() > 1 and q_positions.shape[0] > 1
+    n_q, n_kv = counts(n_rows, kv_len, *block_size)
+    shape = (*lower.lead_shape(mask, ctx.sizes, per_batch), n_q, n_kv)
+
+    def half(analytic: bool) -> BlockGrid:
+        part = mask.part(analytic)
+        if not part.terms:
+            empty = torch.zeros(shape, dtype=torch.bool, device=ctx.device)
+            return BlockGrid(empty, empty.clone())
+        rows = lower.row_slots(dataclasses.replace(ctx, mask=part), q_positions)
+        g = classify(rows, n_rows, kv_len, *block_size)
+        return BlockGrid(g.partial.expand(shape).clone(), g.full.expand(shape).clone())
+
+    grid, over = half(True), half(False)
+    undecided = (over.partial | over.full) & ~grid.full
+    elements.decide(mask, ctx.sizes, ctx.inputs, grid.partial, grid.full, undecided,
+                    q_positions, n_rows, block_size)
+    return grid
+
+
 def build_grid(ctx: BuildContext) -> BlockGrid:
     """The build's block grid: row slots, then classes, a chunk of row blocks at a time
     (``chunk_rows``)."""
     q_len, kv_len, block_size, device = ctx.q_len, ctx.kv_len, ctx.block_size, ctx.device
     step = chunk_rows(ctx.mask, ctx.sizes, block_size)
     if step >= q_len:
-        return classify(lower.row_slots(ctx), q_len, kv_len, *block_size)
+        return classify_at(ctx, None, q_len, block_size)
     n_q, n_kv = counts(q_len, kv_len, *block_size)
     shape = (*lower.lead_shape(ctx.mask, ctx.sizes), n_q, n_kv)
     out = BlockGrid(*(torch.empty(shape, dtype=torch.bool, device=device) for _ in range(2)))
     for a in range(0, q_len, step):
         rows = torch.arange(a, min(a + step, q_len), device=device)
-        part = classify(lower.row_slots(ctx, rows), rows.numel(), kv_len, *block_size)
+        part = classify_at(ctx, rows, rows.numel(), block_size)
         at = slice(a // block_size[0], a // block_size[0] + part.full.shape[-2])
         out.partial[..., at, :] = part.partial
         out.full[..., at, :] = part.full

@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 
 from maskspec import ir
 
-_PREC = {"+": 1, "-": 1, "*": 2, "//": 2}
+# Python's binding strengths, loosest first (every target's syntax is Python's).
+_PREC = {"|": 1, "^": 2, "&": 3, "+": 4, "-": 4, "*": 5, "//": 5}
 
 
 def ident(name: str) -> str:

@@ -96,12 +96,36 @@ class _Resolver:
                     "a product needs one constant factor (the mask must stay affine)", pos,
                     hint="multiply by a number, a param or a size, e.g. `2 * q`",
                 )
-            return self.fold(ir.Bin(e.op, a, b, pos=pos))
+            if e.op in ("<<", ">>"):
+                return self.shift(e, a, b)
+            return self.fold(self.low_mask(ir.Bin(e.op, a, b, pos=pos)))
         args = [self.number(a, scope) for a in e.args]  # Func: min/max, left-folded
         out = args[0]
         for a in args[1:]:
             out = self.fold(ir.Bin(e.name, out, a, pos=pos))
         return out
+
+    def shift(self, e: m.BinOp, a: ir.Expr, b: ir.Expr) -> ir.Expr:
+        """``a << n`` and ``a >> n`` as ``a * 2**n`` and ``a // 2**n`` (the same integers,
+        two's complement): a shift by a constant is then affine arithmetic to the analysis."""
+        n = ir.const_value(b, {}) if ir.is_constant(b) and not ir.uses(b, ir.Size) else None
+        if n is None or not 0 <= n <= 62:
+            raise self.error(
+                f"`{e.op}` shifts by a number of bits from 0 to 62", e.right.pos,
+                hint="shift by a number or a param, e.g. `kv >> 1`",
+            )
+        op = "*" if e.op == "<<" else "//"
+        return self.fold(ir.Bin(op, a, ir.Const(2 ** n), pos=e.pos))
+
+    @staticmethod
+    def low_mask(e: ir.Bin) -> ir.Expr:
+        """``x & (2**n - 1)`` as ``x % 2**n`` (equal for every integer, negative ones too),
+        which the analysis lowers exactly; other bit operations stay as they are."""
+        for x, k in ((e.a, e.b), (e.b, e.a)):
+            if e.op == "&" and isinstance(k, ir.Const) and k.value > 0 and (
+                    k.value & (k.value + 1)) == 0 and not isinstance(x, ir.Const):
+                return ir.Bin("%", x, ir.Const(k.value + 1), pos=e.pos)
+        return e
 
     def number(self, e: m.Expr, scope: _Scope) -> ir.Expr:
         """An operand of arithmetic (or a primitive argument): never a bool input, whose
@@ -162,12 +186,6 @@ class _Resolver:
                 f"{len(e.args)}", e.pos,
             )
         args = tuple(self.expr(a, scope) for a in e.args)
-        for a, src in zip(args, e.args, strict=True):
-            if ir.uses(a, ir.Var, "kv"):
-                raise self.error(
-                    "inputs cannot be indexed by `kv`", src.pos,
-                    hint="index by b, h or q (e.g. `q // block`); bound kv with a comparison",
-                )
         return ir.Load(e.id, args, pos=e.pos)
 
 
@@ -333,12 +351,6 @@ def _cond(r: _Resolver, c: m.Cond) -> ir.Cmp:
                 f"input `{a.input}` is bool: it equals 0, 1 or another bool input, not a "
                 "number", c.pos, hint=f"declare it `int` to compare it with numbers, or write "
                 f"`{a.input}[...] == 1` in its own condition")
-    if c.flag and ir.uses(cmp.left, ir.Var, "kv"):
-        raise r.error(
-            "a bare condition is a flag (true where it is not 0), and one on kv would split "
-            "a row's keys", c.pos, hint="compare kv with an expression, e.g. `kv < q + 4`",
-        )
-    analysis.analyze_cond(cmp, r.error)
     return cmp
 
 
@@ -383,13 +395,16 @@ def _check_range(r: _Resolver, d: m.Input, rng: tuple[ir.Expr, ir.Expr],
 
 def _parts(t: tuple[tuple[ir.Primitive, ...], tuple[ir.Cmp, ...]]) -> tuple[
         list[ir.Cmp], list[analysis.Part]]:
-    """A term's guards, and the clips and levels of its primitives and kv conditions."""
+    """A term's guards, and the clips and levels of its primitives and of its kv conditions
+    with an interval form (the others are its residual)."""
     prims, conds = t
     parts: list[analysis.Part] = []
     for p in prims:
         parts += primitives.registry()[p.kind].lower(dict(p.args))
     guards = []
     for c in conds:
+        if analysis.residual(c) is not None:
+            continue
         f = analysis.cond_form(c)
         if isinstance(f, analysis.RowCond):
             guards.append(f.cmp)
@@ -401,11 +416,13 @@ def _parts(t: tuple[tuple[ir.Primitive, ...], tuple[ir.Cmp, ...]]) -> tuple[
 def _term(name: str, prims: tuple[ir.Primitive, ...], where: tuple[ir.Cmp, ...],
           valid: tuple[ir.Cmp, ...], program: ir.RowProgram, pos: m.Pos | None) -> ir.Term:
     meaning = tuple(c for p in prims for c in primitives.registry()[p.kind].meaning(dict(p.args)))
-    return ir.Term(name, prims, where, valid, meaning, program, pos=pos)
+    rest = tuple(x for c in where + valid if (x := analysis.residual(c)) is not None)
+    return ir.Term(name, prims, where, valid, meaning, program, pos=pos, residual=rest)
 
 
-def compile_spec(spec: m.Spec, **params: int) -> ir.MaskIR:
-    """Resolve a parsed spec into the IR, binding ``params`` (overriding defaults)."""
+def compile_spec(spec: m.Spec, strict: bool = False, **params: int) -> ir.MaskIR:
+    """Resolve a parsed spec into the IR, binding ``params`` (overriding defaults).
+    ``strict`` refuses a spec whose blocks need the element fallback (``refuse_fallback``)."""
     _check_unique(spec)
     _check_lets(spec)
     r = _Resolver(spec, _params(spec, params))
@@ -433,7 +450,22 @@ def compile_spec(spec: m.Spec, **params: int) -> ir.MaskIR:
         n for t in terms for p in t.prims
         for n in primitives.registry()[p.kind].sorted_inputs(dict(p.args))))
     _warn_empty(r, terms)
-    return ir.MaskIR(spec.name, terms, inputs, r.params, spec.source, spec.path, sorted_inputs)
+    out = ir.MaskIR(spec.name, terms, inputs, r.params, spec.source, spec.path, sorted_inputs)
+    if strict:
+        refuse_fallback(out)
+    return out
+
+
+def refuse_fallback(mask: ir.MaskIR) -> None:
+    """A located MaskSpecError at the first condition with no interval form: what a strict
+    compile says of a spec whose blocks the element fallback would decide."""
+    for t, res in mask.residuals():
+        raise MaskSpecError(
+            f"region `{t.name}` needs the element fallback: {res.why}", res.pos,
+            source=mask.source, path=mask.path,
+            hint="without strict, maskspec decides the blocks this condition touches by "
+            "evaluating the mask on them (exact, at the cost of those blocks' elements)",
+        )
 
 
 def _known(e: ir.Expr) -> int | None:

@@ -78,6 +78,13 @@ class Builder:
         cuda_graph: bool = False, compiled: bool = False, backend: str = "inductor",
         check_inputs: bool = True,
     ) -> None:
+        if mask.ir.fallback:
+            t, res = next(mask.ir.residuals())
+            raise ValueError(
+                f"spec `{mask.name}` needs the element fallback (region `{t.name}`: "
+                f"{res.why}), which reads the blocks it decides back to the host: a Builder's "
+                "builds never sync and capture in CUDA graphs; build with mask.block_mask(...)"
+            )
         self.mask = mask
         self.block_size = block_size_of(BLOCK_SIZE)
         self.check = check_inputs

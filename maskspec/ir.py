@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
 import torch
@@ -125,7 +125,11 @@ BIN_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "%": operator.mod,
     "min": _tmin,
     "max": _tmax,
+    "&": operator.and_,
+    "|": operator.or_,
+    "^": operator.xor,
 }
+BIT_OPS = ("&", "|", "^")
 
 
 def const(v: int) -> Const:
@@ -331,6 +335,10 @@ def _bin_bounds(op: str, a: Interval, b: Interval) -> Interval:
         lo = min(a[0] // b[0], a[0] // b[1]) if not math.isinf(a[0]) else -math.inf
         hi = max(a[1] // b[0], a[1] // b[1]) if not math.isinf(a[1]) else math.inf
         return (lo, hi)
+    if op in BIT_OPS and finite and a[0] >= 0 and b[0] >= 0:
+        if op == "&":
+            return (0, min(a[1], b[1]))
+        return (0, 2 ** int(max(a[1], b[1])).bit_length() - 1)  # no bit above both operands'
     return (-math.inf, math.inf)
 
 
@@ -460,8 +468,21 @@ class InputDecl:
 
 
 @dataclass(frozen=True)
+class Residual:
+    """A condition the row program leaves out, and why: one with no interval form in kv
+    (an input read at kv, ``kv != ...``, bit operations on kv ...). The term's program then
+    allows a superset of its keys, and the element fallback decides the blocks it touches."""
+
+    cmp: Cmp
+    why: str
+    pos: Pos | None = field(default=None, compare=False, repr=False)  # the node that stops it
+
+
+@dataclass(frozen=True)
 class Term:
-    """One region with every ``valid`` clause pushed in: prims ∩ where ∩ valid."""
+    """One region with every ``valid`` clause pushed in: prims ∩ where ∩ valid.
+
+    ``program`` is exact unless ``residual`` names conditions it leaves out."""
 
     name: str
     prims: tuple[Primitive, ...]
@@ -470,6 +491,12 @@ class Term:
     meaning: tuple[Cmp, ...]  # the primitives' element meaning
     program: RowProgram
     pos: Pos | None = field(default=None, compare=False, repr=False)
+    residual: tuple[Residual, ...] = ()
+
+    @property
+    def analytic(self) -> bool:
+        """Whether the row program alone is the term's keys (no element fallback)."""
+        return not self.residual
 
     @property
     def conds(self) -> tuple[Cmp, ...]:
@@ -498,13 +525,27 @@ class MaskIR:
     source: str = ""
     path: str = "<spec>"
     sorted_inputs: tuple[str, ...] = ()  # per-position document ids (non-decreasing)
-    # The variables (b, h, q, kv) the mask reads anywhere: computed once, a plain attribute
-    # (which torch.compile reads without a graph break).
+    # The variables (b, h, q, kv) the mask reads anywhere, and whether some term needs the
+    # element fallback: computed once, plain attributes (torch.compile reads them without a
+    # graph break).
     variables: frozenset[str] = field(init=False, compare=False, repr=False)
+    fallback: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         names = frozenset(n.name for e in self.exprs() for n in e.walk() if isinstance(n, Var))
         object.__setattr__(self, "variables", names)
+        object.__setattr__(self, "fallback", any(t.residual for t in self.terms))
+
+    def residuals(self) -> Iterator[tuple[Term, Residual]]:
+        """Every condition some term's row program leaves out, with its term."""
+        for t in self.terms:
+            for r in t.residual:
+                yield t, r
+
+    def part(self, analytic: bool) -> MaskIR:
+        """The mask of its analytic terms (``analytic``) or of the others: the two halves
+        the element fallback classifies apart (``fallback``)."""
+        return replace(self, terms=tuple(t for t in self.terms if t.analytic is analytic))
 
     def exprs(self) -> Iterator[Expr]:
         for t in self.terms:

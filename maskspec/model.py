@@ -49,7 +49,7 @@ class Index(Node):
 
 class BinOp(Node):
     kind: Literal["binop"] = "binop"
-    op: Literal["+", "-", "*", "//", "%"]
+    op: Literal["+", "-", "*", "//", "%", "&", "|", "^", "<<", ">>"]
     left: Expr
     right: Expr
 

@@ -64,7 +64,7 @@ class _ToModel(Transformer):
         return m.BinOp(pos=_pos(meta), op=op, left=children[0], right=children[1])
 
     def num(self, meta: Meta, c: list) -> m.Num:
-        return m.Num(pos=_pos(meta), value=int(c[0]))
+        return m.Num(pos=_pos(meta), value=int(c[0], 0))  # decimal or 0x hexadecimal
 
     def name(self, meta: Meta, c: list) -> m.Name:
         return m.Name(pos=_pos(meta), id=str(c[0]))
@@ -92,6 +92,21 @@ class _ToModel(Transformer):
 
     def mod(self, meta: Meta, c: list) -> m.BinOp:
         return self._binop("%", meta, c)
+
+    def bitand(self, meta: Meta, c: list) -> m.BinOp:
+        return self._binop("&", meta, c)
+
+    def bitor(self, meta: Meta, c: list) -> m.BinOp:
+        return self._binop("|", meta, c)
+
+    def bitxor(self, meta: Meta, c: list) -> m.BinOp:
+        return self._binop("^", meta, c)
+
+    def shl(self, meta: Meta, c: list) -> m.BinOp:
+        return self._binop("<<", meta, [c[0], c[2]])  # c[1]: the operator token
+
+    def shr(self, meta: Meta, c: list) -> m.BinOp:
+        return self._binop(">>", meta, [c[0], c[2]])
 
     def cond(self, meta: Meta, c: list) -> m.Cond:
         if len(c) == 1:  # a bare flag such as `keep[b, q // block]` means `!= 0`
@@ -162,7 +177,7 @@ _WORDS = {
     "DTYPE": "`int` or `bool`",
     "$END": "the end of the spec",
 }
-_OPERATORS = frozenset({"`+`", "`-`", "`*`", "`//`", "`%`"})
+_OPERATORS = frozenset({"`+`", "`-`", "`*`", "`//`", "`%`", "`&`", "`|`", "`^`", "`<<`", "`>>`"})
 _DECLS = frozenset({"`param`", "`input`", "`let`", "`region`", "`valid`", _WORDS["$END"]})
 _FIRST = (_WORDS["CMP"], "`)`", "`]`", "`,`", "a name", "a number", "`(`")
 _LAST = ("an operator such as `+`", "`[`", "`and`", "a new declaration", _WORDS["$END"])
@@ -208,7 +223,23 @@ def _missing_name(err: UnexpectedToken) -> bool:
     return str(err.token) in ("param", "input", "let", "region", "valid", "where", "and")
 
 
-def _token_error(err: UnexpectedToken) -> tuple[m.Pos, str, str | None]:
+_BIT_HINT = ("`&`, `|` and `^` are bit operations on integers here: join conditions with "
+             "`and`; allow more keys with another `region`")
+
+
+def _bits_as_logic(tok: Token, accepts: set[str] | frozenset[str], source: str) -> bool:
+    """Whether the token follows a `&&`/`||`, or is a second comparison in one condition
+    that holds a bit operation (``kv < 3 | q < 9``): logic written as bit operations."""
+    before = source[:tok.start_pos]
+    if str(tok) in ("&", "|") and before.endswith(str(tok)):
+        return True
+    if tok.type != "CMP" or "AND" not in accepts:
+        return False
+    cond = before[max(before.rfind(w) for w in ("where", " and ", "valid")):]
+    return any(op in cond for op in ("&", "|", "^"))
+
+
+def _token_error(err: UnexpectedToken, source: str) -> tuple[m.Pos, str, str | None]:
     """Where, what and a hint for a token the grammar does not accept there."""
     tok, accepts = err.token, err.accepts or err.expected
     if tok.type == "$END":  # the spec stops early: point just past its last token
@@ -221,6 +252,8 @@ def _token_error(err: UnexpectedToken) -> tuple[m.Pos, str, str | None]:
         return pos, f"`{tok}` is a keyword, not a name", (
             f"rename it, e.g. `{tok}_`" if not _missing_name(err) else
             f"is a name missing before `{tok}`? Else rename it, e.g. `{tok}_`")
+    if _bits_as_logic(tok, accepts, source):
+        return pos, f"unexpected `{tok}`", _BIT_HINT
     wanted, hint = _TYPOS.get(str(tok), (None, None))
     if wanted not in accepts:
         hint = _expected(accepts)
@@ -235,7 +268,7 @@ def _syntax_error(err: UnexpectedInput, source: str, path: str) -> MaskSpecError
         msg, hint = f"unexpected character `{char}`", _TYPOS.get(char, (None, None))[1]
     else:
         assert isinstance(err, UnexpectedToken)  # the only other error an LALR parse raises
-        pos, msg, hint = _token_error(err)
+        pos, msg, hint = _token_error(err, source)
     return MaskSpecError(f"syntax error: {msg}", pos, source=source, path=path, hint=hint)
 
 

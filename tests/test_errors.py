@@ -94,16 +94,19 @@ def test_stray_character():
 
 
 @pytest.mark.parametrize(
-    ("text", "needle", "hint"),
+    ("text", "needle", "nth", "hint"),
     [
-        ("mask m\nregion r = causal where kv = q\n", "=", "to compare, write `==`"),
-        ("mask m\nregion r = causal where kv < q && q < 9\n", "&", "join conditions with `and`"),
-        ("mask m\nregion r = causal where kv < 3 | q < 9\n", "|", "another `region`"),
+        ("mask m\nregion r = causal where kv = q\n", "=", 1, "to compare, write `==`"),
+        ("mask m\nregion r = causal where kv < q && q < 9\n", "&", 1,
+         "join conditions with `and`"),
+        ("mask m\nregion r = causal where kv < 3 | q < 9\n", "<", 1, "another `region`"),
+        ("mask m\nregion r = causal where kv < 3 || q < 9\n", "|", 1, "bit operations"),
+        ("mask m\nregion r = causal where kv < q & q > 9\n", ">", 0, "join conditions"),
     ],
 )
-def test_operators_from_other_languages(text, needle, hint):
+def test_operators_from_other_languages(text, needle, nth, hint):
     err = _error(text)
-    assert_points_at(err, text, _at(text, needle, nth=1 if needle == "=" else 0), width=1)
+    assert_points_at(err, text, _at(text, needle, nth=nth), width=1)
     assert hint in _hint(err)
 
 
@@ -246,22 +249,34 @@ def test_constant_argument_cannot_depend_on_q():
 # ---------------------------------------------------------------- guards
 
 
+def test_product_of_variables_is_refused():
+    text = "mask m\nregion r = full where kv * kv < 3\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, "kv * kv"))
+    assert "a product needs one constant factor" in str(err)
+
+
 @pytest.mark.parametrize(
     ("guard", "needle", "message"),
     [
-        ("kv * kv < 3", "kv * kv", "a product needs one constant factor"),
-        ("min(kv, 3) < q", "min(kv, 3)", "condition is not affine in kv"),
-        ("kv != q", "kv != q", "`!=` on kv would split a row's keys in two"),
-        ("kv + kv % 4 < q", "kv + kv % 4", "condition is not affine in kv"),
-        ("(kv + 1) % 4 < 2", "(kv + 1) % 4", "condition is not affine in kv"),
+        ("min(kv, 3) < q", "min(kv, 3)", "kv inside min() has no interval form"),
+        ("kv != q", "kv != q", "`!=` on kv splits a row's keys in two"),
+        ("kv + kv % 4 < q", "kv + kv % 4", "two different kv terms"),
+        ("(kv + 1) % 4 < 2", "(kv + 1) % 4", "only `kv % N` itself"),
+        ("kv % 2", "kv % 2", "`!=` on kv splits"),  # a bare flag: `kv % 2 != 0`
+        ("(kv ^ q) & 1 == 0", "kv ^ q", "kv inside `^` has no interval form"),
     ],
 )
-def test_guard_that_is_not_affine(guard, needle, message):
+def test_strict_refuses_a_guard_with_no_interval_form(guard, needle, message):
+    """Without strict the element fallback builds it (tests/test_fallback.py); strict says
+    where and why."""
     text = f"mask m\nregion r = full where {guard}\n"
-    err = _error(text)
-    assert_points_at(err, text, _at(text, needle))
-    assert message in str(err)
-    assert _hint(err)
+    assert _compile(text).ir.fallback
+    with pytest.raises(MaskSpecError) as info:
+        maskspec.compile(text, PATH, strict=True)
+    assert_points_at(info.value, text, _at(text, needle))
+    assert "region `r` needs the element fallback: " + message in str(info.value)
+    assert _hint(info.value)
 
 
 @pytest.mark.parametrize(("guard", "divisor"), [("q % kv < 3", "kv"), ("kv // q < 2", "q")])
@@ -319,11 +334,12 @@ def test_input_used_without_index():
     assert _hint(err).startswith("write `lens[b]`")
 
 
-def test_input_indexed_by_kv():
+def test_input_indexed_by_kv_under_strict():
     text = DECL + "region r = causal where q < lens[kv]\n"
-    err = _error(text)
-    assert_points_at(err, text, text.rindex("kv"), width=2)
-    assert "inputs cannot be indexed by `kv`" in str(err)
+    with pytest.raises(MaskSpecError) as info:
+        maskspec.compile(text, PATH, strict=True)
+    assert_points_at(info.value, text, text.rindex("lens[kv]"), width=8)
+    assert "an input read at kv has no interval form" in str(info.value)
 
 
 def test_input_with_wrong_number_of_indices():
@@ -575,13 +591,6 @@ def test_document_offsets_are_checked():
         maskspec.document_ids(torch.tensor([0.0, 5.0, 8.0]), 10)
     with pytest.raises(ValueError, match="non-decreasing"):
         maskspec.document_ids(torch.tensor([0, 5, 3]), 10)
-
-
-def test_bare_flag_on_kv_says_what_a_flag_is():
-    text = "mask m\nregion r = causal where kv % 2\n"
-    err = _error(text)
-    assert_points_at(err, text, _at(text, "kv %"))
-    assert "a bare condition is a flag" in str(err) and "`kv < q + 4`" in str(err)
 
 
 def test_missing_spec_file_names_the_shipped_ones():

@@ -16,7 +16,7 @@ STAGES = [
     {"primitives", "codegen"},  # primitive classes; IR expressions as source
     {"analysis", "compiler"},  # a term analysed once into its row program
     {"inputs", "context"},  # binding sizes and inputs; the build context
-    {"lower", "dense", "mask_mod"},  # evaluation: row slots, the element meaning
+    {"lower", "dense", "mask_mod", "elements"},  # evaluation: row slots, the element meaning
     {"blocks"},  # exact block classes, ordered indices
     {"cuda"},  # kernels, generator, plans, dispatch
     {"custom_op", "targets", "standalone"},

@@ -122,9 +122,9 @@ def tensors(ctx: BuildContext) -> tuple[Tensor, ...]:
     """The spec's eight BlockMask tensors: the generated kernel on CUDA where it fits
     (``torch_path`` while it compiles, see ``compiled``; a configuration built before runs
     its cached plan at once), else lowering to row intervals and ``classify``
-    (``torch_path`` off CUDA)."""
-    if ctx.device.type != "cuda" or triton is None:
-        return torch_path(ctx)
+    (``torch_path`` off CUDA, and for a mask that needs the element fallback)."""
+    if ctx.device.type != "cuda" or triton is None or ctx.mask.fallback:
+        return torch_path(ctx)  # the fused kernels classify row programs alone
     p = plans.cached(ctx)
     if p is not None:
         return p.run(ctx.inputs)

@@ -141,6 +141,11 @@ def _term_body(t: ir.Term, i: int, em: _Emitter) -> list[str]:
 
 def source(mask: ir.MaskIR) -> str:
     """The generated module: imports, then the build kernel with one block per term."""
+    if mask.fallback:
+        raise ValueError(
+            f"spec `{mask.name}` needs the element fallback, and the generated build kernel "
+            "classifies row programs alone: its blocks are built on the torch path "
+            "(`--emit python` writes that build)")
     em = _Emitter()
     inputs, input_sizes = _input_args(mask)
     loops = [a for i, t in enumerate(mask.terms) for a in _term_args(t, i)]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import blocks, ir, lower
+from maskspec import blocks, ir
 from maskspec.context import BuildContext
 from maskspec.mask_mod import MaskMod
 from maskspec.targets import flex
@@ -194,8 +194,7 @@ def local_grid(
     q_bs, kv_bs = ctx.block_size
     kv_len = ctx.kv_len
     g = math.gcd(kv_bs, run)
-    rows = lower.row_slots(ctx, q_positions)
-    fine = blocks.classify(rows, q_positions.shape[-1], kv_len, q_bs, g)
+    fine = blocks.classify_at(ctx, q_positions, q_positions.shape[-1], (q_bs, g))
     cols = keys[:, ::g] // g  # the global g-block held by every gathered g-block
     full = _gather_columns(fine.full, cols)
     touched = _gather_columns(fine.full | fine.partial, cols)

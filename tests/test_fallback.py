@@ -1,0 +1,242 @@
+"""The element fallback: conditions with no interval form in kv (inputs read at kv, ``!=`` on
+kv, bit operations, mixed-radix key coordinates, kv inside min/max) build exactly.
+
+References: create_block_mask over mask_mods written here from each condition's plain
+meaning (not from the spec's IR), and over the spec's own mask_mod (``validate``); the CP
+rank masks against the dense mask; random shapes, inputs and block sizes throughout.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import examples, spec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import shapes, valid_specs
+from torch.nn.attention.flex_attention import create_block_mask, create_mask
+
+import maskspec
+from maskspec import elements
+from maskspec.api import shipped_specs
+from maskspec.errors import MaskSpecError
+from maskspec.verify import first_difference, random_inputs, structure_problems, validate
+
+T = 5  # the tile of the tile map below
+
+INPUTS = {
+    "g": "bool[B, KV_LEN]",
+    "gq": "bool[B, Q_LEN]",
+    "kimg": "int[B, KV_LEN] in [0, 3]",
+    "qimg": "int[B, Q_LEN] in [0, 3]",
+    "sel": f"bool[B, (Q_LEN + {T - 1}) // {T}, (KV_LEN + {T - 1}) // {T}]",
+}
+
+# Conditions with no interval form in kv, as spec text and as an independent mask_mod
+# condition (b, h, q, kv: 0-d tensors under create_block_mask's vmap; x: the inputs).
+RESIDUAL = {
+    "key flag": ("g[b, kv]", lambda b, h, q, kv, x: x["g"][b, kv]),
+    "ids of q and kv": ("kimg[b, kv] == qimg[b, q]",
+                        lambda b, h, q, kv, x: x["kimg"][b, kv] == x["qimg"][b, q]),
+    "tile map": (f"sel[b, q // {T}, kv // {T}]",
+                 lambda b, h, q, kv, x: x["sel"][b, q // T, kv // T]),
+    "not equal": ("kv != q - 2", lambda b, h, q, kv, x: kv != q - 2),
+    "xor": ("(q ^ kv) & 5 == 0", lambda b, h, q, kv, x: ((q ^ kv) & 5) == 0),
+    "or": ("kv | 3 <= q", lambda b, h, q, kv, x: (kv | 3) <= q),
+    "mixed radix": ("(kv // 3) % 4 < 2", lambda b, h, q, kv, x: (kv // 3) % 4 < 2),
+    "offset mod": ("(kv - 2) % 5 != 0", lambda b, h, q, kv, x: (kv - 2) % 5 != 0),
+    "shifted bits": ("(kv >> 2) & 1 == h", lambda b, h, q, kv, x: ((kv // 4) % 2) == h),
+    "kv in min": ("min(kv, q) >= 3", lambda b, h, q, kv, x: torch.minimum(kv, q) >= 3),
+}
+ANALYTIC = {
+    "full": ("full", lambda b, h, q, kv, x: kv >= 0),
+    "causal": ("causal", lambda b, h, q, kv, x: kv <= q),
+    "window": ("window(left = 9, right = 4)", lambda b, h, q, kv, x: (kv >= q - 9) & (kv <= q + 4)),
+    "q flag": ("full where gq[b, q]", lambda b, h, q, kv, x: x["gq"][b, q]),
+    "early keys": ("full where kv < 7", lambda b, h, q, kv, x: kv < 7),
+}
+
+
+@st.composite
+def fallback_specs(draw: st.DrawFn):
+    """(spec text, independent mask_mod of (b, h, q, kv, inputs)): 1–3 regions, each an
+    analytic shape restricted by 0–2 residual conditions, and sometimes a residual valid."""
+    regions, mods = [], []
+    for i in range(draw(st.integers(1, 3))):
+        text, fn = ANALYTIC[draw(st.sampled_from(sorted(ANALYTIC)))]
+        conds = [RESIDUAL[k] for k in draw(st.lists(st.sampled_from(sorted(RESIDUAL)),
+                                                    max_size=2))]
+        if i == 0 and not conds:
+            conds = [RESIDUAL[draw(st.sampled_from(sorted(RESIDUAL)))]]
+        where = " and ".join(c[0] for c in conds)
+        joiner = " and " if " where " in text else " where "
+        regions.append(f"region r{i} = {text}" + (joiner + where if where else ""))
+        mods.append((fn, [c[1] for c in conds]))
+    valid = RESIDUAL[draw(st.sampled_from(sorted(RESIDUAL)))] if draw(st.booleans()) else None
+    lines = ["mask fallback", *(f"input {k}: {v}" for k, v in INPUTS.items()), *regions]
+    if valid is not None:
+        lines.append(f"valid {valid[0]}")
+
+    def meaning(b, h, q, kv, x):
+        out = kv < 0
+        for fn, conds in mods:
+            ok = fn(b, h, q, kv, x)
+            for c in conds:
+                ok = ok & c(b, h, q, kv, x)
+            out = out | ok
+        return out & valid[1](b, h, q, kv, x) if valid is not None else out
+    return "\n".join(lines) + "\n", meaning
+
+
+def _inputs(b: int, q: int, kv: int, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    density = torch.rand((), generator=gen).item()  # sparse to dense key sets
+    return {
+        "g": torch.rand(b, kv, generator=gen) < density,
+        "gq": torch.rand(b, q, generator=gen) < 0.3,
+        "kimg": torch.randint(0, 4, (b, kv), generator=gen),
+        "qimg": torch.randint(0, 4, (b, q), generator=gen),
+        "sel": torch.rand(b, -(-q // T), -(-kv // T), generator=gen) < density,
+    }
+
+
+def _check(mask: maskspec.CompiledMask, meaning, b, h, q, kv, bs, x) -> None:
+    ours = mask.block_mask(b, h, q, kv, "cpu", bs, **x)
+    def mm(b_, h_, q_, kv_):
+        return meaning(b_, h_, q_, kv_, x)
+    ref = create_block_mask(mm, b, h, q, kv, device="cpu", BLOCK_SIZE=bs)
+    where = (mask.ir.source, b, h, q, kv, bs)
+    assert first_difference(ours, ref) is None, (*where, first_difference(ours, ref))
+    assert not structure_problems(ours), where
+    assert torch.equal(mask.dense(b, h, q, kv, **x), create_mask(mm, b, h, q, kv, device="cpu"))
+
+
+@settings(max_examples=examples(150))
+@given(fallback_specs(), shapes(), st.integers(0, 2**31))
+def test_blocks_equal_create_block_mask_of_the_published_meaning(case, shape, seed):
+    text, meaning = case
+    b, h, q, kv, bs = shape
+    mask = maskspec.compile(text)
+    assert mask.ir.fallback
+    _check(mask, meaning, b, h, q, kv, bs, _inputs(b, q, kv, seed))
+
+
+@settings(max_examples=examples(60))
+@given(valid_specs(), st.sampled_from(sorted(RESIDUAL)), shapes(), st.integers(0, 2**31))
+def test_any_spec_with_a_residual_clause_validates(spec_case, which, shape, seed):
+    """The language's other constructs (primitives, families, guards, padding) with a
+    residual condition in a valid clause: blocks equal create_block_mask of the spec's own
+    mask_mod, which equals its dense evaluation."""
+    text, params = spec_case
+    decls = "".join(f"input {k}: {v}\n" for k, v in INPUTS.items())
+    head, rest = text.split("\n", 1)
+    mask = maskspec.compile(f"{head}\n{decls}{rest}valid {RESIDUAL[which][0]}\n", **params)
+    b, h, q, kv, bs = shape
+    x = {**random_inputs(mask, b, h, q, kv, random.Random(seed)), **_inputs(b, q, kv, seed)}
+    rep = validate(mask, b, h, q, kv, bs, **x)
+    assert rep.ok, (mask.ir.source, shape, rep.problems)
+
+
+def test_chunks_of_the_budget_give_the_same_blocks(monkeypatch):
+    """Decided a few blocks at a time (a tiny budget), the grid is the same."""
+    mask = maskspec.compile("mask m\ninput g: bool[B, KV_LEN]\nregion r = causal where g[b, kv]\n")
+    x = {"g": torch.rand(2, 300, generator=torch.Generator().manual_seed(1)) < 0.02}
+    whole = mask.grid(2, 1, 300, 300, BLOCK_SIZE=16, **x)
+    monkeypatch.setattr(elements, "BUDGET", 16 * 16 * 3)
+    small = mask.grid(2, 1, 300, 300, BLOCK_SIZE=16, **x)
+    assert torch.equal(whole.full, small.full) and torch.equal(whole.partial, small.partial)
+
+
+def test_only_the_blocks_the_superset_touches_are_evaluated(monkeypatch):
+    """A window restricted by a key flag: the fallback sees the window's blocks alone."""
+    mask = maskspec.compile(
+        "mask m\ninput g: bool[KV_LEN]\nregion r = window(left = 20) where g[kv]\n")
+    seen = []
+    real = elements.decide
+    def spy(*args, **kw):
+        seen.append(int(args[5].sum()))  # the undecided grid
+        return real(*args, **kw)
+    monkeypatch.setattr(elements, "decide", spy)
+    mask.block_mask(1, 1, 1024, 1024, BLOCK_SIZE=64, g=torch.ones(1024, dtype=torch.bool))
+    assert seen == [16 + 15]  # the diagonal blocks and those just below it, of 256
+
+
+def test_longformer_global_tokens(monkeypatch):
+    """attention-gym's global + sliding window: a window, and global tokens on both sides."""
+    from attn_gym.masks.global_sliding_window import generate_global_sliding_window
+    mask = maskspec.compile(
+        "mask longformer\ninput is_global: bool[KV_LEN]\nparam w: int = 3\n"
+        "region local = window(left = w, right = w)\n"
+        "region to_global = full where is_global[kv]\n"
+        "region from_global = full where is_global[q]\n")
+    for n, bs in ((64, 16), (333, 32), (500, (16, 48))):
+        g = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.03
+        ref = create_block_mask(generate_global_sliding_window(3, g), 1, 1, n, n, device="cpu",
+                                BLOCK_SIZE=bs)
+        assert first_difference(mask.block_mask(1, 1, n, n, BLOCK_SIZE=bs, is_global=g),
+                                ref) is None
+
+
+def test_context_parallel_rank_masks():
+    """Rank-local masks of a fallback spec: blocks equal create_block_mask over the global
+    dense mask re-indexed to the rank's queries and the gathered keys."""
+    from maskspec.targets.cp import head_tail, key_order, local_positions
+    mask = maskspec.compile(
+        "mask m\ninput g: bool[B, KV_LEN]\nregion r = causal where g[b, kv] and kv != q - 1\n"
+        "region s = window(left = 3)\n")
+    q_len, ws = 256, 4
+    x = {"g": torch.rand(2, q_len, generator=torch.Generator().manual_seed(3)) < 0.1}
+    dense = mask.dense(2, 1, q_len, q_len, **x)
+    sharding = head_tail(q_len, ws, torch.device("cpu"))
+    keys = key_order(sharding, ws, 1)[0]
+    for rank in range(ws):
+        rows = local_positions(sharding.order, rank, ws)[0]
+        local = dense[:, :, rows][..., keys]
+        bm = mask.cp_block_mask(2, 1, q_len, q_len, rank=rank, world_size=ws, BLOCK_SIZE=32,
+                                load_balancer="head_tail", **x)
+        ref = create_block_mask(lambda b, h, q, kv, d=local: d[b, h, q, kv], 2, 1,
+                                q_len // ws, q_len, device="cpu", BLOCK_SIZE=32)
+        assert first_difference(bm, ref) is None, rank
+
+
+def test_strict_refuses_with_the_condition_located():
+    text = "mask m\ninput g: bool[KV_LEN]\nregion r = causal where g[kv] and kv < 9\n"
+    assert maskspec.compile(text).ir.fallback
+    with pytest.raises(MaskSpecError) as err:
+        maskspec.compile(text, strict=True)
+    e = err.value
+    assert (e.pos.line, e.pos.column) == (3, 25)
+    assert "element fallback" in e.message and "input read at kv" in e.message
+
+
+@pytest.mark.parametrize("name", sorted(shipped_specs()))
+def test_shipped_specs_never_use_the_fallback(name):
+    assert not spec(name).ir.fallback
+    maskspec.load(name, strict=True)
+
+
+def test_analytic_forms_are_not_left_to_the_fallback():
+    """Conditions with an interval form stay in the row program, bit forms included."""
+    for cond in ("kv < q", "kv % 4 < 2", "kv // 8 == q // 8", "kv & 7 < 3", "kv >> 3 == q >> 3",
+                 "(kv << 1) <= q", "q ^ 5 > 2"):
+        mask = maskspec.compile(f"mask m\nregion r = full where {cond}\n")
+        assert not mask.ir.fallback, cond
+
+
+def test_builder_and_generated_kernel_refuse_it():
+    from maskspec import fast
+    from maskspec.cuda import generator
+    mask = maskspec.compile("mask m\ninput g: bool[KV_LEN]\nregion r = causal where g[kv]\n")
+    with pytest.raises(ValueError, match="element fallback"):
+        fast.Builder(mask)
+    with pytest.raises(ValueError, match="element fallback"):
+        generator.source(mask.ir)
+
+
+def test_key_index_out_of_the_input_is_a_located_error():
+    mask = maskspec.compile("mask m\ninput g: bool[Q_LEN]\nregion r = causal where g[kv]\n")
+    with pytest.raises(ValueError, match="index 0 of `g`") as err:
+        mask.block_mask(1, 1, 64, 128, g=torch.ones(64, dtype=torch.bool))
+    assert "3:" in str(err.value)
