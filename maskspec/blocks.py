@@ -265,15 +265,26 @@ def classify_at(ctx: BuildContext, q_positions: torch.Tensor | None, n_rows: int
                 block_size: tuple[int, int]) -> BlockGrid:
     """Exact classes of the rows at ``q_positions`` (None: every row; see
     ``lower.row_env``) against all keys. A mask whose terms leave conditions to the element
-    fallback is classified in two halves: its analytic terms exactly, the others as the
-    supersets their row programs allow; the blocks those touch and the analytic half does
-    not already make FULL are then decided from the element meaning (``elements``)."""
-    kv_len, mask = ctx.kv_len, ctx.mask
-    if not mask.fallback:
-        return classify(lower.row_slots(ctx, q_positions), n_rows, kv_len, *block_size)
+    fallback is classified in two halves (``split``), and the blocks left undecided are
+    decided from the element meaning (``elements``)."""
+    if not ctx.mask.fallback:
+        rows = lower.row_slots(ctx, q_positions)
+        return classify(rows, n_rows, ctx.kv_len, *block_size)
+    grid, undecided = split(ctx, q_positions, n_rows, block_size)
+    elements.decide(ctx.mask, ctx.sizes, ctx.inputs, grid.partial, grid.full, undecided,
+                    q_positions, n_rows, block_size)
+    return grid
+
+
+def split(ctx: BuildContext, q_positions: torch.Tensor | None, n_rows: int,
+          block_size: tuple[int, int]) -> tuple[BlockGrid, torch.Tensor]:
+    """A fallback mask's analytic terms classified exactly, and the blocks undecided: those
+    the other terms' row programs (supersets of their keys) touch and the analytic terms do
+    not already make FULL. Both at the whole mask's (B', H', Q_blocks, KV_blocks)."""
+    mask = ctx.mask
     per_batch = q_positions is not None and q_positions.dim() > 1 and q_positions.shape[0] > 1
-    n_q, n_kv = counts(n_rows, kv_len, *block_size)
-    shape = (*lower.lead_shape(mask, ctx.sizes, per_batch), n_q, n_kv)
+    shape = (*lower.lead_shape(mask, ctx.sizes, per_batch), *counts(n_rows, ctx.kv_len,
+                                                                    *block_size))
 
     def half(analytic: bool) -> BlockGrid:
         part = mask.part(analytic)
@@ -281,14 +292,11 @@ def classify_at(ctx: BuildContext, q_positions: torch.Tensor | None, n_rows: int
             empty = torch.zeros(shape, dtype=torch.bool, device=ctx.device)
             return BlockGrid(empty, empty.clone())
         rows = lower.row_slots(dataclasses.replace(ctx, mask=part), q_positions)
-        g = classify(rows, n_rows, kv_len, *block_size)
+        g = classify(rows, n_rows, ctx.kv_len, *block_size)
         return BlockGrid(g.partial.expand(shape).clone(), g.full.expand(shape).clone())
 
     grid, over = half(True), half(False)
-    undecided = (over.partial | over.full) & ~grid.full
-    elements.decide(mask, ctx.sizes, ctx.inputs, grid.partial, grid.full, undecided,
-                    q_positions, n_rows, block_size)
-    return grid
+    return grid, (over.partial | over.full) & ~grid.full
 
 
 def build_grid(ctx: BuildContext) -> BlockGrid:

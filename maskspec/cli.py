@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import maskspec
-from maskspec import blocks, cases, ir, lower, render, standalone, verify
+from maskspec import blocks, cases, elements, ir, lower, render, standalone, verify
 from maskspec.context import BuildContext
 from maskspec.cuda import generator
 from maskspec.errors import MaskSpecError, MaskSpecWarning, did_you_mean
@@ -392,18 +392,24 @@ def block_stats(
 ) -> dict[str, float]:
     """Block counts by class, work left and exact density, from the row intervals (no Q×KV)."""
     cpu = torch.device("cpu")
-    bound = bind_inputs(mask.ir, sizes, inputs, cpu)
-    rows = lower.row_slots(BuildContext(mask.ir, sizes, bound, cpu, bs))
-    grid = blocks.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], *bs)
+    ctx = BuildContext(mask.ir, sizes, bind_inputs(mask.ir, sizes, inputs, cpu), cpu, bs)
+    rows = lower.row_slots(ctx)
+    grid = blocks.build_grid(ctx)
     shape = (sizes["B"], sizes["H"], *grid.full.shape[-2:])
     full, part = int(grid.full.expand(shape).sum()), int(grid.partial.expand(shape).sum())
     total = math.prod(shape)
-    allowed = blocks.allowed_per_row(rows, sizes["KV_LEN"]).expand(sizes["B"], sizes["H"], -1).sum()
+    if mask.ir.fallback:  # the row programs are supersets: count from the blocks
+        allowed = elements.allowed(mask.ir, sizes, ctx.inputs, grid.partial, grid.full, bs)
+        undecided = int(blocks.split(ctx, None, sizes["Q_LEN"], bs)[1].sum())
+    else:
+        allowed, undecided = blocks.allowed_per_row(rows, sizes["KV_LEN"]), 0
+    scale = total // math.prod(grid.full.shape)  # heads and batches the grid broadcasts
     return {
         "FULL": full, "PARTIAL": part, "EMPTY": total - full - part,
         "work": (full + part) / total,
-        "density": int(allowed) / (sizes["B"] * sizes["H"] * sizes["Q_LEN"] * sizes["KV_LEN"]),
+        "density": int(allowed.sum()) * scale / (math.prod(sizes.values())),
         "slots": rows.lo.shape[-1], "pieces": max(rows.family.enumerated(bs[1])),
+        "undecided": undecided,
     }
 
 
@@ -431,6 +437,10 @@ def cmd_explain(args: argparse.Namespace, out: Console) -> int:
     out.print(f"  allowed (q, kv) pairs, exact: {s['density']:.4%}", highlight=False)
     out.print(f"  build cost: {s['slots']} slot(s) per row; {s['pieces']} piece(s) enumerated per "
               "strided slot at this key block size (0: its blocks are ranges)", highlight=False)
+    if mask.ir.fallback:
+        n, area = s["undecided"], bs[0] * bs[1]
+        out.print(f"  element fallback: {n} block(s) decided by evaluating the mask, {n * area} "
+                  f"(q, kv) pairs ({n / max(total, 1):.2%} of the grid)", highlight=False)
     return 0
 
 
@@ -451,13 +461,17 @@ def cmd_compile(args: argparse.Namespace, out: Console) -> int:
 
 
 def _load(args: argparse.Namespace) -> maskspec.CompiledMask:
-    return maskspec.load(args.spec, **dict(args.param))
+    return maskspec.load(args.spec, strict=args.strict, **dict(args.param))
 
 
 def _seed(args: argparse.Namespace) -> int:
     if args.seed is None:
         args.seed = random.randrange(2**31)
     return args.seed
+
+
+STRICT_HELP = ("refuse a spec whose blocks need the element fallback (a condition with no "
+               "interval form in kv)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -484,6 +498,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--input", type=_pair, action="append", default=[], metavar="NAME=V,..",
                        help="input values, row-major, or one value to fill (repeatable)")
         c.add_argument("--seed", type=int, help="seed for random inputs and cases")
+        c.add_argument("--strict", action="store_true", help=STRICT_HELP)
         return c
 
     v = command("validate", "Check the analytic BlockMask against create_block_mask and the "
@@ -513,6 +528,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     c.add_argument("--param", type=_param, action="append", default=[], metavar="K=V",
                    help="override a param (repeatable)")
+    c.add_argument("--strict", action="store_true", help=STRICT_HELP)
     c.set_defaults(run=cmd_compile)
     return p
 

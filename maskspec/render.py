@@ -296,7 +296,11 @@ def primitive_meaning(p: ir.Primitive) -> str:
 
 
 def condition_meaning(c: ir.Cmp) -> str:
-    """What a condition does to each row's keys, from its analysis (analysis.cond_form)."""
+    """What a condition does to each row's keys, from its analysis (analysis.cond_form), or
+    why it is left to the element fallback."""
+    res = analysis.residual(c)
+    if res is not None:
+        return f"element fallback: {res.why}; decided on the blocks the rest allows"
     form = analysis.cond_form(c)
     if isinstance(form, analysis.RowCond):
         return f"whole rows: keeps queries with {fmt(c.left)} {c.op} {fmt(c.right)}"
@@ -321,6 +325,7 @@ def describe(mask: ir.MaskIR) -> Iterator[str]:
     names = " ∨ ".join(t.name for t in mask.terms)
     names = f"({names})" if len(mask.terms) > 1 and valid else names
     yield f"mask(b, h, q, kv) = {names}" + (" ∧ valid" if valid else "")
+    yield analytic_summary(mask)
     for t in mask.terms:
         yield ""
         yield source_text(mask.source, t.pos) or f"region {t.name}"
@@ -328,12 +333,23 @@ def describe(mask: ir.MaskIR) -> Iterator[str]:
             yield f"  {source_text(mask.source, p.pos) or p.kind}  →  {primitive_meaning(p)}"
         for c in t.where:
             yield f"  where {source_text(mask.source, c.pos)}  →  {condition_meaning(c)}"
-        yield f"  row program  →  {program_text(t.program)}"
+        exact = "" if t.analytic else " (a superset: the fallback decides its blocks)"
+        yield f"  row program  →  {program_text(t.program)}{exact}"
     if valid:
         yield ""
         yield "valid (intersected with every region)"
         for c in valid:
             yield f"  {source_text(mask.source, c.pos)}  →  {condition_meaning(c)}"
+
+
+def analytic_summary(mask: ir.MaskIR) -> str:
+    """Which regions are built analytically and which need the element fallback."""
+    if not mask.fallback:
+        return "every region is analytic: blocks from row programs alone"
+    left = ", ".join(f"`{t.name}`" for t in mask.terms if not t.analytic)
+    exact = ", ".join(f"`{t.name}`" for t in mask.terms if t.analytic) or "none"
+    return (f"analytic regions: {exact}; element fallback for {left} (the blocks those "
+            "touch that the analytic regions do not make FULL)")
 
 
 def program_text(p: ir.RowProgram) -> str:

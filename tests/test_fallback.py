@@ -240,3 +240,72 @@ def test_key_index_out_of_the_input_is_a_located_error():
     with pytest.raises(ValueError, match="index 0 of `g`") as err:
         mask.block_mask(1, 1, 64, 128, g=torch.ones(64, dtype=torch.bool))
     assert "3:" in str(err.value)
+
+
+LONGFORMER = ("mask longformer\ninput is_global: bool[KV_LEN] = 0\nparam w: int = 8\n"
+              "region local = window(left = w, right = w)\n"
+              "region to_global = full where is_global[kv]\n"
+              "region from_global = full where is_global[q]\n")
+
+
+def test_explain_names_the_fallback_and_its_cost(tmp_path, capsys, monkeypatch):
+    from maskspec import cli
+    monkeypatch.setenv("COLUMNS", "150")
+    path = tmp_path / "longformer.mask"
+    path.write_text(LONGFORMER)
+    assert cli.main(["explain", str(path), "--q-len", "256", "--kv-len", "256",
+                     "--block-size", "32", "--input", "is_global=" + ",".join(
+                         "1" if i in (5, 200) else "0" for i in range(256))]) == 0
+    out = capsys.readouterr().out
+    assert "element fallback for `to_global`" in out
+    assert "an input read at kv has no interval form" in out
+    mask = maskspec.compile(LONGFORMER)
+    g = torch.zeros(256, dtype=torch.bool)
+    g[[5, 200]] = True
+    dense = mask.dense(1, 1, 256, 256, is_global=g)
+    assert f"exact: {dense.float().mean().item():.4%}" in out
+    undecided = int(out.split("  element fallback: ")[-1].split(" block")[0])
+    # every block: the flag region's superset is whole rows, and no block is FULL without
+    # it (a key-side flag is decided element by element here)
+    assert undecided == 64
+    assert cli.main(["explain", str(path), "--strict"]) != 0
+    assert "needs the element fallback" in capsys.readouterr().err
+
+
+@settings(max_examples=examples(40))
+@given(fallback_specs(), st.integers(1, 24), st.integers(1, 40), st.integers(0, 2**31))
+def test_cute_mask_mod_equals_dense(case, q, kv, seed):
+    """FA4's generated mask_mod (its body run over ints) reads key-side inputs and bit
+    operations as dense does."""
+    from maskspec.targets import cute
+    text, _ = case
+    mask = maskspec.compile(text)
+    x = _inputs(2, q, kv, seed)
+    aux = cute.aux_tensors(mask.ir, mask._bind(2, 2, q, kv, None, x).inputs)
+    fn = cute.load_source(cute.source(mask.ir, {"B": 2, "H": 2, "Q_LEN": q, "KV_LEN": kv},
+                                      "python"), cute.function_name(mask.ir))
+    lengths = type("Lengths", (), {"seqlen_q": q, "seqlen_k": kv})()
+    want = mask.dense(2, 2, q, kv, **x)
+    for b, h in ((0, 0), (1, 1)):
+        got = torch.tensor([[bool(fn(b, h, i, j, lengths, aux)) for j in range(kv)]
+                            for i in range(q)])
+        assert torch.equal(got, want[b, h]), text
+
+
+def test_standalone_module_builds_it(tmp_path):
+    import importlib.util
+    import sys
+
+    from maskspec.standalone import python_module
+    mask = maskspec.compile(LONGFORMER)
+    path = tmp_path / "longformer_mask.py"
+    path.write_text(python_module(mask.ir))
+    loader = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(loader)
+    sys.modules[path.stem] = module
+    loader.loader.exec_module(module)
+    for n, seed in ((100, 0), (300, 1)):
+        g = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.05
+        ours = mask.block_mask(1, 1, n, n, "cpu", 32, is_global=g)
+        theirs = module.make_block_mask(1, 1, n, n, "cpu", 32, is_global=g)
+        assert first_difference(ours, theirs) is None
