@@ -9,6 +9,7 @@ rank masks against the dense mask; random shapes, inputs and block sizes through
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,20 +164,49 @@ def test_only_the_blocks_the_superset_touches_are_evaluated(monkeypatch):
     assert seen == [16 + 15]  # the diagonal blocks and those just below it, of 256
 
 
-def test_longformer_global_tokens(monkeypatch):
-    """attention-gym's global + sliding window: a window, and global tokens on both sides."""
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "specs"
+
+
+@settings(max_examples=examples(30))
+@given(st.integers(1, 600), st.sampled_from([16, 32, 128, (16, 48), (64, 32)]),
+       st.integers(0, 40), st.integers(0, 2**31))
+def test_global_sliding_window_equals_attention_gym(n, bs, width, seed):
     from attn_gym.masks.global_sliding_window import generate_global_sliding_window
-    mask = maskspec.compile(
-        "mask longformer\ninput is_global: bool[KV_LEN]\nparam w: int = 3\n"
-        "region local = window(left = w, right = w)\n"
-        "region to_global = full where is_global[kv]\n"
-        "region from_global = full where is_global[q]\n")
-    for n, bs in ((64, 16), (333, 32), (500, (16, 48))):
-        g = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.03
-        ref = create_block_mask(generate_global_sliding_window(3, g), 1, 1, n, n, device="cpu",
-                                BLOCK_SIZE=bs)
-        assert first_difference(mask.block_mask(1, 1, n, n, BLOCK_SIZE=bs, is_global=g),
-                                ref) is None
+    mask = maskspec.load(BENCH / "global_sliding_window.mask", width=width)
+    g = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.03
+    ref = create_block_mask(generate_global_sliding_window(width, g), 1, 1, n, n,
+                            device="cpu", BLOCK_SIZE=bs)
+    assert first_difference(mask.block_mask(1, 1, n, n, BLOCK_SIZE=bs, is_global=g), ref) is None
+
+
+@pytest.mark.parametrize(("w", "h", "kw", "kh"), [(16, 16, 5, 3), (32, 32, 7, 7), (8, 16, 3, 5)])
+@pytest.mark.parametrize("bs", [16, 64, (32, 128)])
+def test_natten_morton_equals_attention_gym(w, h, kw, kh, bs):
+    """attention-gym's Morton-curve NATTEN (square power-of-two canvases and a 8×16 one)."""
+    from attn_gym.masks.natten import generate_morton_natten
+    mask = maskspec.load(BENCH / "natten_morton.mask", canvas_w=w, canvas_h=h, kernel_w=kw,
+                         kernel_h=kh)
+    n = max(w, h) ** 2  # the Morton codes of the canvas's cells
+    ref = create_block_mask(generate_morton_natten(w, h, kw, kh), 1, 1, n, n, device="cpu",
+                            BLOCK_SIZE=bs)
+    assert first_difference(mask.block_mask(1, 1, n, n, BLOCK_SIZE=bs), ref) is None
+
+
+@settings(max_examples=examples(30))
+@given(st.integers(1, 8), st.sampled_from([3, 16, 64]), st.integers(1, 400),
+       st.sampled_from([16, 32, (16, 64)]), st.integers(0, 2**31))
+def test_flamingo_equals_attention_gym(images, tokens, q_len, bs, seed):
+    from attn_gym.masks.flamingo import generate_vision_cross_attention_mask_mod
+    gen = torch.Generator().manual_seed(seed)
+    cuts = torch.randint(0, q_len + 1, (images + 1,), generator=gen).sort().values
+    intervals = torch.stack([cuts[:-1], cuts[1:]], -1)
+    kv_len = images * tokens
+    mask = maskspec.load(BENCH / "flamingo.mask", tokens=tokens)
+    ours = mask.block_mask(1, 1, q_len, kv_len, BLOCK_SIZE=bs, starts=intervals[:, 0],
+                           ends=intervals[:, 1])
+    ref = create_block_mask(generate_vision_cross_attention_mask_mod(intervals, tokens), 1, 1,
+                            q_len, kv_len, device="cpu", BLOCK_SIZE=bs)
+    assert first_difference(ours, ref) is None
 
 
 def test_context_parallel_rank_masks():
