@@ -382,3 +382,28 @@ def test_running_max_on_long_rows_is_cummax():
     for n in (1025, 32768, 131072, 131072 + 77):
         t = torch.randint(0, 1000, (2, n), device=DEV, generator=g)
         assert torch.equal(inputs_stage.running_max(t), t.cummax(-1).values), n
+
+
+FALLBACK = ("mask m\ninput g: bool[B, KV_LEN]\ninput kimg: int[B, KV_LEN] in [0, 3]\n"
+            "input qimg: int[B, Q_LEN] in [0, 3]\n"
+            "region r = window(left = 300, right = 40) where g[b, kv] and (q ^ kv) & 5 != 1\n"
+            "region s = causal where kimg[b, kv] == qimg[b, q]\n")
+
+
+@pytest.mark.parametrize(("q", "kv", "bs"), [(1000, 3000, 128), (4096, 4096, (128, 64)),
+                                             (333, 777, 64)])
+def test_element_fallback_on_the_device_equals_create_block_mask(q, kv, bs):
+    """A mask with conditions the row programs leave out builds on CUDA (the torch path and
+    the element fallback) exactly as create_block_mask over its mask_mod."""
+    mask = maskspec.compile(FALLBACK)
+    gen = torch.Generator().manual_seed(q)
+    x = {"g": (torch.rand(2, kv, generator=gen) < 0.3).to(DEV),
+         "kimg": torch.randint(0, 4, (2, kv), generator=gen).to(DEV),
+         "qimg": torch.randint(0, 4, (2, q), generator=gen).to(DEV)}
+    ours = mask.block_mask(2, 1, q, kv, DEV, bs, **x)
+    ref = create_block_mask(mask.mask_mod(B=2, H=1, Q_LEN=q, KV_LEN=kv, **x), 2, 1, q, kv,
+                            device=DEV, BLOCK_SIZE=bs)
+    assert first_difference(ours, ref) is None
+    assert not structure_problems(ours)
+    cpu = mask.block_mask(2, 1, q, kv, "cpu", bs, **{k: v.cpu() for k, v in x.items()})
+    assert first_difference(ours, cpu) is None
