@@ -171,6 +171,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "specs"
 @given(st.integers(1, 600), st.sampled_from([16, 32, 128, (16, 48), (64, 32)]),
        st.integers(0, 40), st.integers(0, 2**31))
 def test_global_sliding_window_equals_attention_gym(n, bs, width, seed):
+    pytest.importorskip("attn_gym")
     from attn_gym.masks.global_sliding_window import generate_global_sliding_window
     mask = maskspec.load(BENCH / "global_sliding_window.mask", width=width)
     g = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.03
@@ -183,6 +184,7 @@ def test_global_sliding_window_equals_attention_gym(n, bs, width, seed):
 @pytest.mark.parametrize("bs", [16, 64, (32, 128)])
 def test_natten_morton_equals_attention_gym(w, h, kw, kh, bs):
     """attention-gym's Morton-curve NATTEN (square power-of-two canvases and a 8×16 one)."""
+    pytest.importorskip("attn_gym")
     from attn_gym.masks.natten import generate_morton_natten
     mask = maskspec.load(BENCH / "natten_morton.mask", canvas_w=w, canvas_h=h, kernel_w=kw,
                          kernel_h=kh)
@@ -196,6 +198,7 @@ def test_natten_morton_equals_attention_gym(w, h, kw, kh, bs):
 @given(st.integers(1, 8), st.sampled_from([3, 16, 64]), st.integers(1, 400),
        st.sampled_from([16, 32, (16, 64)]), st.integers(0, 2**31))
 def test_flamingo_equals_attention_gym(images, tokens, q_len, bs, seed):
+    pytest.importorskip("attn_gym")
     from attn_gym.masks.flamingo import generate_vision_cross_attention_mask_mod
     gen = torch.Generator().manual_seed(seed)
     cuts = torch.randint(0, q_len + 1, (images + 1,), generator=gen).sort().values

@@ -102,8 +102,8 @@ def compiled(ctx: BuildContext, wait: bool = False) -> bool:
     """Whether this build's kernels (spec, interval slots, block size, tiles, device) are
     compiled; if not, starts compiling them on a worker thread (``wait``: until done).
     Inside a CUDA graph capture it waits: the torch path would sync the device."""
-    if not plans.fits_build(ctx):
-        return True  # ``build`` declines the shape: nothing to compile
+    if ctx.mask.fallback or not plans.fits_build(ctx):
+        return True  # the torch path builds it, or ``build`` declines the shape
     ctx = ctx.with_device(plans.indexed(ctx.device))
     g = plans.generated(ctx.mask)
     key = (id(g.kernel), g.slots(ctx.sizes), ctx.block_size, plans.TILES, ctx.device)
