@@ -19,6 +19,7 @@ pieces or gaps are a key block or more apart).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -265,8 +266,8 @@ def classify_at(ctx: BuildContext, q_positions: torch.Tensor | None, n_rows: int
                 block_size: tuple[int, int]) -> BlockGrid:
     """Exact classes of the rows at ``q_positions`` (None: every row; see
     ``lower.row_env``) against all keys. A mask whose terms leave conditions to the element
-    fallback is classified in two halves (``split``), and the blocks left undecided are
-    decided from the element meaning (``elements``)."""
+    fallback is classified in parts (``split``), and the blocks left undecided are decided
+    from the element meaning (``elements``)."""
     if not ctx.mask.fallback:
         rows = lower.row_slots(ctx, q_positions)
         return classify(rows, n_rows, ctx.kv_len, *block_size)
@@ -278,25 +279,77 @@ def classify_at(ctx: BuildContext, q_positions: torch.Tensor | None, n_rows: int
 
 def split(ctx: BuildContext, q_positions: torch.Tensor | None, n_rows: int,
           block_size: tuple[int, int]) -> tuple[BlockGrid, torch.Tensor]:
-    """A fallback mask's analytic terms classified exactly, and the blocks undecided: those
-    the other terms' row programs (supersets of their keys) touch and the analytic terms do
-    not already make FULL. Both at the whole mask's (B', H', Q_blocks, KV_blocks)."""
-    mask = ctx.mask
+    """A fallback mask classified by parts, and the blocks no part decides alone.
+
+    The analytic terms are classified exactly together, each ``keyed`` term exactly alone
+    (``keyed``), the other terms as the supersets their row programs allow. A block's class
+    is then known unless such a superset touches it, or a keyed term and another part both
+    touch it and no part alone makes it FULL (together they might): those are undecided.
+    Returned at the whole mask's (B', H', Q_blocks, KV_blocks)."""
+    mask, (q_bs, kv_bs) = ctx.mask, block_size
     per_batch = q_positions is not None and q_positions.dim() > 1 and q_positions.shape[0] > 1
-    shape = (*lower.lead_shape(mask, ctx.sizes, per_batch), *counts(n_rows, ctx.kv_len,
-                                                                    *block_size))
+    lead = lower.lead_shape(mask, ctx.sizes, per_batch)
+    shape = (*lead, *counts(n_rows, ctx.kv_len, q_bs, kv_bs))
 
-    def half(analytic: bool) -> BlockGrid:
-        part = mask.part(analytic)
-        if not part.terms:
-            empty = torch.zeros(shape, dtype=torch.bool, device=ctx.device)
-            return BlockGrid(empty, empty.clone())
-        rows = lower.row_slots(dataclasses.replace(ctx, mask=part), q_positions)
-        g = classify(rows, n_rows, ctx.kv_len, *block_size)
-        return BlockGrid(g.partial.expand(shape).clone(), g.full.expand(shape).clone())
+    def rows_of(which: Callable[[ir.Term], bool]) -> Rows | None:
+        part = mask.part(which)
+        return lower.row_slots(dataclasses.replace(ctx, mask=part), q_positions) \
+            if part.terms else None
 
-    grid, over = half(True), half(False)
-    return grid, (over.partial | over.full) & ~grid.full
+    def grid_of(rows: Rows | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if rows is None:
+            return (torch.zeros(shape, dtype=torch.bool, device=ctx.device),) * 2
+        g = classify(rows, n_rows, ctx.kv_len, q_bs, kv_bs)
+        return (g.partial | g.full).expand(shape), g.full.expand(shape)
+
+    touched, full = grid_of(rows_of(lambda t: t.analytic))
+    over = grid_of(rows_of(lambda t: not t.analytic and not t.keyed))[0]
+    parts, full = touched.to(torch.int32), full.clone()
+    keyed_touch = torch.zeros(shape, dtype=torch.bool, device=ctx.device)
+    for term in (t for t in mask.terms if t.keyed):
+        keys = elements.key_set(term, ctx.sizes, ctx.inputs, lead, ctx.device)
+        tk, fk = keyed(rows_of(lambda t, term=term: t is term), keys, shape, n_rows,
+                       ctx.kv_len, block_size)
+        parts += tk
+        keyed_touch |= tk
+        full |= fk
+    undecided = ~full & (over | (keyed_touch & (parts >= 2)))
+    return BlockGrid((touched | keyed_touch) & ~full, full), undecided
+
+
+def keyed(rows: Rows, keys: torch.Tensor, shape: tuple[int, ...], n_rows: int, kv_len: int,
+          block_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(touched, full) of one keyed term alone: each row's plain intervals cut by the key
+    set ``keys`` (B', H', KV_LEN). A block inside a row's interval is touched if the set
+    holds a key in it and full if it holds all (per-block counts); the two edge blocks of
+    each interval are counted from prefix sums of the set. O(rows · slots + output)."""
+    q_bs, kv_bs = block_size
+    n_q, n_kv = shape[-2:]
+    lead = shape[:-2]
+    lo, hi = (x.expand(*lead, *x.shape[-2:]) for x in (rows.lo, rows.hi))
+    live = lo < hi
+    lo, hi = torch.where(live, lo, 0), torch.where(live, hi, 0)
+    keys = keys.expand(*lead, kv_len)
+    prefix = torch.nn.functional.pad(keys.cumsum(-1, dtype=torch.int32), (1, 0))
+    per_block = torch.nn.functional.pad(keys, (0, n_kv * kv_bs - kv_len)).view(
+        *lead, n_kv, kv_bs).sum(-1, dtype=torch.int32).unsqueeze(-2)
+
+    def at(i: torch.Tensor) -> torch.Tensor:
+        return prefix.gather(-1, i.flatten(-2)).view_as(i)
+    inner0, inner1 = -(-lo // kv_bs), hi // kv_bs
+    inside = live & (inner0 < inner1)
+    touched = (_count(torch.where(inside, inner0, 0), torch.where(inside, inner1, 0), inside,
+                      q_bs, n_q, n_kv) > 0) & (per_block > 0)
+    first, last = lo // kv_bs, torch.where(live, hi - 1, 0) // kv_bs
+    for b, n in ((first, at(torch.minimum(hi, (first + 1) * kv_bs)) - at(lo)),
+                 (last, at(hi) - at(torch.maximum(lo, last * kv_bs)))):
+        touched |= _count(b, b + 1, live & (n > 0), q_bs, n_q, n_kv) > 0
+    start, end, is_last = _merged(lo, hi)
+    f0, f1 = -(-start // kv_bs), (end // kv_bs).clamp(max=kv_len // kv_bs)
+    covering = is_last & (f0 < f1)
+    rows_full = _count(torch.where(covering, f0, 0), torch.where(covering, f1, 0), covering,
+                       q_bs, n_q, n_kv) == q_bs
+    return touched, rows_full & (per_block == kv_bs)
 
 
 def build_grid(ctx: BuildContext) -> BlockGrid:

@@ -5,7 +5,9 @@ allows a superset of its keys, and ``blocks`` cannot tell from it alone whether 
 touches is EMPTY, PARTIAL or FULL. Those blocks (and only those) are decided here: the
 mask's element meaning (``ir.element_mask``, what dense and mask_mod evaluate) on every
 (q, kv) pair of the block, ``BUDGET`` pairs at a time, so memory stays bounded whatever the
-number of blocks. Exact always; the cost is the chosen blocks' elements.
+number of blocks. Exact always; the cost is the chosen blocks' elements. ``key_set``
+evaluates conditions that read kv but not q on every key once: ``blocks`` classifies the
+terms they cut exactly from those per-key sets.
 """
 
 from __future__ import annotations
@@ -43,6 +45,22 @@ def _chunks(
         env = ir.Env(vars={"b": b, "h": h, "q": q, "kv": keys}, sizes=sizes, inputs=inputs)
         real = (rows < n_rows) & (keys < sizes["KV_LEN"])
         yield w, ir.element_mask(mask, env) & real
+
+
+def key_set(term: ir.Term, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
+            lead: tuple[int, int], device: torch.device) -> Tensor:
+    """The keys a ``keyed`` term's residual conditions allow, per (b', h'): bool
+    (B', H', KV_LEN), their element meaning on every key (O(B'·H'·KV_LEN), no pair)."""
+    def ar(n: int, dim: int) -> Tensor:
+        shape = [1, 1, 1]
+        shape[dim] = n
+        return torch.arange(n, device=device).view(shape)
+    env = ir.Env(vars={"b": ar(lead[0], 0), "h": ar(lead[1], 1), "kv": ar(sizes["KV_LEN"], 2)},
+                 sizes=sizes, inputs=inputs)
+    ok = env.vars["kv"] >= 0
+    for r in term.residual:
+        ok = ok & ir.holds(r.cmp, env)
+    return ok.expand(*lead, sizes["KV_LEN"])
 
 
 def decide(

@@ -499,6 +499,15 @@ class Term:
         return not self.residual
 
     @property
+    def keyed(self) -> bool:
+        """Whether the term is its row program's plain intervals cut by a *key set*: its
+        residual conditions read kv but never q (``is_global[b, kv]``, ``kv != 5``,
+        ``(kv // 3) % 4 < 2``), so they select the same keys in every row. Such a term is
+        classified exactly from per-key counts, without the element fallback."""
+        return bool(self.residual) and self.program.family is None and not any(
+            uses(e, Var, "q") for r in self.residual for e in r.cmp.exprs())
+
+    @property
     def conds(self) -> tuple[Cmp, ...]:
         """The region's ``where`` conditions, then every ``valid`` clause."""
         return self.where + self.valid
@@ -542,10 +551,10 @@ class MaskIR:
             for r in t.residual:
                 yield t, r
 
-    def part(self, analytic: bool) -> MaskIR:
-        """The mask of its analytic terms (``analytic``) or of the others: the two halves
-        the element fallback classifies apart (``fallback``)."""
-        return replace(self, terms=tuple(t for t in self.terms if t.analytic is analytic))
+    def part(self, which: Callable[[Term], bool]) -> MaskIR:
+        """The mask of the terms ``which`` picks (the parts ``blocks.split`` classifies
+        apart)."""
+        return replace(self, terms=tuple(t for t in self.terms if which(t)))
 
     def exprs(self) -> Iterator[Expr]:
         for t in self.terms:

@@ -7,7 +7,7 @@ element mask_mod, else FULL if any block is fully computed, else EMPTY.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,6 +299,9 @@ def condition_meaning(c: ir.Cmp) -> str:
     """What a condition does to each row's keys, from its analysis (analysis.cond_form), or
     why it is left to the element fallback."""
     res = analysis.residual(c)
+    if res is not None and not any(ir.uses(e, ir.Var, "q") for e in c.exprs()):
+        return (f"key set ({res.why}): the keys it allows, counted per key block "
+                "(exact where its region is plain intervals)")
     if res is not None:
         return f"element fallback: {res.why}; decided on the blocks the rest allows"
     form = analysis.cond_form(c)
@@ -333,7 +336,8 @@ def describe(mask: ir.MaskIR) -> Iterator[str]:
             yield f"  {source_text(mask.source, p.pos) or p.kind}  →  {primitive_meaning(p)}"
         for c in t.where:
             yield f"  where {source_text(mask.source, c.pos)}  →  {condition_meaning(c)}"
-        exact = "" if t.analytic else " (a superset: the fallback decides its blocks)"
+        exact = "" if t.analytic else " (a superset, cut by its key set)" if t.keyed else \
+            " (a superset: the fallback decides its blocks)"
         yield f"  row program  →  {program_text(t.program)}{exact}"
     if valid:
         yield ""
@@ -346,10 +350,13 @@ def analytic_summary(mask: ir.MaskIR) -> str:
     """Which regions are built analytically and which need the element fallback."""
     if not mask.fallback:
         return "every region is analytic: blocks from row programs alone"
-    left = ", ".join(f"`{t.name}`" for t in mask.terms if not t.analytic)
-    exact = ", ".join(f"`{t.name}`" for t in mask.terms if t.analytic) or "none"
-    return (f"analytic regions: {exact}; element fallback for {left} (the blocks those "
-            "touch that the analytic regions do not make FULL)")
+
+    def names(which: Callable[[ir.Term], bool]) -> str:
+        return ", ".join(f"`{t.name}`" for t in mask.terms if which(t)) or "none"
+    return (f"analytic regions: {names(lambda t: t.analytic)}; cut by key sets (exact from "
+            f"per-key counts): {names(lambda t: t.keyed)}; element fallback for "
+            f"{names(lambda t: not t.analytic and not t.keyed)} (and for the blocks where a "
+            "key-set region and another part meet, neither making them FULL alone)")
 
 
 def program_text(p: ir.RowProgram) -> str:

@@ -150,18 +150,44 @@ def test_chunks_of_the_budget_give_the_same_blocks(monkeypatch):
     assert torch.equal(whole.full, small.full) and torch.equal(whole.partial, small.partial)
 
 
-def test_only_the_blocks_the_superset_touches_are_evaluated(monkeypatch):
-    """A window restricted by a key flag: the fallback sees the window's blocks alone."""
-    mask = maskspec.compile(
-        "mask m\ninput g: bool[KV_LEN]\nregion r = window(left = 20) where g[kv]\n")
-    seen = []
+def _undecided_per_build(monkeypatch) -> list[int]:
+    """The number of blocks each later build leaves to the element evaluation."""
+    seen: list[int] = []
     real = elements.decide
+
     def spy(*args, **kw):
         seen.append(int(args[5].sum()))  # the undecided grid
         return real(*args, **kw)
     monkeypatch.setattr(elements, "decide", spy)
-    mask.block_mask(1, 1, 1024, 1024, BLOCK_SIZE=64, g=torch.ones(1024, dtype=torch.bool))
+    return seen
+
+
+def test_only_the_blocks_the_superset_touches_are_evaluated(monkeypatch):
+    """A window restricted by a condition on q and kv: the fallback sees the window's
+    blocks alone."""
+    mask = maskspec.compile(
+        "mask m\ninput g: int[KV_LEN]\nregion r = window(left = 20) where g[kv] == q % 3\n")
+    seen = _undecided_per_build(monkeypatch)
+    mask.block_mask(1, 1, 1024, 1024, BLOCK_SIZE=64, g=torch.zeros(1024, dtype=torch.long))
     assert seen == [16 + 15]  # the diagonal blocks and those just below it, of 256
+
+
+def test_a_key_set_is_classified_without_evaluating_pairs(monkeypatch):
+    """Conditions on kv alone (a flag read at kv, bits of kv) cut the row's intervals by one
+    key set: exact from per-key counts, and the element evaluation decides nothing, unless
+    another region also touches the block (together they might cover it)."""
+    mask = maskspec.compile(
+        "mask m\ninput g: bool[KV_LEN]\nregion r = window(left = 20) where g[kv]\n"
+        "region s = causal where (kv >> 2) & 1 == 0 and kv != 7\n")
+    assert all(t.keyed for t in mask.ir.terms)
+    seen = _undecided_per_build(monkeypatch)
+    g = torch.rand(1024, generator=torch.Generator().manual_seed(0)) < 0.5
+    mask.block_mask(1, 1, 1024, 1024, BLOCK_SIZE=64, g=g)
+    assert seen == [16 + 15]  # the window's blocks, which the causal region also touches
+    one = maskspec.compile(
+        "mask m\ninput g: bool[KV_LEN]\nregion r = window(left = 20) where g[kv]\n")
+    one.block_mask(1, 1, 1024, 1024, BLOCK_SIZE=64, g=g)
+    assert seen[-1] == 0
 
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "specs"
@@ -290,17 +316,17 @@ def test_explain_names_the_fallback_and_its_cost(tmp_path, capsys, monkeypatch):
                      "--block-size", "32", "--input", "is_global=" + ",".join(
                          "1" if i in (5, 200) else "0" for i in range(256))]) == 0
     out = capsys.readouterr().out
-    assert "element fallback for `to_global`" in out
-    assert "an input read at kv has no interval form" in out
+    assert "cut by key sets (exact from per-key counts): `to_global`" in out
+    assert "key set (an input read at kv has no interval form)" in out
     mask = maskspec.compile(LONGFORMER)
     g = torch.zeros(256, dtype=torch.bool)
     g[[5, 200]] = True
     dense = mask.dense(1, 1, 256, 256, is_global=g)
     assert f"exact: {dense.float().mean().item():.4%}" in out
     undecided = int(out.split("  element fallback: ")[-1].split(" block")[0])
-    # every block: the flag region's superset is whole rows, and no block is FULL without
-    # it (a key-side flag is decided element by element here)
-    assert undecided == 64
+    # the global keys' column blocks (0 and 6) where another region also touches: the
+    # window's band (rows 0, 1 and 5, 6, 7) and the global queries' row blocks (0 and 6)
+    assert undecided == 3 + 4
     assert cli.main(["explain", str(path), "--strict"]) != 0
     assert "needs the element fallback" in capsys.readouterr().err
 
