@@ -264,3 +264,22 @@ def program(guards: Sequence[ir.Cmp], parts: Sequence[Part], keep_family: bool) 
                    if _plain(w := ir.difference(hi, lo)))
     extent = (tuple(e for e in lows if _plain(e)), tuple(e for e in highs if _plain(e)))
     return ir.RowProgram(tuple(guards), lows, highs, loops, family, widths, extent)
+
+
+def transposed(conds: Sequence[ir.Cmp]) -> ir.RowProgram | None:
+    """The row program of a term's element conditions read per key (q and kv, Q_LEN and
+    KV_LEN swapped), if each has a plain interval form that way: guards and key clips only
+    (a level would be enumerated over every query: left to the fallback). None otherwise."""
+    guards, parts = [], []
+    for c in conds:
+        swapped = ir.Cmp(c.op, ir.swapped(c.left), ir.swapped(c.right), pos=c.pos)
+        if residual(swapped) is not None:
+            return None
+        form = cond_form(swapped)
+        if isinstance(form, ModRange):
+            return None
+        if isinstance(form, RowCond):
+            guards.append(form.cmp)
+        else:
+            parts.append(cond_part(form))
+    return program(guards, parts, False)

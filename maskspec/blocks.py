@@ -302,19 +302,36 @@ def split(ctx: BuildContext, q_positions: torch.Tensor | None, n_rows: int,
         g = classify(rows, n_rows, ctx.kv_len, q_bs, kv_bs)
         return (g.partial | g.full).expand(shape), g.full.expand(shape)
 
+    alone = [t for t in mask.terms if t.keyed or (
+        t.transposed is not None and q_positions is None and not t.analytic)]
     touched, full = grid_of(rows_of(lambda t: t.analytic))
-    over = grid_of(rows_of(lambda t: not t.analytic and not t.keyed))[0]
+    over = grid_of(rows_of(lambda t: not t.analytic and not any(t is a for a in alone)))[0]
     parts, full = touched.to(torch.int32), full.clone()
-    keyed_touch = torch.zeros(shape, dtype=torch.bool, device=ctx.device)
-    for term in (t for t in mask.terms if t.keyed):
-        keys = elements.key_set(term, ctx.sizes, ctx.inputs, lead, ctx.device)
-        tk, fk = keyed(rows_of(lambda t, term=term: t is term), keys, shape, n_rows,
-                       ctx.kv_len, block_size)
+    exact_touch = torch.zeros(shape, dtype=torch.bool, device=ctx.device)
+    for term in alone:
+        if term.keyed:
+            keys = elements.key_set(term, ctx.sizes, ctx.inputs, lead, ctx.device)
+            tk, fk = keyed(rows_of(lambda t, term=term: t is term), keys, shape, n_rows,
+                           ctx.kv_len, block_size)
+        else:
+            tk, fk = transposed(ctx, term, shape, block_size)
         parts += tk
-        keyed_touch |= tk
+        exact_touch |= tk
         full |= fk
-    undecided = ~full & (over | (keyed_touch & (parts >= 2)))
-    return BlockGrid((touched | keyed_touch) & ~full, full), undecided
+    undecided = ~full & (over | (exact_touch & (parts >= 2)))
+    return BlockGrid((touched | exact_touch) & ~full, full), undecided
+
+
+def transposed(ctx: BuildContext, term: ir.Term, shape: tuple[int, ...],
+               block_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(touched, full) of a term alone from its ``transposed`` program: its queries per key
+    (a key's row of the transposed grid), classified like any rows, then transposed back."""
+    alone = dataclasses.replace(term, program=term.transposed, residual=(), transposed=None)
+    sizes = {**ctx.sizes, "Q_LEN": ctx.kv_len, "KV_LEN": ctx.q_len}
+    rows = lower.row_slots(dataclasses.replace(
+        ctx, mask=dataclasses.replace(ctx.mask, terms=(alone,)), sizes=sizes))
+    g = classify(rows, ctx.kv_len, ctx.q_len, block_size[1], block_size[0])
+    return (g.partial | g.full).mT.expand(shape), g.full.mT.expand(shape)
 
 
 def keyed(rows: Rows, keys: torch.Tensor, shape: tuple[int, ...], n_rows: int, kv_len: int,
@@ -357,7 +374,8 @@ def build_grid(ctx: BuildContext) -> BlockGrid:
     (``chunk_rows``)."""
     q_len, kv_len, block_size, device = ctx.q_len, ctx.kv_len, ctx.block_size, ctx.device
     step = chunk_rows(ctx.mask, ctx.sizes, block_size)
-    if step >= q_len:
+    if step >= q_len or any(t.transposed is not None for t in ctx.mask.terms):
+        # (a transposed term is classified over all queries at once)
         return classify_at(ctx, None, q_len, block_size)
     n_q, n_kv = counts(q_len, kv_len, *block_size)
     shape = (*lower.lead_shape(ctx.mask, ctx.sizes), n_q, n_kv)

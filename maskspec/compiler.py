@@ -417,7 +417,9 @@ def _term(name: str, prims: tuple[ir.Primitive, ...], where: tuple[ir.Cmp, ...],
           valid: tuple[ir.Cmp, ...], program: ir.RowProgram, pos: m.Pos | None) -> ir.Term:
     meaning = tuple(c for p in prims for c in primitives.registry()[p.kind].meaning(dict(p.args)))
     rest = tuple(x for c in where + valid if (x := analysis.residual(c)) is not None)
-    return ir.Term(name, prims, where, valid, meaning, program, pos=pos, residual=rest)
+    transposed = analysis.transposed(meaning + where + valid) if rest else None
+    return ir.Term(name, prims, where, valid, meaning, program, pos=pos, residual=rest,
+                   transposed=transposed)
 
 
 def compile_spec(spec: m.Spec, strict: bool = False, **params: int) -> ir.MaskIR:

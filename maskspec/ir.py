@@ -492,6 +492,10 @@ class Term:
     program: RowProgram
     pos: Pos | None = field(default=None, compare=False, repr=False)
     residual: tuple[Residual, ...] = ()
+    # The term's keys per *key* (q and kv, Q_LEN and KV_LEN swapped), where that reading has
+    # interval form and this one does not (Flamingo: each image's keys seen by an interval
+    # of queries): ``blocks`` classifies it transposed, exactly.
+    transposed: RowProgram | None = None
 
     @property
     def analytic(self) -> bool:
@@ -587,6 +591,22 @@ class MaskIR:
             for e in (*d.shape, *(d.range or ()), *((d.default,) if d.default else ())):
                 names |= {n.name for n in e.walk() if isinstance(n, Size)}
         return names
+
+
+_SWAP = {"q": "kv", "kv": "q", "Q_LEN": "KV_LEN", "KV_LEN": "Q_LEN"}
+
+
+def swapped(e: Expr) -> Expr:
+    """``e`` with q and kv, and Q_LEN and KV_LEN, exchanged: the transposed reading."""
+    if isinstance(e, (Var, Size)):
+        return replace(e, name=_SWAP.get(e.name, e.name))
+    if isinstance(e, Load):
+        return replace(e, args=tuple(swapped(a) for a in e.args))
+    if isinstance(e, Bin):
+        return replace(e, a=swapped(e.a), b=swapped(e.b))
+    if isinstance(e, DocEdge):
+        return replace(e, ids=swapped(e.ids))
+    return e
 
 
 def element_mask(ir: MaskIR, env: Env) -> Value:

@@ -353,10 +353,13 @@ def analytic_summary(mask: ir.MaskIR) -> str:
 
     def names(which: Callable[[ir.Term], bool]) -> str:
         return ", ".join(f"`{t.name}`" for t in mask.terms if which(t)) or "none"
+    def alone(t: ir.Term) -> bool:
+        return t.keyed or (t.transposed is not None and not t.analytic)
     return (f"analytic regions: {names(lambda t: t.analytic)}; cut by key sets (exact from "
-            f"per-key counts): {names(lambda t: t.keyed)}; element fallback for "
-            f"{names(lambda t: not t.analytic and not t.keyed)} (and for the blocks where a "
-            "key-set region and another part meet, neither making them FULL alone)")
+            f"per-key counts): {names(lambda t: t.keyed)}; read per key (classified "
+            f"transposed): {names(lambda t: alone(t) and not t.keyed)}; element fallback for "
+            f"{names(lambda t: not t.analytic and not alone(t))} (and for the blocks where "
+            "one of those and another part meet, neither making them FULL alone)")
 
 
 def program_text(p: ir.RowProgram) -> str:

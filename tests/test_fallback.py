@@ -50,6 +50,10 @@ RESIDUAL = {
     "offset mod": ("(kv - 2) % 5 != 0", lambda b, h, q, kv, x: (kv - 2) % 5 != 0),
     "shifted bits": ("(kv >> 2) & 1 == h", lambda b, h, q, kv, x: ((kv // 4) % 2) == h),
     "kv in min": ("min(kv, q) >= 3", lambda b, h, q, kv, x: torch.minimum(kv, q) >= 3),
+    "queries from a key's id": ("q >= 3 * kimg[b, kv]",
+                                lambda b, h, q, kv, x: q >= 3 * x["kimg"][b, kv]),
+    "queries up to a key's id": ("q < 40 * kimg[b, kv] + 5",
+                                 lambda b, h, q, kv, x: q < 40 * x["kimg"][b, kv] + 5),
 }
 ANALYTIC = {
     "full": ("full", lambda b, h, q, kv, x: kv >= 0),
@@ -188,6 +192,20 @@ def test_a_key_set_is_classified_without_evaluating_pairs(monkeypatch):
         "mask m\ninput g: bool[KV_LEN]\nregion r = window(left = 20) where g[kv]\n")
     one.block_mask(1, 1, 1024, 1024, BLOCK_SIZE=64, g=g)
     assert seen[-1] == 0
+
+
+def test_an_interval_of_queries_per_key_is_classified_transposed(monkeypatch):
+    """Flamingo: each image's keys are seen by an interval of queries read at the key. Read
+    per key that is plain intervals, classified exactly with q and kv exchanged."""
+    mask = maskspec.load(BENCH / "flamingo.mask", tokens=16)
+    assert mask.ir.terms[0].transposed is not None
+    seen = _undecided_per_build(monkeypatch)
+    starts, ends = torch.tensor([0, 100, 100, 250]), torch.tensor([100, 100, 250, 300])
+    grid = mask.grid(1, 1, 300, 64, BLOCK_SIZE=(32, 16), starts=starts, ends=ends)
+    assert seen == [0]
+    dense = mask.dense(1, 1, 300, 64, starts=starts, ends=ends)[0, 0]
+    assert grid.full[0, 0, 0, 0] and not grid.full[0, 0, 3, 0] and grid.partial[0, 0, 3, 0]
+    assert dense[:100, :16].all() and not dense[:, 16:32].any()
 
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "specs"
