@@ -50,6 +50,7 @@ class Case:
     params: dict[str, int] = field(default_factory=dict)
     rounds: int = 1  # KV_LEN = rounds · Q_LEN
     largest: int = SIZES[-1]  # the element fallback's cost is Q·KV: its cases stop earlier
+    globals_every: int = 0  # is_global: one global token every this many (else random)
 
     def load(self) -> maskspec.CompiledMask:
         path = ROOT / "specs" / f"{self.spec}.mask"
@@ -68,15 +69,21 @@ def cases() -> list[Case]:
         Case("svg_temporal, 3 tokens per frame", "svg_temporal", {"frame": 3}),
         Case("svg_temporal, 226 prompt + frames of 1350", "svg_temporal"),
         # the element fallback (conditions with no interval form in kv)
-        Case("fallback: global_sliding_window (±64)", "global_sliding_window", largest=16384),
+        Case("fallback: global_sliding_window (±64), random flags", "global_sliding_window",
+             largest=16384),
+        Case("key set: global_sliding_window (±64), a global token every 1024",
+             "global_sliding_window", largest=16384, globals_every=1024),
         Case("fallback: natten_morton canvas 64×64, 7×7", "natten_morton",
              {"canvas_w": 64, "canvas_h": 64}, largest=16384),
-        Case("fallback: flamingo, 64 tokens per image", "flamingo", largest=16384),
+        Case("transposed: flamingo, 64 tokens per image", "flamingo", largest=16384),
     ]
 
 
-def _inputs(mask: maskspec.CompiledMask, q: int, kv: int, dev: torch.device) -> dict:
+def _inputs(mask: maskspec.CompiledMask, q: int, kv: int, dev: torch.device,
+            globals_every: int = 0) -> dict:
     inputs = random_inputs(mask, 1, 1, q, kv, random.Random(0))
+    if globals_every:  # Longformer's few global tokens (CLS, task tokens)
+        inputs["is_global"] = torch.arange(max(q, kv)) % globals_every == 0
     return {k: v.to(dev) for k, v in inputs.items()}
 
 
@@ -104,7 +111,7 @@ def time_case(case: Case, q: int, dev: torch.device, compiled: bool) -> dict[str
     torch._dynamo.reset()  # a fresh compile of create_block_mask per spec (no recompile limit)
     mask = case.load()
     kv = q * case.rounds
-    inputs = _inputs(mask, q, kv, dev)
+    inputs = _inputs(mask, q, kv, dev, case.globals_every)
     if dev.type == "cuda":
         dispatch.compiled(mask._bind(1, 1, q, kv, dev, inputs), wait=True)
     peak, bm = _peak_extra(lambda: _build(mask, q, kv, dev, inputs), dev)
@@ -132,7 +139,7 @@ def memory_child(label: str, q: int) -> None:
     case = next(c for c in cases() if c.label == label)
     mask, dev = case.load(), torch.device("cpu")
     kv = q * case.rounds
-    inputs = _inputs(mask, q, kv, dev)
+    inputs = _inputs(mask, q, kv, dev, case.globals_every)
     # A warm-up build two blocks long loads what a first build imports lazily (torch._dynamo
     # alone is ~70 MB resident), and frees next to nothing that could stay resident.
     _build(mask, 256, 256 * case.rounds, dev, _inputs(mask, 256, 256 * case.rounds, dev))
@@ -164,7 +171,7 @@ def cpu_memory(case: Case, q: int) -> dict[str, Any]:
 def gpu_memory(case: Case, q: int, dev: torch.device) -> dict[str, Any]:
     mask = case.load()
     kv = q * case.rounds
-    inputs = _inputs(mask, q, kv, dev)
+    inputs = _inputs(mask, q, kv, dev, case.globals_every)
     _build(mask, q, kv, dev, inputs)
     peak, bm = _peak_extra(lambda: _build(mask, q, kv, dev, inputs), dev)
     own = _own_bytes(bm)
