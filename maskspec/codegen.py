@@ -15,8 +15,9 @@ from typing import Any, ClassVar
 
 from maskspec import ir
 
-# Python's binding strengths, loosest first (every target's syntax is Python's).
-_PREC = {"|": 1, "^": 2, "&": 3, "+": 4, "-": 4, "*": 5, "//": 5}
+# Python's binding strengths (every target's syntax is Python's): 1 a sum, 2 a product, 3 a
+# factor (the levels callers pass to ``expr``); the bit operations bind looser than sums.
+_PREC = {"|": 0.25, "^": 0.5, "&": 0.75, "+": 1, "-": 1, "*": 2, "//": 2}
 
 
 def ident(name: str) -> str:
@@ -33,7 +34,7 @@ class Emitter:
         self.names = dict(names or {})  # variables spelled differently in the output
         self.used_sizes: set[str] = set()
 
-    def expr(self, e: ir.Expr, prec: int = 0) -> str:
+    def expr(self, e: ir.Expr, prec: float = 0) -> str:
         """``e`` as source; parenthesized when its operator binds looser than ``prec``."""
         if isinstance(e, ir.Const):
             return f"({e.value})" if e.value < 0 and prec > 0 else str(e.value)

@@ -22,7 +22,7 @@ class _Spec(codegen.Emitter):
 
     CALLS: ClassVar[Mapping[str, str]] = {"min": "min", "max": "max"}
 
-    def expr(self, e: ir.Expr, prec: int = 0) -> str:
+    def expr(self, e: ir.Expr, prec: float = 0) -> str:
         if isinstance(e, ir.Bin) and e.op == "%":
             text = f"{self.expr(e.a, 2)} % {self.expr(e.b, 3)}"
             return f"({text})" if prec > 2 else text
