@@ -414,3 +414,16 @@ def test_printed_expressions_mean_what_they_evaluate_to(e, q, kv):
         text = em.expr(e)
         got = eval(text, {"_min": min, "_max": max, "_mod": lambda a, k: a % k}, {"q": q, "kv": kv})
         assert got == want, (text, e)
+
+
+def test_inside_torch_compile():
+    """The default call in a compiled region: the fallback runs inside the build op."""
+    mask = maskspec.compile(LONGFORMER)
+    g = torch.zeros(300, dtype=torch.bool)
+    g[[3, 170]] = True
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def build(flags: torch.Tensor):
+        return mask.block_mask(1, 1, 300, 300, BLOCK_SIZE=32, is_global=flags)
+    assert first_difference(build(g), mask.block_mask(1, 1, 300, 300, BLOCK_SIZE=32,
+                                                      is_global=g)) is None
