@@ -104,28 +104,21 @@ def _solve(op: str, c: int, rest: ir.Expr) -> tuple[ir.Expr | None, ir.Expr | No
     }[op]
 
 
-def residual(cmp: ir.Cmp) -> ir.Residual | None:
-    """Why a condition has no interval form in kv, located at the node that stops it (None:
-    it is a row condition, a kv range or a kv-modulo range): such a condition is left to
-    the element fallback."""
+def cond_form(cmp: ir.Cmp) -> CondForm | ir.Residual:
+    """Classify a comparison as a row condition, a kv range or a kv-modulo range; or, for
+    one with no interval form in kv, say why, located at the node that stops it (an
+    ``ir.Residual``: the condition is left to the element fallback)."""
     try:
-        atom, c, _ = _kv_form(ir.sub(cmp.left, cmp.right))
+        atom, c, rest = _kv_form(ir.sub(cmp.left, cmp.right))
     except _NotAffine as err:
         return ir.Residual(cmp, err.why, err.node.pos or cmp.pos)
-    if atom is not None and c != 0 and cmp.op == "!=":
-        return ir.Residual(cmp, "`!=` on kv splits a row's keys in two", cmp.pos)
-    return None
-
-
-def cond_form(cmp: ir.Cmp) -> CondForm:
-    """Classify a comparison with an interval form (``residual`` is None) as a row
-    condition, a kv range or a kv-modulo range."""
-    atom, c, rest = _kv_form(ir.sub(cmp.left, cmp.right))
     if atom is None:
         return RowCond(cmp)
     if c == 0:  # kv cancels out (`kv - kv < q`): a row condition on what is left
         return RowCond(ir.Cmp(cmp.op, rest, ir.const(0), pos=cmp.pos))
     op = cmp.op
+    if op == "!=":
+        return ir.Residual(cmp, "`!=` on kv splits a row's keys in two", cmp.pos)
     if c < 0:
         c, rest, op = -c, ir.neg(rest), _FLIP[op]
     lo, hi = _solve(op, c, rest)
@@ -272,11 +265,8 @@ def transposed(conds: Sequence[ir.Cmp]) -> ir.RowProgram | None:
     (a level would be enumerated over every query: left to the fallback). None otherwise."""
     guards, parts = [], []
     for c in conds:
-        swapped = ir.Cmp(c.op, ir.swapped(c.left), ir.swapped(c.right), pos=c.pos)
-        if residual(swapped) is not None:
-            return None
-        form = cond_form(swapped)
-        if isinstance(form, ModRange):
+        form = cond_form(ir.Cmp(c.op, ir.swapped(c.left), ir.swapped(c.right), pos=c.pos))
+        if isinstance(form, ir.Residual | ModRange):
             return None
         if isinstance(form, RowCond):
             guards.append(form.cmp)

@@ -190,6 +190,18 @@ def _ranges(first: torch.Tensor, last: torch.Tensor, ok: torch.Tensor, q_bs: int
     return _count(first.reshape(flat), last.reshape(flat), ok.reshape(flat), q_bs, n_q, n_kv)
 
 
+def _covered(lo: torch.Tensor, hi: torch.Tensor, kv_len: int, q_bs: int, kv_bs: int, n_q: int,
+             n_kv: int) -> torch.Tensor:
+    """Per (row block, key block): whether every row's merged intervals [lo, hi) (dead
+    slots [0, 0)) cover every key of the block (a ragged edge block never)."""
+    start, end, is_last = _merged(lo, hi)
+    f0 = -(-start // kv_bs)
+    f1 = (end // kv_bs).clamp(max=kv_len // kv_bs)  # no host-made tensor: graph-capturable
+    covering = is_last & (f0 < f1)
+    f0, f1 = torch.where(covering, f0, 0), torch.where(covering, f1, 0)
+    return _count(f0, f1, covering, q_bs, n_q, n_kv) == q_bs
+
+
 def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> BlockGrid:
     """Exact FULL and PARTIAL blocks from per-row slots (torch's semantics, ragged edges)."""
     n_q, n_kv = counts(q_len, kv_len, q_bs, kv_bs)
@@ -208,12 +220,7 @@ def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> Bloc
             fam = [x[..., c0:c1] for x in tight]
             touched |= _ranges(*_tight_ranges(*fam, kv_bs, pieces), q_bs, n_q, n_kv) > 0
     lo, hi = torch.where(live, lo, 0), torch.where(live, hi, 0)
-    start, end, is_last = _merged(lo, hi)
-    f0 = -(-start // kv_bs)
-    f1 = (end // kv_bs).clamp(max=kv_len // kv_bs)  # no host-made tensor: graph-capturable
-    covering = is_last & (f0 < f1)
-    f0, f1 = torch.where(covering, f0, 0), torch.where(covering, f1, 0)
-    full = _count(f0, f1, covering, q_bs, n_q, n_kv) == q_bs
+    full = _covered(lo, hi, kv_len, q_bs, kv_bs, n_q, n_kv)
     if rows.family.level is not None:
         glo, ghi, ph, st, ln, ok = _open_gaps(rows, live, lo, hi, kv_len)
         gaps = family_ranges(glo, ghi, ph, st, ln, ok, kv_bs, gap_pieces)
@@ -303,7 +310,7 @@ def split(ctx: BuildContext, q_positions: torch.Tensor | None, n_rows: int,
         return (g.partial | g.full).expand(shape), g.full.expand(shape)
 
     alone = [t for t in mask.terms if t.keyed or (
-        t.transposed is not None and q_positions is None and not t.analytic)]
+        t.transposed is not None and q_positions is None)]
     touched, full = grid_of(rows_of(lambda t: t.analytic))
     over = grid_of(rows_of(lambda t: not t.analytic and not any(t is a for a in alone)))[0]
     parts, full = touched.to(torch.int32), full.clone()
@@ -361,12 +368,7 @@ def keyed(rows: Rows, keys: torch.Tensor, shape: tuple[int, ...], n_rows: int, k
     for b, n in ((first, at(torch.minimum(hi, (first + 1) * kv_bs)) - at(lo)),
                  (last, at(hi) - at(torch.maximum(lo, last * kv_bs)))):
         touched |= _count(b, b + 1, live & (n > 0), q_bs, n_q, n_kv) > 0
-    start, end, is_last = _merged(lo, hi)
-    f0, f1 = -(-start // kv_bs), (end // kv_bs).clamp(max=kv_len // kv_bs)
-    covering = is_last & (f0 < f1)
-    rows_full = _count(torch.where(covering, f0, 0), torch.where(covering, f1, 0), covering,
-                       q_bs, n_q, n_kv) == q_bs
-    return touched, rows_full & (per_block == kv_bs)
+    return touched, _covered(lo, hi, kv_len, q_bs, kv_bs, n_q, n_kv) & (per_block == kv_bs)
 
 
 def build_grid(ctx: BuildContext) -> BlockGrid:

@@ -394,7 +394,9 @@ def block_stats(
     cpu = torch.device("cpu")
     ctx = BuildContext(mask.ir, sizes, bind_inputs(mask.ir, sizes, inputs, cpu), cpu, bs)
     rows = lower.row_slots(ctx)
-    grid = blocks.build_grid(ctx)
+    # a fallback mask's row programs are supersets: it is classified by parts
+    grid = blocks.classify_at(ctx, None, sizes["Q_LEN"], bs) if mask.ir.fallback else \
+        blocks.classify(rows, sizes["Q_LEN"], sizes["KV_LEN"], *bs)
     shape = (sizes["B"], sizes["H"], *grid.full.shape[-2:])
     full, part = int(grid.full.expand(shape).sum()), int(grid.partial.expand(shape).sum())
     total = math.prod(shape)

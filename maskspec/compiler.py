@@ -394,29 +394,29 @@ def _check_range(r: _Resolver, d: m.Input, rng: tuple[ir.Expr, ir.Expr],
 
 
 def _parts(t: tuple[tuple[ir.Primitive, ...], tuple[ir.Cmp, ...]]) -> tuple[
-        list[ir.Cmp], list[analysis.Part]]:
-    """A term's guards, and the clips and levels of its primitives and of its kv conditions
-    with an interval form (the others are its residual)."""
+        list[ir.Cmp], list[analysis.Part], tuple[ir.Residual, ...]]:
+    """A term's guards, the clips and levels of its primitives and of its kv conditions with
+    an interval form, and its residual: the conditions without one."""
     prims, conds = t
     parts: list[analysis.Part] = []
     for p in prims:
         parts += primitives.registry()[p.kind].lower(dict(p.args))
-    guards = []
+    guards, rest = [], []
     for c in conds:
-        if analysis.residual(c) is not None:
-            continue
         f = analysis.cond_form(c)
-        if isinstance(f, analysis.RowCond):
+        if isinstance(f, ir.Residual):
+            rest.append(f)
+        elif isinstance(f, analysis.RowCond):
             guards.append(f.cmp)
         else:
             parts.append(analysis.cond_part(f))
-    return guards, parts
+    return guards, parts, tuple(rest)
 
 
 def _term(name: str, prims: tuple[ir.Primitive, ...], where: tuple[ir.Cmp, ...],
-          valid: tuple[ir.Cmp, ...], program: ir.RowProgram, pos: m.Pos | None) -> ir.Term:
+          valid: tuple[ir.Cmp, ...], program: ir.RowProgram, rest: tuple[ir.Residual, ...],
+          pos: m.Pos | None) -> ir.Term:
     meaning = tuple(c for p in prims for c in primitives.registry()[p.kind].meaning(dict(p.args)))
-    rest = tuple(x for c in where + valid if (x := analysis.residual(c)) is not None)
     transposed = analysis.transposed(meaning + where + valid) if rest else None
     return ir.Term(name, prims, where, valid, meaning, program, pos=pos, residual=rest,
                    transposed=transposed)
@@ -442,10 +442,11 @@ def compile_spec(spec: m.Spec, strict: bool = False, **params: int) -> ir.MaskIR
                 prims += (_primitive(r, c),)
         regions[reg.name] = (prims, where)
     analysed = [_parts((prims, where + valid)) for prims, where in regions.values()]
-    keep = analysis.family_term([parts for _, parts in analysed])
+    keep = analysis.family_term([parts for _, parts, _ in analysed])
     terms = tuple(
-        _term(reg.name, prims, where, valid, analysis.program(g, parts, i == keep), reg.pos)
-        for i, (reg, (prims, where), (g, parts))
+        _term(reg.name, prims, where, valid, analysis.program(g, parts, i == keep), rest,
+              reg.pos)
+        for i, (reg, (prims, where), (g, parts, rest))
         in enumerate(zip(spec.regions, regions.values(), analysed, strict=True))
     )
     sorted_inputs = tuple(dict.fromkeys(

@@ -33,15 +33,14 @@ def _chunks(
     q_bs, kv_bs = block_size
     dev = where.device
     step = max(1, BUDGET // (q_bs * kv_bs))
+    pos = None if q_positions is None else q_positions.reshape(-1, q_positions.shape[-1]).to(dev)
     for a in range(0, where.shape[0], step):
         w = where[a:a + step]
         b, h, rb, kb = (x.view(-1, 1, 1) for x in w.unbind(-1))
         rows = rb * q_bs + torch.arange(q_bs, device=dev).view(1, -1, 1)
         keys = kb * kv_bs + torch.arange(kv_bs, device=dev).view(1, 1, -1)
-        q = rows
-        if q_positions is not None:
-            pos = q_positions.reshape(-1, q_positions.shape[-1]).to(dev)
-            q = pos[b if pos.shape[0] > 1 else 0, rows.clamp(max=n_rows - 1)]
+        q = rows if pos is None else pos[b if pos.shape[0] > 1 else 0,
+                                         rows.clamp(max=n_rows - 1)]
         env = ir.Env(vars={"b": b, "h": h, "q": q, "kv": keys}, sizes=sizes, inputs=inputs)
         real = (rows < n_rows) & (keys < sizes["KV_LEN"])
         yield w, ir.element_mask(mask, env) & real

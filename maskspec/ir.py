@@ -357,6 +357,10 @@ class Cmp:
     def exprs(self) -> tuple[Expr, Expr]:
         return (self.left, self.right)
 
+    def reads(self, var: str) -> bool:
+        """Whether either side reads variable ``var``."""
+        return any(uses(e, Var, var) for e in self.exprs())
+
 
 CMP_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "<": operator.lt,
@@ -494,7 +498,7 @@ class Term:
     residual: tuple[Residual, ...] = ()
     # The term's keys per *key* (q and kv, Q_LEN and KV_LEN swapped), where that reading has
     # interval form and this one does not (Flamingo: each image's keys seen by an interval
-    # of queries): ``blocks`` classifies it transposed, exactly.
+    # of queries): ``blocks`` classifies it transposed, exactly. Only on residual terms.
     transposed: RowProgram | None = None
 
     @property
@@ -509,7 +513,7 @@ class Term:
         ``(kv // 3) % 4 < 2``), so they select the same keys in every row. Such a term is
         classified exactly from per-key counts, without the element fallback."""
         return bool(self.residual) and self.program.family is None and not any(
-            uses(e, Var, "q") for r in self.residual for e in r.cmp.exprs())
+            r.cmp.reads("q") for r in self.residual)
 
     @property
     def conds(self) -> tuple[Cmp, ...]:

@@ -298,13 +298,12 @@ def primitive_meaning(p: ir.Primitive) -> str:
 def condition_meaning(c: ir.Cmp) -> str:
     """What a condition does to each row's keys, from its analysis (analysis.cond_form), or
     why it is left to the element fallback."""
-    res = analysis.residual(c)
-    if res is not None and not any(ir.uses(e, ir.Var, "q") for e in c.exprs()):
-        return (f"key set ({res.why}): the keys it allows, counted per key block "
-                "(exact where its region is plain intervals)")
-    if res is not None:
-        return f"element fallback: {res.why}; decided on the blocks the rest allows"
     form = analysis.cond_form(c)
+    if isinstance(form, ir.Residual) and not c.reads("q"):
+        return (f"key set ({form.why}): the keys it allows, counted per key block "
+                "(exact where its region is plain intervals)")
+    if isinstance(form, ir.Residual):
+        return f"element fallback: {form.why}; decided on the blocks the rest allows"
     if isinstance(form, analysis.RowCond):
         return f"whole rows: keeps queries with {fmt(c.left)} {c.op} {fmt(c.right)}"
     what = "kv" if isinstance(form, analysis.KvRange) else f"kv % {_paren(form.period)}"
@@ -354,7 +353,7 @@ def analytic_summary(mask: ir.MaskIR) -> str:
     def names(which: Callable[[ir.Term], bool]) -> str:
         return ", ".join(f"`{t.name}`" for t in mask.terms if which(t)) or "none"
     def alone(t: ir.Term) -> bool:
-        return t.keyed or (t.transposed is not None and not t.analytic)
+        return t.keyed or t.transposed is not None
     return (f"analytic regions: {names(lambda t: t.analytic)}; cut by key sets (exact from "
             f"per-key counts): {names(lambda t: t.keyed)}; read per key (classified "
             f"transposed): {names(lambda t: alone(t) and not t.keyed)}; element fallback for "
