@@ -78,12 +78,27 @@ def _kv_form(e: ir.Expr) -> _Form:
                 return (atom, c * k.value, ir.mul(k, rest))
         raise _NotAffine(e, "kv may only be multiplied by a number")
     if e.op in ("//", "%"):
-        if isinstance(e.a, ir.Var) and e.a.name == "kv":
-            return (("div" if e.op == "//" else "mod", e.b), 1, ir.Const(0))
-        _kv_form(e.a)  # an operand with no form of its own is the more telling reason
-        raise _NotAffine(e, f"only `kv {e.op} N` itself can be lowered, not an expression of kv")
+        return (_digit(e), 1, ir.Const(0))
     what = f"`{e.op}`" if e.op in ir.BIT_OPS else f"{e.op}()"
     raise _NotAffine(e, f"kv inside {what} has no interval form")
+
+
+def _digit(e: ir.Bin) -> tuple:
+    """The atom of ``x // d`` or ``x % P`` over ``x = kv + off`` (off free of kv): the key
+    coordinates of mixed-radix layouts. ``("div", d, off)`` is ``(kv + off) // d``;
+    ``("mod", P, off, a)`` is ``((kv + off) % P) // a``, which ``(x // a) % b`` is too, as
+    ``(x % (a·b)) // a`` (equal for every integer x)."""
+    atom, c, rest = _kv_form(e.a)
+    if atom == _KV and c == 1:
+        return ("div", e.b, rest) if e.op == "//" else ("mod", e.b, rest, ir.Const(1))
+    if atom is not None and c == 1 and rest == ir.Const(0):
+        if e.op == "//" and atom[0] == "mod" and atom[3] == ir.Const(1):
+            return ("mod", atom[1], atom[2], e.b)
+        if e.op == "%" and atom[0] == "div":
+            return ("mod", ir.mul(atom[1], e.b), atom[2], atom[1])
+    raise _NotAffine(e, f"`{e.op}` here reads kv in a form with no interval (a key "
+                     "coordinate is `(kv + c) // d`, `(kv + c) % P`, `(kv // a) % b` or "
+                     "`(kv % P) // a`)")
 
 
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
@@ -124,10 +139,27 @@ def cond_form(cmp: ir.Cmp) -> CondForm | ir.Residual:
     lo, hi = _solve(op, c, rest)
     if atom == _KV:
         return KvRange(lo, hi)
-    kind, d = atom
-    if kind == "div":
-        return KvRange(None if lo is None else ir.mul(lo, d), None if hi is None else ir.mul(hi, d))
-    return ModRange(d, lo, hi)
+    if atom[0] == "div":  # (kv + off) // d ∈ [lo, hi)  ⇔  kv ∈ [lo·d − off, hi·d − off)
+        _, d, off = atom
+        return KvRange(*(None if x is None else ir.sub(ir.mul(x, d), off) for x in (lo, hi)))
+    _, period, off, a = atom  # ((kv + off) % P) // a ∈ [lo, hi)  ⇔  (kv + off) % P ∈ [a·lo, a·hi)
+    lo, hi = (None if x is None else ir.mul(x, a) for x in (lo, hi))
+    if off == ir.Const(0):
+        return ModRange(period, lo, hi)
+    if op == "==" and a == ir.Const(1):
+        return _residue(period, off, lo)
+    return ir.Residual(cmp, "a window of `(kv + c) % P` may wrap around its period", cmp.pos)
+
+
+def _residue(period: ir.Expr, off: ir.Expr, x: ir.Expr) -> ModRange:
+    """``(kv + off) % P == x`` as one residue of kv, ``(x − off) mod P``, which never wraps;
+    moved a period up (out of the clamped window: no key) when x lies outside [0, P), where
+    no key meets the condition."""
+    turns = ir.floordiv(x, period)  # 0 exactly when 0 <= x < P
+    zero, one = ir.Const(0), ir.Const(1)
+    outside = ir.add(ir.clamp(turns, zero, one), ir.clamp(ir.neg(turns), zero, one))
+    at = ir.add(ir.Bin("%", ir.sub(x, off), period), ir.mul(period, outside))
+    return ModRange(period, at, ir.add(at, one))
 
 
 # ---------------------------------------------------------------- row programs
