@@ -510,7 +510,7 @@ class Term:
     def keyed(self) -> bool:
         """Whether the term is its row program's plain intervals cut by a *key set*: its
         residual conditions read kv but never q (``is_global[b, kv]``, ``kv != 5``,
-        ``(kv // 3) % 4 < 2``), so they select the same keys in every row. Such a term is
+        ``kv & 5 == 1``), so they select the same keys in every row. Such a term is
         classified exactly from per-key counts, without the element fallback."""
         return bool(self.residual) and self.program.family is None and not any(
             r.cmp.reads("q") for r in self.residual)
