@@ -37,12 +37,13 @@ class _Resolver:
         self.params = dict(params)
         self.inputs = {i.name: i for i in spec.inputs}
         self.lets = {d.name: d for d in spec.lets}
+        self.members: dict[str, int] = {}  # a family's variable, in the member being resolved
 
     def error(self, msg: str, pos: m.Pos | None, hint: str | None = None) -> MaskSpecError:
         return MaskSpecError(msg, pos, source=self.spec.source, path=self.spec.path, hint=hint)
 
     def names(self, scope: _Scope) -> list[str]:
-        out = [*scope.vars, *ir.SIZES, *self.params, *self.lets]
+        out = [*scope.vars, *self.members, *ir.SIZES, *self.params, *self.lets]
         return out + (list(self.inputs) if scope.inputs else [])
 
     def fold(self, e: ir.Bin) -> ir.Expr:
@@ -141,6 +142,8 @@ class _Resolver:
         return out
 
     def name(self, e: m.Name, scope: _Scope) -> ir.Expr:
+        if e.id in self.members:
+            return ir.Const(self.members[e.id], pos=e.pos)
         if e.id in self.lets:
             return self.let(e, scope)
         if e.id in scope.vars:
@@ -192,6 +195,7 @@ class _Resolver:
 CONST = _Scope(vars=(), inputs=False, what="a constant (param default, input shape)")
 ROW_OR_KV = _Scope(vars=ir.VARS, inputs=True, what="a condition")
 ARG = _Scope(vars=("b", "h", "q"), inputs=True, what="a primitive argument")
+FAMILY_BOUND = _Scope(vars=("b", "h"), inputs=True, what="a family's bound")
 CONST_ARG = _Scope(vars=(), inputs=False,
                    what="this argument, which must be constant (numbers, params, sizes)")
 
@@ -430,24 +434,13 @@ def compile_spec(spec: m.Spec, strict: bool = False, **params: int) -> ir.MaskIR
     r = _Resolver(spec, _params(spec, params))
     inputs = tuple(_input(r, d) for d in spec.inputs)
     valid = tuple(_cond(r, c) for v in spec.valid for c in v.conds)
-    regions: dict[str, tuple[tuple[ir.Primitive, ...], tuple[ir.Cmp, ...]]] = {}
-    for reg in spec.regions:
-        prims: tuple[ir.Primitive, ...] = ()
-        where = tuple(_cond(r, c) for c in reg.where)
-        for c in reg.calls:
-            if c.name in regions and not c.args:  # an earlier region: intersect with it
-                prims, where = prims + regions[c.name][0], where + regions[c.name][1]
-            else:
-                _not_a_later_region(r, spec, reg, c)
-                prims += (_primitive(r, c),)
-        regions[reg.name] = (prims, where)
-    analysed = [_parts((prims, where + valid)) for prims, where in regions.values()]
+    members = _regions(r, spec, inputs)
+    analysed = [_parts((prims, where + valid)) for _, _, prims, where in members]
     keep = analysis.family_term([parts for _, parts, _ in analysed])
     terms = tuple(
-        _term(reg.name, prims, where, valid, analysis.program(g, parts, i == keep), rest,
-              reg.pos)
-        for i, (reg, (prims, where), (g, parts, rest))
-        in enumerate(zip(spec.regions, regions.values(), analysed, strict=True))
+        _term(name, prims, where, valid, analysis.program(g, parts, i == keep), rest, pos)
+        for i, ((name, pos, prims, where), (g, parts, rest))
+        in enumerate(zip(members, analysed, strict=True))
     )
     sorted_inputs = tuple(dict.fromkeys(
         n for t in terms for p in t.prims
@@ -457,6 +450,107 @@ def compile_spec(spec: m.Spec, strict: bool = False, **params: int) -> ir.MaskIR
     if strict:
         refuse_fallback(out)
     return out
+
+
+_Region = tuple[tuple[ir.Primitive, ...], tuple[ir.Cmp, ...]]  # primitives, conditions
+
+
+def _regions(r: _Resolver, spec: m.Spec, inputs: tuple[ir.InputDecl, ...]) -> list[
+        tuple[str, m.Pos, tuple[ir.Primitive, ...], tuple[ir.Cmp, ...]]]:
+    """Every region resolved, a family unrolled into its members (named ``r[i]``)."""
+    named: dict[str, _Region] = {}
+    families: set[str] = set()
+    out = []
+    for reg in spec.regions:
+        for k, guard in _members(r, reg, inputs):
+            r.members = {} if k is None else {reg.family.var: k}
+            prims, where = _region(r, spec, reg, named, families)
+            out.append((reg.name if k is None else f"{reg.name}[{k}]", reg.pos, prims,
+                        where + guard))
+            if k is None:
+                named[reg.name] = (prims, where)
+        r.members = {}
+        if reg.family is not None:
+            families.add(reg.name)
+    return out
+
+
+def _region(r: _Resolver, spec: m.Spec, reg: m.Region, named: dict[str, _Region],
+            families: set[str]) -> _Region:
+    """A region's primitives and conditions, regions it names by name expanded."""
+    prims: tuple[ir.Primitive, ...] = ()
+    where = tuple(_cond(r, c) for c in reg.where)
+    for c in reg.calls:
+        if c.name in families and not c.args:
+            raise r.error(
+                f"region `{c.name}` is a family: a region cannot be intersected with it by "
+                "name", c.pos, hint=f"make this region a family too, or write `{c.name}`'s "
+                "primitives and conditions here")
+        if c.name in named and not c.args:  # an earlier region: intersect with it
+            prims, where = prims + named[c.name][0], where + named[c.name][1]
+        else:
+            _not_a_later_region(r, spec, reg, c)
+            prims += (_primitive(r, c),)
+    return prims, where
+
+
+MAX_MEMBERS = 256  # regions one family may unroll to
+
+
+def _members(r: _Resolver, reg: m.Region, inputs: tuple[ir.InputDecl, ...]) -> list[
+        tuple[int | None, tuple[ir.Cmp, ...]]]:
+    """The members of a region family ``[i in lo .. hi)``, each with its guards: every i
+    from lo up to hi's largest value, guarded by ``i < hi`` when hi reads inputs (their
+    declared ranges bound it, so the regions unroll once, when the spec compiles). A plain
+    region is one member, None."""
+    fam = reg.family
+    if fam is None:
+        return [(None, ())]
+    _check_family_var(r, fam)
+    lo = _known(r.constant(fam.lo))
+    if lo is None:
+        raise r.error("a family starts at a number or a param", fam.lo.pos,
+                      hint="write e.g. `[i in 0 .. n)`")
+    hi = r.expr(fam.hi, FAMILY_BOUND)
+    known = _known(hi)
+    top = _largest(r, fam, hi, inputs) if known is None else known
+    if top - lo > MAX_MEMBERS:
+        raise r.error(f"family `{reg.name}` has {top - lo} members, more than {MAX_MEMBERS}",
+                      fam.pos, hint="a family unrolls into one region per member; bound it "
+                      "tighter, or write the mask with `//` and `%` on kv")
+    if top <= lo:
+        raise r.error(f"family `{reg.name}` has no member: [{lo}, {top}) is empty", fam.pos,
+                      hint="its bound must exceed its start")
+    return [(k, () if known is not None else (ir.Cmp("<", ir.Const(k), hi, pos=fam.hi.pos),))
+            for k in range(lo, top)]
+
+
+def _largest(r: _Resolver, fam: m.Family, hi: ir.Expr,
+             inputs: tuple[ir.InputDecl, ...]) -> int:
+    """The bound of a family that reads inputs: the largest value of hi, from the inputs'
+    declared ranges (it must be a number once params are bound)."""
+    why = "reads Q_LEN or KV_LEN" if ir.uses(hi, ir.Size) else None
+    ranges = {d.name: (_known(d.range[0]), _known(d.range[1])) for d in inputs
+              if d.range is not None and None not in (_known(d.range[0]), _known(d.range[1]))}
+    top = ir.bounds(hi, {}, {}, ranges)[1] if why is None else math.inf
+    if math.isinf(top):
+        why = why or "reads an input with no range of numbers"
+        raise r.error(
+            f"a family's bound must have a largest value when the spec compiles; this one "
+            f"{why}", fam.hi.pos, hint="bound it by a param, or by an input with a declared "
+            "range of numbers or params (`n: int[B] in [0, 8]`, then `[i in 0 .. n[b])`)")
+    return int(top)
+
+
+def _check_family_var(r: _Resolver, fam: m.Family) -> None:
+    taken = {**{n: "param" for n in r.params}, **{n: "input" for n in r.inputs},
+             **{n: "let" for n in r.lets}}
+    if fam.var in ir.VARS or fam.var in ir.SIZES or fam.var in primitives.registry():
+        raise r.error(f"`{fam.var}` is a built-in name and cannot name a family's variable",
+                      fam.pos, hint="name it e.g. `i`")
+    if fam.var in taken:
+        raise r.error(f"`{fam.var}` is already declared as a {taken[fam.var]}", fam.pos,
+                      hint="name the family's variable otherwise, e.g. `i`")
 
 
 def refuse_fallback(mask: ir.MaskIR) -> None:

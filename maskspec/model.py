@@ -122,12 +122,22 @@ class Let(Node):
     value: Expr
 
 
+class Family(Node):
+    """``[i in lo .. hi)``: a region written once for every integer i in [lo, hi)."""
+
+    var: str
+    lo: Expr
+    hi: Expr
+
+
 class Region(Node):
-    """Allowed keys: the intersection of its calls, restricted by its ``where`` conditions."""
+    """Allowed keys: the intersection of its calls, restricted by its ``where`` conditions;
+    with a family, the union of one such region per member."""
 
     name: str
     calls: list[Call]
     where: list[Cond]
+    family: Family | None = None
 
 
 class Valid(Node):

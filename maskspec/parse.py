@@ -142,8 +142,12 @@ class _ToModel(Transformer):
         return (c[0], c[1])
 
     def region(self, meta: Meta, c: list) -> m.Region:
-        *calls, where = c[1:]
-        return m.Region(pos=_pos(meta), name=str(c[0]), calls=calls, where=where or [])
+        family, *calls, where = c[1:]
+        return m.Region(pos=_pos(meta), name=str(c[0]), calls=calls, where=where or [],
+                        family=family)
+
+    def family(self, meta: Meta, c: list) -> m.Family:
+        return m.Family(pos=_pos(meta), var=str(c[0]), lo=c[1], hi=c[2])
 
     def let(self, meta: Meta, c: list) -> m.Let:
         return m.Let(pos=_pos(meta), name=str(c[0]), value=c[1])

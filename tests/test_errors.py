@@ -667,3 +667,32 @@ def test_ordinary_specs_do_not_warn():
         warnings.simplefilter("error", maskspec.MaskSpecWarning)
         for f in [*SPECS.glob("*.mask"), *(SPECS.parent / "benchmarks" / "specs").glob("*.mask")]:
             maskspec.load(f)
+
+
+@pytest.mark.parametrize(
+    ("decl", "needle", "message", "hint"),
+    [
+        ("region r[i in 0 .. Q_LEN // 64) = full where kv == i", "Q_LEN // 64",
+         "this one reads Q_LEN or KV_LEN", "n: int[B] in [0, 8]"),
+        ("region r[i in 0 .. free[b]) = full where kv == i", "free[b]",
+         "reads an input with no range of numbers", "declared range"),
+        ("region r[i in 0 .. 1000) = full where kv == i", "[i in 0 .. 1000)",
+         "has 1000 members, more than 256", "bound it tighter"),
+        ("region r[i in 3 .. 3) = full where kv == i", "[i in 3 .. 3)",
+         "has no member: [3, 3) is empty", "exceed its start"),
+        ("region r[i in q .. 3) = full where kv == i", "q .. 3", "`q` cannot be used", None),
+        ("region r[w in 0 .. 3) = full where kv == w", "[w in 0 .. 3)",
+         "`w` is already declared as a param", "e.g. `i`"),
+        ("region r[kv in 0 .. 3) = full", "[kv in 0 .. 3)", "`kv` is a built-in name", None),
+        ("region r[i in 0 .. 3) = full where kv == i\nregion s = r & causal", "r & causal",
+         "region `r` is a family", "make this region a family too"),
+        ("region r[i in 0 .. 3) = full where kv == j", "j", "unknown name `j`", None),
+    ],
+)
+def test_region_family_misuse(decl, needle, message, hint):
+    text = f"mask m\nparam w: int = 4\ninput free: int[B]\n{decl}\n"
+    err = _error(text)
+    assert_points_at(err, text, _at(text, needle))
+    assert message in str(err)
+    if hint is not None:
+        assert hint in _hint(err)
