@@ -1,5 +1,5 @@
 """Build cost of every shipped spec and of the strided-family benchmark specs
-(``benchmarks/specs``: dilated window, NATTEN, STA-3D, Sparse-VideoGen temporal heads).
+(the shipped catalogue: dilated window, NATTEN, STA-3D, Sparse-VideoGen temporal heads ...).
 
 CPU (``--device cpu``): build time at Q=KV=4096 against eager ``create_block_mask`` over the
 spec's mask_mod (each result checked equal, tensor for tensor), the peak resident memory of
@@ -39,22 +39,20 @@ from maskspec.cuda import dispatch
 from maskspec.fast import Builder
 from maskspec.verify import first_difference, random_inputs
 
-ROOT = Path(__file__).resolve().parent
 SIZES = (4096, 16384, 65536, 131072)
 
 
 @dataclass(frozen=True)
 class Case:
     label: str
-    spec: str  # a shipped spec's name or a path under benchmarks/specs
+    spec: str  # a shipped spec's name
     params: dict[str, int] = field(default_factory=dict)
     rounds: int = 1  # KV_LEN = rounds · Q_LEN
     largest: int = SIZES[-1]  # the element fallback's cost is Q·KV: its cases stop earlier
     globals_every: int = 0  # is_global: one global token every this many (else random)
 
     def load(self) -> maskspec.CompiledMask:
-        path = ROOT / "specs" / f"{self.spec}.mask"
-        return maskspec.load(path if path.exists() else self.spec, **self.params)
+        return maskspec.load(self.spec, **self.params)
 
 
 def cases() -> list[Case]:

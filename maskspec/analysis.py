@@ -87,13 +87,16 @@ def _digit(e: ir.Bin) -> tuple:
     """The atom of ``x // d`` or ``x % P`` over ``x = kv + off`` (off free of kv): the key
     coordinates of mixed-radix layouts. ``("div", d, off)`` is ``(kv + off) // d``;
     ``("mod", P, off, a)`` is ``((kv + off) % P) // a``, which ``(x // a) % b`` is too, as
-    ``(x % (a·b)) // a`` (equal for every integer x)."""
+    ``(x % (a·b)) // a`` (equal for every integer x; divisors are positive), and divisions
+    compose (``(x // d) // e`` is ``x // (d·e)``)."""
     atom, c, rest = _kv_form(e.a)
     if atom == _KV and c == 1:
         return ("div", e.b, rest) if e.op == "//" else ("mod", e.b, rest, ir.Const(1))
     if atom is not None and c == 1 and rest == ir.Const(0):
-        if e.op == "//" and atom[0] == "mod" and atom[3] == ir.Const(1):
-            return ("mod", atom[1], atom[2], e.b)
+        if e.op == "//" and atom[0] == "div":  # (x // d) // e is x // (d·e)
+            return ("div", ir.mul(atom[1], e.b), atom[2])
+        if e.op == "//":  # ((x % P) // a) // e is (x % P) // (a·e)
+            return ("mod", atom[1], atom[2], ir.mul(atom[3], e.b))
         if e.op == "%" and atom[0] == "div":
             return ("mod", ir.mul(atom[1], e.b), atom[2], atom[1])
     raise _NotAffine(e, f"`{e.op}` here reads kv in a form with no interval (a key "

@@ -28,7 +28,7 @@ def coordinate(draw: st.DrawFn) -> str:
     c = draw(st.integers(-20, 20))
     return draw(st.sampled_from([
         f"(kv + {c}) // {a}", f"(kv // {a}) % {b}", f"(kv % {a * b}) // {a}",
-        f"(kv - q + {c}) // {a}",
+        f"(kv - q + {c}) // {a}", f"((kv // {a}) % {a * b}) // {b}", f"(kv + {c}) // {a} // {b}",
     ]))
 
 

@@ -245,9 +245,7 @@ def test_fa4_matches_fp32_reference(name):
 
     b, h, q, kv, d = 2, 2, 300, 900 if name == "eagle3" else 300, 128
     dev = torch.device("cuda", torch.cuda.current_device())
-    bench = SPECS.parent / "benchmarks" / "specs" / f"{name}.mask"
-    mask = maskspec.load(bench, canvas_w=16, canvas_h=16) if name == "natten_morton" else (
-        maskspec.load(bench) if bench.exists() else spec(name))
+    mask = spec(name, canvas_w=16, canvas_h=16) if name == "natten_morton" else spec(name)
     inputs = {k: v.to(dev) for k, v in random_inputs(mask, b, h, q, kv, random.Random(1)).items()}
     allowed = mask.dense(b, h, q, kv, dev, **inputs)
     qkv = [torch.randn(b, n, h, d, device=dev, dtype=torch.bfloat16, requires_grad=True)

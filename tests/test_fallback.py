@@ -209,7 +209,7 @@ def test_an_interval_of_queries_per_key_is_classified_transposed(monkeypatch):
     assert dense[:100, :16].all() and not dense[:, 16:32].any()
 
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "specs"
+BENCH = Path(__file__).resolve().parent.parent / "specs"
 
 
 @settings(max_examples=examples(30))

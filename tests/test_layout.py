@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "maskspec"
 
 # Stage by stage, first to last: a module (or a package, for all its modules) per entry.
 STAGES = [
-    {"model", "errors", "parse", "documents", "background", "deferred", "caches"},  # leaves
+    {"model", "errors", "parse", "documents", "trees", "background", "deferred",
+     "caches"},  # leaves
     {"ir"},
     {"primitives", "codegen"},  # primitive classes; IR expressions as source
     {"analysis", "compiler"},  # a term analysed once into its row program

@@ -18,9 +18,9 @@ from maskspec.errors import MaskSpecError
 from maskspec.targets import spec as spec_target
 from maskspec.verify import first_difference, random_inputs
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "specs"
+BENCH = Path(__file__).resolve().parent.parent / "specs"
 
-# attention-gym's NATTEN (benchmarks/specs/natten.mask) with its clamped centre named once
+# attention-gym's NATTEN (specs/natten.mask) with its clamped centre named once
 # per axis instead of written out twice each.
 NATTEN_LETS = """mask natten
 param width: int = 32

@@ -22,7 +22,7 @@ from maskspec import inputs as inputs_stage
 from maskspec.fast import Builder
 from maskspec.verify import first_difference
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "specs"
+BENCH = Path(__file__).resolve().parent.parent / "specs"
 BLOCKS = st.sampled_from([1, 8, 16, 128, (16, 8), (24, 40)])
 
 

@@ -4,7 +4,7 @@ Positions are laid out row-major on a canvas ``width`` wide: position p sits at 
 p // width, column p % width. Query q sees the keys whose row is within ``up`` above and
 ``down`` below its own and whose column is within ``left`` and ``right`` of its own (a
 neighbourhood that is cut, not shifted, at the canvas edges; NATTEN's shifted form is a
-spec, see ``benchmarks/specs/natten.mask``). It lowers to one strided family per row:
+spec, see ``specs/natten.mask``). It lowers to one strided family per row:
 ``up + down + 1`` pieces of up to ``left + right + 1`` keys, ``width`` keys apart.
 """
 
