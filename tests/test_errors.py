@@ -596,7 +596,7 @@ def test_document_offsets_are_checked():
 
 def test_missing_spec_file_names_the_shipped_ones():
     with pytest.raises(FileNotFoundError, match=r"no spec file 'eagle'; did you mean `eagle3`\?"
-                       r" \(shipped specs, loadable by name: causal, .*eagle3"):
+                       r" \(shipped specs, loadable by name: block_diffusion, causal, .*eagle3"):
         maskspec.load("eagle")
 
 
