@@ -457,7 +457,7 @@ _Region = tuple[tuple[ir.Primitive, ...], tuple[ir.Cmp, ...]]  # primitives, con
 
 def _regions(r: _Resolver, spec: m.Spec, inputs: tuple[ir.InputDecl, ...]) -> list[
         tuple[str, m.Pos, tuple[ir.Primitive, ...], tuple[ir.Cmp, ...]]]:
-    """Every region resolved, a family unrolled into its members (named ``r[i]``)."""
+    """Every region resolved, a family unrolled into its members (named ``r_i``)."""
     named: dict[str, _Region] = {}
     families: set[str] = set()
     out = []
@@ -465,14 +465,23 @@ def _regions(r: _Resolver, spec: m.Spec, inputs: tuple[ir.InputDecl, ...]) -> li
         for k, guard in _members(r, reg, inputs):
             r.members = {} if k is None else {reg.family.var: k}
             prims, where = _region(r, spec, reg, named, families)
-            out.append((reg.name if k is None else f"{reg.name}[{k}]", reg.pos, prims,
-                        where + guard))
+            out.append((reg.name if k is None else _member_name(r, spec, reg, k), reg.pos,
+                        prims, where + guard))
             if k is None:
                 named[reg.name] = (prims, where)
         r.members = {}
         if reg.family is not None:
             families.add(reg.name)
     return out
+
+
+def _member_name(r: _Resolver, spec: m.Spec, reg: m.Region, k: int) -> str:
+    """A family member's name, ``r_3``: an identifier, as every target's term names are."""
+    name = f"{reg.name}_{k}" if k >= 0 else f"{reg.name}_neg{-k}"
+    if any(x.name == name for x in spec.regions):
+        raise r.error(f"member {k} of family `{reg.name}` would be named `{name}`, which a "
+                      "region already is", reg.family.pos, hint="rename that region")
+    return name
 
 
 def _region(r: _Resolver, spec: m.Spec, reg: m.Region, named: dict[str, _Region],

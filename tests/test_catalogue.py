@@ -6,6 +6,8 @@ test extra); where it is absent the comparisons with it skip, the independent on
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from conftest import examples, spec
@@ -119,7 +121,7 @@ def test_tree_ancestors_refuses_a_child_before_its_parent():
 def _lengths(total: int, docs: int, gen: torch.Generator) -> list[int]:
     cuts = torch.randint(0, total + 1, (docs - 1,), generator=gen).sort().values.tolist()
     edges = [0, *cuts, total]
-    return [b - a for a, b in zip(edges, edges[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(edges)]
 
 
 @settings(max_examples=examples(40), deadline=None)

@@ -687,6 +687,8 @@ def test_ordinary_specs_do_not_warn():
         ("region r[i in 0 .. 3) = full where kv == i\nregion s = r & causal", "r & causal",
          "region `r` is a family", "make this region a family too"),
         ("region r[i in 0 .. 3) = full where kv == j", "j", "unknown name `j`", None),
+        ("region r_1 = causal\nregion r[i in 0 .. 3) = full where kv == i", "[i in 0 .. 3)",
+         "member 1 of family `r` would be named `r_1`", "rename that region"),
     ],
 )
 def test_region_family_misuse(decl, needle, message, hint):

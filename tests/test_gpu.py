@@ -61,12 +61,23 @@ def test_large_shapes_match_create_block_mask(name, b, q, kv, bs):
     _assert_same(Builder(mask, bs, cuda_graph=True)(b, 1, q, kv, DEV, **inputs), ref)
 
 
-@pytest.mark.parametrize("name", sorted(shipped_specs()))
+ANALYTIC = sorted(n for n in shipped_specs() if not maskspec.load(n).ir.fallback)
+NEEDS_ELEMENTS = sorted(set(shipped_specs()) - set(ANALYTIC))
+
+
+def _kv_len(name: str, q: int) -> int:
+    """KV_LEN for a shipped spec's test at Q_LEN = q (prefix specs need more keys)."""
+    if name.startswith("eagle3") or name == "dflash":
+        return 3 * q + 77
+    return q + 333 if name in ("tree", "jetspec_training") else q
+
+
+@pytest.mark.parametrize("name", ANALYTIC)
 def test_fused_kernels_match_torch_classification(name):
     """The Triton kernels on CUDA (classifying given rows, and the spec's generated build
     kernel) against the torch path, tensor for tensor, at Q=16K."""
     mask, q = spec(name), 16384
-    kv = 3 * q + 77 if name.startswith("eagle3") or name == "dflash" else q
+    kv = _kv_len(name, q)
     for seed, bs in ((0, (128, 128)), (1, (64, 128)), (2, (128, 48))):
         inputs = {k: t.to(DEV) for k, t in
                   random_inputs(mask, 2, 2, q, kv, random.Random(seed)).items()}
@@ -407,3 +418,16 @@ def test_element_fallback_on_the_device_equals_create_block_mask(q, kv, bs):
     assert not structure_problems(ours)
     cpu = mask.block_mask(2, 1, q, kv, "cpu", bs, **{k: v.cpu() for k, v in x.items()})
     assert first_difference(ours.to("cpu"), cpu) is None
+
+
+@pytest.mark.parametrize("name", NEEDS_ELEMENTS)
+def test_shipped_fallback_specs_on_the_device_equal_create_block_mask(name):
+    """The shipped specs with conditions no row program holds (key sets, lookups, bit and
+    digit layouts) build on CUDA exactly as create_block_mask over their mask_mod."""
+    mask, q = spec(name), 4096
+    kv = _kv_len(name, q)
+    x = {k: t.to(DEV) for k, t in random_inputs(mask, 2, 2, q, kv, random.Random(0)).items()}
+    ours = mask.block_mask(2, 2, q, kv, DEV, (128, 64), **x)
+    mm = mask.mask_mod(B=2, H=2, Q_LEN=q, KV_LEN=kv, **x)
+    ref = create_block_mask(mm, 2, 2, q, kv, device=DEV, BLOCK_SIZE=(128, 64))
+    _assert_same(ours, ref)

@@ -22,6 +22,9 @@ from maskspec import inputs as inputs_stage
 from maskspec.fast import Builder
 from maskspec.verify import first_difference
 
+# fast.Builder refuses specs that need the element fallback (it never syncs to read back
+# the blocks the fallback decides): those are tested with the plain call alone.
+BUILDABLE = [n for n in SPECS if not maskspec.load(n).ir.fallback]
 BENCH = Path(__file__).resolve().parent.parent / "specs"
 BLOCKS = st.sampled_from([1, 8, 16, 128, (16, 8), (24, 40)])
 
@@ -66,7 +69,7 @@ def test_decreasing_document_ids_follow_the_running_maximum():
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.sampled_from(SPECS), st.integers(1, 2), st.integers(1, 160), st.integers(1, 160),
+@given(st.sampled_from(BUILDABLE), st.integers(1, 2), st.integers(1, 160), st.integers(1, 160),
        st.integers(0, 10**6))
 def test_builder_sanitizes_like_the_plain_call(spec, b, q, kv, seed):
     """fast.Builder with its checks off: its masks agree with their mask_mods too; with

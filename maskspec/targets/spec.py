@@ -44,9 +44,7 @@ def _input(d: ir.InputDecl) -> str:
 
 
 def _region(name: str, prims: Iterable[ir.Primitive], conds: Iterable[ir.Cmp]) -> str:
-    """One region line; a family's member ``r[3]`` is written as its own region ``r_3``."""
     kinds = primitives.registry()
-    name = name.replace("[", "_").replace("]", "")
     text = f"region {name} = " + " & ".join(
         kinds[p.kind].spell(dict(p.args), _EMIT.expr) for p in prims)
     where = [_EMIT.cond(c) for c in conds]
