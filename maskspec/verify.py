@@ -125,7 +125,8 @@ def random_inputs(mask: CompiledMask, B: int, H: int, Q_LEN: int, KV_LEN: int,
     for d in mask.ir.inputs:
         shape = tuple(ir.const_value(s, sizes) for s in d.shape)
         if d.name in mask.ir.document_inputs():
-            out[d.name] = _random_documents(shape, gen)
+            most = 64 if d.range is None else min(64, ir.const_value(d.range[1], sizes))
+            out[d.name] = _random_documents(shape, gen, most)
             continue
         if d.dtype == "bool":
             out[d.name] = torch.rand(shape, generator=gen) < 0.7
@@ -138,12 +139,13 @@ def random_inputs(mask: CompiledMask, B: int, H: int, Q_LEN: int, KV_LEN: int,
     return out
 
 
-def _random_documents(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
-    """Sorted document ids with random boundaries: empty and length-1 documents included."""
+def _random_documents(shape: tuple[int, ...], gen: torch.Generator, most: int) -> torch.Tensor:
+    """Sorted document ids with random boundaries, ids at most ``most``: empty and length-1
+    documents included."""
     n = shape[-1]
     rows = []
     for _ in range(shape[0]):
-        docs = int(torch.randint(1, max(2, min(64, n)) + 1, (), generator=gen))
+        docs = int(torch.randint(min(1, most), max(1, min(most, n)) + 1, (), generator=gen))
         cuts = torch.randint(0, n + 1, (docs,), generator=gen).sort().values
         rows.append(document_ids(torch.cat([torch.zeros(1, dtype=cuts.dtype), cuts]), n)[0])
     return torch.stack(rows)

@@ -13,7 +13,7 @@ import types
 
 import pytest
 import torch
-from conftest import PARAMS, SPECS, spec
+from conftest import PARAMS, SPECS, examples, spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.attention.flex_attention import create_block_mask
@@ -86,7 +86,7 @@ def _evaluate(fn, b: int, h: int, q: int, kv: int, aux) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-@settings(max_examples=12)
+@settings(max_examples=examples(25))
 @given(
     q=st.integers(1, 40),
     kv_mode=st.sampled_from(["same", "multiple", "any"]),

@@ -24,24 +24,40 @@ def test_every_library_spec_ships():
     assert set(LIBRARY) <= set(SHIPPED)
 
 
-@pytest.mark.parametrize("name", SHIPPED)
-@settings(max_examples=examples(100))
-@given(
-    q=st.integers(1, 400),
-    kv_mode=st.sampled_from(["same", "multiple", "any"]),
-    kv_any=st.integers(1, 1200),
-    k=st.integers(1, 4),
-    b=st.integers(1, 3),
-    h=st.integers(1, 3),
-    bs=st.sampled_from(BLOCK_SIZES),
-    seed=st.integers(0, 2**31),
-)
-def test_spec_matches_create_block_mask(name, q, kv_mode, kv_any, k, b, h, bs, seed):
+CATALOGUE = sorted(set(SHIPPED) - set(LIBRARY))  # attention-gym's; also tests/test_catalogue.py
+CASES = {
+    "q": st.integers(1, 400),
+    "kv_mode": st.sampled_from(["same", "multiple", "any"]),
+    "kv_any": st.integers(1, 1200),
+    "k": st.integers(1, 4),
+    "b": st.integers(1, 3),
+    "h": st.integers(1, 3),
+    "bs": st.sampled_from(BLOCK_SIZES),
+    "seed": st.integers(0, 2**31),
+}
+
+
+def _matches(name: str, q: int, kv_mode: str, kv_any: int, k: int, b: int, h: int, bs,
+             seed: int) -> None:
     kv = {"same": q, "multiple": q * k, "any": kv_any}[kv_mode]
     mask = spec(name, **PARAMS.get(name, {}))
     inputs = random_inputs(mask, b, h, q, kv, random.Random(seed))
     rep = validate(mask, b, h, q, kv, bs, **inputs)
     assert rep.ok, (name, b, h, q, kv, bs, inputs, rep.problems)
+
+
+@pytest.mark.parametrize("name", LIBRARY)
+@settings(max_examples=examples(100))
+@given(**CASES)
+def test_spec_matches_create_block_mask(name, q, kv_mode, kv_any, k, b, h, bs, seed):
+    _matches(name, q, kv_mode, kv_any, k, b, h, bs, seed)
+
+
+@pytest.mark.parametrize("name", CATALOGUE)
+@settings(max_examples=examples(50))
+@given(**CASES)
+def test_catalogue_spec_matches_create_block_mask(name, q, kv_mode, kv_any, k, b, h, bs, seed):
+    _matches(name, q, kv_mode, kv_any, k, b, h, bs, seed)
 
 
 def _block_is_full(d: torch.Tensor, qb: int, kb: int, bs: int) -> bool:
