@@ -154,6 +154,37 @@ def cond_form(cmp: ir.Cmp) -> CondForm | ir.Residual:
     return ir.Residual(cmp, "a window of `(kv + c) % P` may wrap around its period", cmp.pos)
 
 
+def unwrapped(cmp: ir.Cmp) -> tuple[tuple[ir.Cmp, ...], tuple[ir.Cmp, ...]] | None:
+    """A window of ``(kv + off) % P`` (or of ``((kv + off) % P) // a``) that may wrap around
+    the period, as two windows of ``kv % P`` that do not: the conditions of each half, whose
+    union is the condition (None for any other condition). The window [A, B) of the shifted
+    residue is [s, s + len) of kv's own, s = (A − off) mod P, cut at P; the part past P wraps
+    to [0, s + len − P)."""
+    try:
+        atom, c, rest = _kv_form(ir.sub(cmp.left, cmp.right))
+    except _NotAffine:
+        return None
+    if atom is None or atom == _KV or atom[0] != "mod" or c == 0 or cmp.op == "!=":
+        return None
+    _, period, off, a = atom
+    op = cmp.op
+    if off == ir.Const(0) or (op == "==" and a == ir.Const(1)):
+        return None  # a plain window, or one residue: cond_form has them
+    if c < 0:
+        c, rest, op = -c, ir.neg(rest), _FLIP[op]
+    lo, hi = _solve(op, c, rest)
+    zero = ir.Const(0)
+    start = zero if lo is None else ir.clamp(ir.mul(lo, a), zero, period)
+    end = period if hi is None else ir.clamp(ir.mul(hi, a), zero, period)
+    length = ir.Bin("max", ir.sub(end, start), zero)
+    s = ir.Bin("%", ir.sub(start, off), period)
+    kv_mod = ir.Bin("%", ir.Var("kv"), period)
+    first = (ir.Cmp(">=", kv_mod, s, pos=cmp.pos),
+             ir.Cmp("<", kv_mod, ir.add(s, length), pos=cmp.pos))
+    second = (ir.Cmp("<", kv_mod, ir.sub(ir.add(s, length), period), pos=cmp.pos),)
+    return first, second
+
+
 def _residue(period: ir.Expr, off: ir.Expr, x: ir.Expr) -> ModRange:
     """``(kv + off) % P == x`` as one residue of kv, ``(x − off) mod P``, which never wraps;
     moved a period up (out of the clamped window: no key) when x lies outside [0, P), where

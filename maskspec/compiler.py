@@ -434,7 +434,8 @@ def compile_spec(spec: m.Spec, strict: bool = False, **params: int) -> ir.MaskIR
     r = _Resolver(spec, _params(spec, params))
     inputs = tuple(_input(r, d) for d in spec.inputs)
     valid = tuple(_cond(r, c) for v in spec.valid for c in v.conds)
-    members = _regions(r, spec, inputs)
+    members = _unwrap(_regions(r, spec, inputs))
+    _check_term_names(r, members)
     analysed = [_parts((prims, where + valid)) for _, _, prims, where in members]
     keep = analysis.family_term([parts for _, parts, _ in analysed])
     terms = tuple(
@@ -501,6 +502,38 @@ def _region(r: _Resolver, spec: m.Spec, reg: m.Region, named: dict[str, _Region]
             _not_a_later_region(r, spec, reg, c)
             prims += (_primitive(r, c),)
     return prims, where
+
+
+MAX_WRAPS = 3  # wrapping windows one region may split on (2**3 terms)
+
+
+def _unwrap(members: list) -> list:
+    """A region with windows of ``(kv + c) % P`` that may wrap around the period, split into
+    the terms of their non-wrapping halves (``analysis.unwrapped``), named ``r_wrap0`` …:
+    the same keys, each half analytic. Past MAX_WRAPS such conditions, the rest stay with
+    the element fallback."""
+    out = []
+    for name, pos, prims, where in members:
+        variants: list[tuple[ir.Cmp, ...]] = [()]
+        for c in where:
+            halves = analysis.unwrapped(c) if len(variants) < 2 ** MAX_WRAPS else None
+            variants = [v + h for v in variants for h in (halves or ((c,),))]
+        if len(variants) == 1:
+            out.append((name, pos, prims, variants[0]))
+        else:
+            out += [(f"{name}_wrap{j}", pos, prims, v) for j, v in enumerate(variants)]
+    return out
+
+
+def _check_term_names(r: _Resolver, members: list) -> None:
+    """Every term's name is its own: targets name variables after them."""
+    seen: set[str] = set()
+    for name, pos, _, _ in members:
+        if name in seen:
+            raise r.error(f"two regions would both be named `{name}` (a family member or a "
+                          "split wrapping window takes its region's name with a suffix)", pos,
+                          hint="rename the region that already has that name")
+        seen.add(name)
 
 
 MAX_MEMBERS = 256  # regions one family may unroll to

@@ -1,5 +1,6 @@
 """Key coordinates of mixed-radix and offset layouts build analytically and exactly:
-``(kv + c) // d``, ``(kv // a) % b``, ``(kv % P) // a`` and ``(kv + c) % P == x``.
+``(kv + c) // d``, ``(kv // a) % b``, ``(kv % P) // a``, ``(kv + c) % P == x``, and windows
+of ``(kv + c) % P`` that wrap around the period (split into two that do not).
 
 Each random condition is checked three ways: it must compile to an analytic term (no
 element fallback), its blocks must equal create_block_mask over the spec's own element
@@ -9,13 +10,15 @@ mask_mod (``validate``), and the generated Triton kernel must equal the torch pa
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import examples
 from helpers import assert_generated_equal
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.nn.attention.flex_attention import create_block_mask, create_mask
 
 import maskspec
-from maskspec.verify import validate
+from maskspec.verify import first_difference, validate
 
 BLOCKS = st.sampled_from([1, 3, 8, 16, 32, (16, 8), (8, 48), (24, 40)])
 CMPS = st.sampled_from(["<", "<=", ">", ">=", "=="])
@@ -74,13 +77,41 @@ def test_a_shifted_residue_is_one_key_per_period(p, c, x, q_len, kv_len, bs):
     assert rep.ok, rep.problems
 
 
-@pytest.mark.parametrize("cond", ["(kv - 5) % 7 < 3", "((kv + 2) // 3) % 4 >= 2",
-                                  "((kv + 2) // 3) % 4 == 1"])
-def test_a_shifted_window_that_may_wrap_is_left_to_the_fallback(cond):
-    mask = maskspec.compile(f"mask m\nregion r = full where {cond}\n")
-    (_, residual), = mask.ir.residuals()
-    assert "wrap" in residual.why
-    assert validate(mask, 1, 1, 40, 90, 8).ok
+OPS = {"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge, "==": torch.eq}
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 9), st.integers(1, 3), st.integers(-30, 30), CMPS,
+                          st.integers(1, 6), st.integers(-8, 8)), min_size=1, max_size=3),
+       st.integers(1, 120), st.integers(1, 160), BLOCKS)
+def test_shifted_windows_split_into_halves_that_do_not_wrap(conds, q_len, kv_len, bs):
+    """``((kv + c) // a) % P OP (q % k + m)``: a window of a shifted residue, which may wrap
+    around its period, builds analytically as the union of its two halves, exactly as a
+    mask_mod evaluating the condition itself."""
+    text = "mask m\nregion r = full where " + " and ".join(
+        f"((kv + {c}) // {a}) % {p} {op} q % {k} + {m}" for p, a, c, op, k, m in conds) + "\n"
+    mask = maskspec.compile(text)
+    assert all(t.analytic for t in mask.ir.terms), text
+
+    def published(b, h, q, kv):
+        ok = kv >= 0
+        for p, a, c, op, k, m in conds:
+            ok = ok & OPS[op](((kv + c) // a) % p, q % k + m)
+        return ok
+    ours = mask.block_mask(1, 1, q_len, kv_len, "cpu", bs)
+    ref = create_block_mask(published, 1, 1, q_len, kv_len, device="cpu", BLOCK_SIZE=bs)
+    assert first_difference(ours, ref) is None, (text, first_difference(ours, ref))
+    assert torch.equal(mask.dense(1, 1, q_len, kv_len)[0, 0],
+                       create_mask(published, 1, 1, q_len, kv_len, device="cpu")[0, 0])
+
+
+def test_past_three_wrapping_windows_the_rest_stay_with_the_fallback():
+    conds = " and ".join(f"(kv + 1) % {p} < 2" for p in (4, 5, 6, 7))
+    mask = maskspec.compile(f"mask m\nregion r = full where {conds}\n")
+    assert len(mask.ir.terms) == 8
+    assert {res.why for _, res in mask.ir.residuals()} == {
+        "a window of `(kv + c) % P` may wrap around its period"}
+    assert validate(mask, 1, 1, 60, 90, 8).ok
 
 
 @pytest.mark.slow
