@@ -293,6 +293,12 @@ def loop_counts(prog: ir.RowProgram, sizes: Mapping[str, int]) -> list[int]:
 NOMINAL = {"B": 1, "H": 1, "Q_LEN": 4096, "KV_LEN": 8 * 4096}
 
 
+def enumeration_cost(parts: Sequence[Part]) -> float:
+    """The most pieces a term with these parts would enumerate for one of its levels at
+    NOMINAL sizes (0 without levels; inf if unknown)."""
+    return max((_enumeration_cost(parts, lv) for lv in levels(parts)), default=0.0)
+
+
 def _enumeration_cost(parts: Sequence[Part], lv: ir.Level) -> float:
     """The pieces a term would enumerate for ``lv`` at NOMINAL sizes (inf if unknown)."""
     try:

@@ -434,7 +434,7 @@ def compile_spec(spec: m.Spec, strict: bool = False, **params: int) -> ir.MaskIR
     r = _Resolver(spec, _params(spec, params))
     inputs = tuple(_input(r, d) for d in spec.inputs)
     valid = tuple(_cond(r, c) for v in spec.valid for c in v.conds)
-    members = _unwrap(_regions(r, spec, inputs))
+    members = _unwrap(_regions(r, spec, inputs), valid)
     _check_term_names(r, members)
     analysed = [_parts((prims, where + valid)) for _, _, prims, where in members]
     keep = analysis.family_term([parts for _, parts, _ in analysed])
@@ -505,19 +505,26 @@ def _region(r: _Resolver, spec: m.Spec, reg: m.Region, named: dict[str, _Region]
 
 
 MAX_WRAPS = 3  # wrapping windows one region may split on (2**3 terms)
+MAX_SPLIT_PIECES = 64  # pieces per row (at NOMINAL sizes) a split half may enumerate
 
 
-def _unwrap(members: list) -> list:
+def _unwrap(members: list, valid: tuple[ir.Cmp, ...]) -> list:
     """A region with windows of ``(kv + c) % P`` that may wrap around the period, split into
     the terms of their non-wrapping halves (``analysis.unwrapped``), named ``r_wrap0`` …:
-    the same keys, each half analytic. Past MAX_WRAPS such conditions, the rest stay with
-    the element fallback."""
+    the same keys, each half analytic. Only where that is cheap: the halves' levels are
+    enumerated piece by piece (one term of a mask keeps a strided family), so a split whose
+    halves would enumerate more than MAX_SPLIT_PIECES pieces per row (a fine period over
+    long rows), or past MAX_WRAPS such conditions, keeps the condition for the element
+    fallback instead, whose cost is bounded by the blocks it decides."""
     out = []
     for name, pos, prims, where in members:
         variants: list[tuple[ir.Cmp, ...]] = [()]
         for c in where:
             halves = analysis.unwrapped(c) if len(variants) < 2 ** MAX_WRAPS else None
             variants = [v + h for v in variants for h in (halves or ((c,),))]
+        if len(variants) > 1 and max(analysis.enumeration_cost(_parts((prims, v + valid))[1])
+                                     for v in variants) > MAX_SPLIT_PIECES:
+            variants = [where]
         if len(variants) == 1:
             out.append((name, pos, prims, variants[0]))
         else:

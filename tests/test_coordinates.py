@@ -83,18 +83,18 @@ OPS = {"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge, "==": torch
 @settings(max_examples=examples(100), deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 9), st.integers(1, 3), st.integers(-30, 30), CMPS,
                           st.integers(1, 6), st.integers(-8, 8)), min_size=1, max_size=3),
-       st.integers(1, 120), st.integers(1, 160), BLOCKS)
-def test_shifted_windows_split_into_halves_that_do_not_wrap(conds, q_len, kv_len, bs):
-    """``((kv + c) // a) % P OP (q % k + m)``: a window of a shifted residue, which may wrap
-    around its period, builds analytically as the union of its two halves, exactly as a
-    mask_mod evaluating the condition itself."""
-    text = "mask m\nregion r = full where " + " and ".join(
+       st.integers(0, 30), st.integers(1, 120), st.integers(1, 160), BLOCKS)
+def test_shifted_windows_split_into_halves_that_do_not_wrap(conds, w, q_len, kv_len, bs):
+    """``((kv + c) // a) % P OP (q % k + m)`` inside a window of ±w keys: a window of a
+    shifted residue, which may wrap around its period, builds analytically as the union of
+    its two halves, exactly as a mask_mod evaluating the condition itself."""
+    text = f"mask m\nregion r = window(left = {w}, right = {w}) where " + " and ".join(
         f"((kv + {c}) // {a}) % {p} {op} q % {k} + {m}" for p, a, c, op, k, m in conds) + "\n"
     mask = maskspec.compile(text)
     assert all(t.analytic for t in mask.ir.terms), text
 
     def published(b, h, q, kv):
-        ok = kv >= 0
+        ok = (kv >= q - w) & (kv <= q + w)
         for p, a, c, op, k, m in conds:
             ok = ok & OPS[op](((kv + c) // a) % p, q % k + m)
         return ok
@@ -105,9 +105,20 @@ def test_shifted_windows_split_into_halves_that_do_not_wrap(conds, q_len, kv_len
                        create_mask(published, 1, 1, q_len, kv_len, device="cpu")[0, 0])
 
 
+def test_a_split_that_would_enumerate_long_rows_stays_with_the_fallback():
+    """Halves are enumerated piece by piece: a fine period over whole rows (thousands of
+    pieces) is cheaper decided by the element fallback, which it is, exactly."""
+    mask = maskspec.compile("mask m\nregion r = full where (kv - 5) % 7 < 3\n")
+    assert [t.name for t in mask.ir.terms] == ["r"] and mask.ir.fallback
+    assert validate(mask, 1, 1, 60, 90, 8).ok
+    coarse = maskspec.compile("mask m\nregion r = full where (kv - 5) % 4096 < 3000\n")
+    assert [t.name for t in coarse.ir.terms] == ["r_wrap0", "r_wrap1"]
+    assert not coarse.ir.fallback
+
+
 def test_past_three_wrapping_windows_the_rest_stay_with_the_fallback():
     conds = " and ".join(f"(kv + 1) % {p} < 2" for p in (4, 5, 6, 7))
-    mask = maskspec.compile(f"mask m\nregion r = full where {conds}\n")
+    mask = maskspec.compile(f"mask m\nregion r = window(left = 9) where {conds}\n")
     assert len(mask.ir.terms) == 8
     assert {res.why for _, res in mask.ir.residuals()} == {
         "a window of `(kv + c) % P` may wrap around its period"}
