@@ -297,7 +297,6 @@ NEEDS_ELEMENTS = {
     "tree": "an input read at kv has no interval form",  # the ancestor table
     "global_sliding_window": "an input read at kv has no interval form",  # a key set
     "flamingo": "an input read at kv has no interval form",  # transposed
-    "vsa": "an input read at kv has no interval form",  # a key set (padded tiles)
 }
 
 

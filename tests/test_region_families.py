@@ -103,3 +103,13 @@ def test_a_family_prints_as_its_members():
     again = maskspec.compile(text)
     x = {"n": torch.tensor([2, 4]), "pos": torch.tensor([[3, 90, 0, 0, 0], [5, 6, 7, 99, 1]])}
     assert torch.equal(again.dense(2, 1, 100, 100, **x), mask.dense(2, 1, 100, 100, **x))
+
+
+def test_explain_names_each_member(tmp_path, capsys):
+    from maskspec import cli
+    path = tmp_path / "g.mask"
+    path.write_text(GLOBALS)
+    assert cli.main(["explain", str(path), "--q-len", "64", "--kv-len", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "mask(b, h, q, kv) = global_keys_0 ∨ global_keys_1" in out
+    assert "region global_rows_4:  region global_rows[j in 0 .. n[b]) = full" in out
