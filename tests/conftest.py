@@ -45,9 +45,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def examples(n: int) -> int:
-    """How many cases a hypothesis suite of ``n`` draws: all in the full suite (CI), a fifth
-    in the fast tier, so the edit loop still runs every suite once through."""
-    return max(5, n // 5) if FAST_TIER else n
+    """How many cases a hypothesis suite of ``n`` draws: all in the full suite (CI), an
+    eighth in the fast tier, so the edit loop still runs every suite once through."""
+    return max(4, n // 8) if FAST_TIER else n
 
 
 def spec(name: str, **params: int) -> maskspec.CompiledMask:
