@@ -90,9 +90,14 @@ def test_dispatch_falls_back_off_cuda(eagle3):
     assert dispatch.build(two._bind(1, 1, 64, 64 * 3000, "cpu", {}, block_size=(16, 16))) is None
 
 
+# The generated build kernel classifies row programs alone: specs needing the element
+# fallback build on the torch path (tests/test_fallback.py), and the generator refuses them.
+ANALYTIC = sorted(n for n in shipped_specs() if not spec(n).ir.fallback)
+
+
 @pytest.mark.slow
 @settings(max_examples=15)
-@given(name=st.sampled_from(sorted(shipped_specs())), b=st.integers(1, 2), h=st.integers(1, 2),
+@given(name=st.sampled_from(ANALYTIC), b=st.integers(1, 2), h=st.integers(1, 2),
        q=st.integers(1, 130), extra=st.integers(0, 200), bs=BLOCKS, seed=st.integers(0, 99))
 def test_generated_kernel_matches_lowering(name, b, h, q, extra, bs, seed):
     mask = spec(name)
