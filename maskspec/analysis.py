@@ -122,10 +122,11 @@ def _solve(op: str, c: int, rest: ir.Expr) -> tuple[ir.Expr | None, ir.Expr | No
     }[op]
 
 
-def cond_form(cmp: ir.Cmp) -> CondForm | ir.Residual:
-    """Classify a comparison as a row condition, a kv range or a kv-modulo range; or, for
-    one with no interval form in kv, say why, located at the node that stops it (an
-    ``ir.Residual``: the condition is left to the element fallback)."""
+def _solved(cmp: ir.Cmp) -> RowCond | ir.Residual | tuple[tuple, str, ir.Expr | None,
+                                                         ir.Expr | None]:
+    """The comparison solved for its kv atom, ``(atom, op, lo, hi)``: the atom lies in
+    [lo, hi) (``op`` the operator once the atom's coefficient is made positive); or, where
+    that is already the answer, a row condition or a residual."""
     try:
         atom, c, rest = _kv_form(ir.sub(cmp.left, cmp.right))
     except _NotAffine as err:
@@ -139,7 +140,17 @@ def cond_form(cmp: ir.Cmp) -> CondForm | ir.Residual:
         return ir.Residual(cmp, "`!=` on kv splits a row's keys in two", cmp.pos)
     if c < 0:
         c, rest, op = -c, ir.neg(rest), _FLIP[op]
-    lo, hi = _solve(op, c, rest)
+    return (atom, op, *_solve(op, c, rest))
+
+
+def cond_form(cmp: ir.Cmp) -> CondForm | ir.Residual:
+    """Classify a comparison as a row condition, a kv range or a kv-modulo range; or, for
+    one with no interval form in kv, say why, located at the node that stops it (an
+    ``ir.Residual``: the condition is left to the element fallback)."""
+    solved = _solved(cmp)
+    if not isinstance(solved, tuple):
+        return solved
+    atom, op, lo, hi = solved
     if atom == _KV:
         return KvRange(lo, hi)
     if atom[0] == "div":  # (kv + off) // d ∈ [lo, hi)  ⇔  kv ∈ [lo·d − off, hi·d − off)
@@ -160,19 +171,12 @@ def unwrapped(cmp: ir.Cmp) -> tuple[tuple[ir.Cmp, ...], tuple[ir.Cmp, ...]] | No
     union is the condition (None for any other condition). The window [A, B) of the shifted
     residue is [s, s + len) of kv's own, s = (A − off) mod P, cut at P; the part past P wraps
     to [0, s + len − P)."""
-    try:
-        atom, c, rest = _kv_form(ir.sub(cmp.left, cmp.right))
-    except _NotAffine:
+    solved = _solved(cmp)
+    if not isinstance(solved, tuple) or solved[0] == _KV or solved[0][0] != "mod":
         return None
-    if atom is None or atom == _KV or atom[0] != "mod" or c == 0 or cmp.op == "!=":
-        return None
-    _, period, off, a = atom
-    op = cmp.op
+    (_, period, off, a), op, lo, hi = solved
     if off == ir.Const(0) or (op == "==" and a == ir.Const(1)):
         return None  # a plain window, or one residue: cond_form has them
-    if c < 0:
-        c, rest, op = -c, ir.neg(rest), _FLIP[op]
-    lo, hi = _solve(op, c, rest)
     zero = ir.Const(0)
     start = zero if lo is None else ir.clamp(ir.mul(lo, a), zero, period)
     end = period if hi is None else ir.clamp(ir.mul(hi, a), zero, period)

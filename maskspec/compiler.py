@@ -579,8 +579,9 @@ def _largest(r: _Resolver, fam: m.Family, hi: ir.Expr,
     """The bound of a family that reads inputs: the largest value of hi, from the inputs'
     declared ranges (it must be a number once params are bound)."""
     why = "reads Q_LEN or KV_LEN" if ir.uses(hi, ir.Size) else None
-    ranges = {d.name: (_known(d.range[0]), _known(d.range[1])) for d in inputs
-              if d.range is not None and None not in (_known(d.range[0]), _known(d.range[1]))}
+    known = {d.name: (_known(d.range[0]), _known(d.range[1])) for d in inputs
+             if d.range is not None}
+    ranges = {name: rng for name, rng in known.items() if None not in rng}
     top = ir.bounds(hi, {}, {}, ranges)[1] if why is None else math.inf
     if math.isinf(top):
         why = why or "reads an input with no range of numbers"

@@ -330,10 +330,10 @@ def describe(mask: ir.MaskIR) -> Iterator[str]:
     yield analytic_summary(mask)
     for t in mask.terms:
         yield ""
-        text = source_text(mask.source, t.pos) or f"region {t.name} "
+        text = source_text(mask.source, t.pos)
         if not text.startswith(f"region {t.name} "):  # a family's member, a window's half
-            text = f"region {t.name}:  {text}"
-        yield text.rstrip()
+            text = f"region {t.name}" + (f":  {text}" if text else "")
+        yield text
         for p in t.prims:
             yield f"  {source_text(mask.source, p.pos) or p.kind}  →  {primitive_meaning(p)}"
         for c in t.where:
