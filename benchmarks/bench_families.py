@@ -198,13 +198,16 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="substring of the case labels to run")
     ap.add_argument("--memory-child", nargs=2, metavar=("LABEL", "Q"))
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--fallback", action="store_true",
+                    help="only the cases that need the element fallback")
     args = ap.parse_args()
     if args.memory_child:
         memory_child(args.memory_child[0], int(args.memory_child[1]))
         return
     dev = torch.device(args.device)
     dispatch.BACKGROUND_JIT = False
-    picked = [c for c in cases() if args.only is None or args.only in c.label]
+    picked = [c for c in cases() if (args.only is None or args.only in c.label)
+              and (not args.fallback or c.load().ir.fallback)]
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
                                else "cpu", "torch": torch.__version__, "builds": [],
                                "memory": []}

@@ -85,7 +85,7 @@ class CompiledMask:
         """The FULL/PARTIAL block grid, (B', H', Q_blocks, KV_blocks) bool each."""
         ctx = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs,
                          block_size_of(BLOCK_SIZE))
-        return blocks.build_grid(ctx)
+        return blocks.build_grid(ctx, dispatch.decide_blocks)
 
     def block_mask(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,

@@ -228,6 +228,8 @@ def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> Bloc
     return BlockGrid(partial=touched & ~full, full=full)
 
 
+Decide = Callable[..., None]  # ``elements.decide``'s signature
+
 ORDER_CHUNK = 1 << 18  # grid entries ``ordered`` processes at a time (bounds its temporaries)
 
 
@@ -270,17 +272,18 @@ def chunk_rows(mask: ir.MaskIR, sizes: dict[str, int], block_size: tuple[int, in
 
 
 def classify_at(ctx: BuildContext, q_positions: torch.Tensor | None, n_rows: int,
-                block_size: tuple[int, int]) -> BlockGrid:
+                block_size: tuple[int, int], decide: Decide = elements.decide) -> BlockGrid:
     """Exact classes of the rows at ``q_positions`` (None: every row; see
     ``lower.row_env``) against all keys. A mask whose terms leave conditions to the element
     fallback is classified in parts (``split``), and the blocks left undecided are decided
-    from the element meaning (``elements``)."""
+    from the element meaning by ``decide`` (``elements.decide``'s signature: the CUDA
+    stage passes its generated kernel)."""
     if not ctx.mask.fallback:
         rows = lower.row_slots(ctx, q_positions)
         return classify(rows, n_rows, ctx.kv_len, *block_size)
     grid, undecided = split(ctx, q_positions, n_rows, block_size)
-    elements.decide(ctx.mask, ctx.sizes, ctx.inputs, grid.partial, grid.full, undecided,
-                    q_positions, n_rows, block_size)
+    decide(ctx.mask, ctx.sizes, ctx.inputs, grid.partial, grid.full, undecided, q_positions,
+           n_rows, block_size)
     return grid
 
 
@@ -371,20 +374,20 @@ def keyed(rows: Rows, keys: torch.Tensor, shape: tuple[int, ...], n_rows: int, k
     return touched, _covered(lo, hi, kv_len, q_bs, kv_bs, n_q, n_kv) & (per_block == kv_bs)
 
 
-def build_grid(ctx: BuildContext) -> BlockGrid:
+def build_grid(ctx: BuildContext, decide: Decide = elements.decide) -> BlockGrid:
     """The build's block grid: row slots, then classes, a chunk of row blocks at a time
-    (``chunk_rows``)."""
+    (``chunk_rows``); undecided blocks of the element fallback by ``decide``."""
     q_len, kv_len, block_size, device = ctx.q_len, ctx.kv_len, ctx.block_size, ctx.device
     step = chunk_rows(ctx.mask, ctx.sizes, block_size)
     if step >= q_len or any(t.transposed is not None for t in ctx.mask.terms):
         # (a transposed term is classified over all queries at once)
-        return classify_at(ctx, None, q_len, block_size)
+        return classify_at(ctx, None, q_len, block_size, decide)
     n_q, n_kv = counts(q_len, kv_len, *block_size)
     shape = (*lower.lead_shape(ctx.mask, ctx.sizes), n_q, n_kv)
     out = BlockGrid(*(torch.empty(shape, dtype=torch.bool, device=device) for _ in range(2)))
     for a in range(0, q_len, step):
         rows = torch.arange(a, min(a + step, q_len), device=device)
-        part = classify_at(ctx, rows, rows.numel(), block_size)
+        part = classify_at(ctx, rows, rows.numel(), block_size, decide)
         at = slice(a // block_size[0], a // block_size[0] + part.full.shape[-2])
         out.partial[..., at, :] = part.partial
         out.full[..., at, :] = part.full

@@ -10,10 +10,10 @@ from torch._dynamo.utils import counters
 from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec
-from maskspec import blocks, lower
+from maskspec import blocks, elements, lower
 from maskspec import inputs as inputs_stage
 from maskspec.api import shipped_specs
-from maskspec.cuda import dispatch, plans
+from maskspec.cuda import decide, dispatch, plans
 from maskspec.fast import Builder
 from maskspec.targets import flex
 from maskspec.verify import first_difference, random_inputs, structure_problems
@@ -420,10 +420,17 @@ def test_element_fallback_on_the_device_equals_create_block_mask(q, kv, bs):
     assert first_difference(ours.to("cpu"), cpu) is None
 
 
+@pytest.mark.parametrize("dense", [True, False], ids=["every block", "by parts"])
 @pytest.mark.parametrize("name", NEEDS_ELEMENTS)
-def test_shipped_fallback_specs_on_the_device_equal_create_block_mask(name):
+def test_shipped_fallback_specs_on_the_device_equal_create_block_mask(name, dense,
+                                                                      monkeypatch):
     """The shipped specs with conditions no row program holds (key sets, lookups, bit and
-    digit layouts) build on CUDA exactly as create_block_mask over their mask_mod."""
+    digit layouts) build on CUDA exactly as create_block_mask over their mask_mod: every
+    block decided by the generated kernel, or (past ``DENSE_PAIRS``) classified by parts
+    with the undecided blocks by the kernel; the torch loop must not run."""
+    monkeypatch.setattr(elements, "decide", lambda *a: pytest.fail("torch loop on CUDA"))
+    if not dense:
+        monkeypatch.setattr(decide, "DENSE_PAIRS", 0)
     mask, q = spec(name), 4096
     kv = _kv_len(name, q)
     x = {k: t.to(DEV) for k, t in random_inputs(mask, 2, 2, q, kv, random.Random(0)).items()}

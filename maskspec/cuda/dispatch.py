@@ -3,7 +3,9 @@ once its kernels are compiled, the torch path (``blocks``) while they compile on
 thread (``compiled``) so a first build never waits for Triton, off CUDA, or where the fused
 kernels decline the shape (past ``plans.MAX_SLOTS`` slots per row, or past CUDA's grid
 limits). Row slots given as tensors (``classify``) take the fixed count kernel instead of
-the spec's generated one.
+the spec's generated one. A mask that needs the element fallback takes its own generated
+kernel (``decide``): over every block where the pairs are few, else over the blocks its
+classification by parts leaves undecided.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import functools
 import logging
 import math
 import time
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from maskspec import background, blocks, lower
 from maskspec.context import BuildContext
-from maskspec.cuda import kernels, plans
+from maskspec.cuda import decide, kernels, plans
 from maskspec.cuda.kernels import triton
 from maskspec.lower import Rows
 
@@ -111,20 +114,41 @@ def compiled(ctx: BuildContext, wait: bool = False) -> bool:
     return _COMPILED.done(key, functools.partial(_compile, ctx.detached()), wait)
 
 
+def decide_blocks(*args: Any) -> None:
+    """``elements.decide``'s signature: the generated kernel on CUDA (``decide.decide``),
+    compiled on the worker thread unless ``BACKGROUND_JIT`` is off."""
+    decide.decide(*args, wait=not BACKGROUND_JIT)
+
+
+def fallback(ctx: BuildContext) -> tuple[Tensor, ...]:
+    """A CUDA build of a mask that needs the element fallback: every block decided by its
+    generated kernel where the pairs are few (``decide.dense_fits``) and the kernel is
+    compiled, else the torch path's classification by parts (its undecided blocks by the
+    kernel once compiled)."""
+    dev = plans.indexed(ctx.device)
+    if decide.dense_fits(ctx) and decide.ready(ctx.mask, ctx.inputs, ctx.block_size, False,
+                                               dev, not BACKGROUND_JIT, dense=True):
+        return decide.build(ctx)
+    return torch_path(ctx)
+
+
 def torch_path(ctx: BuildContext) -> tuple[Tensor, ...]:
     """Lowering and ``blocks.classify`` a chunk of row blocks at a time
     (``blocks.build_grid``): torch ops only, nothing to compile (the CPU's path, and a CUDA
-    build's while its kernels compile)."""
-    return blocks.index_tensors(blocks.build_grid(ctx))
+    build's while its kernels compile); on CUDA the element fallback's undecided blocks by
+    its generated kernel (``decide``)."""
+    return blocks.index_tensors(blocks.build_grid(ctx, decide_blocks))
 
 
 def tensors(ctx: BuildContext) -> tuple[Tensor, ...]:
     """The spec's eight BlockMask tensors: the generated kernel on CUDA where it fits
     (``torch_path`` while it compiles, see ``compiled``; a configuration built before runs
     its cached plan at once), else lowering to row intervals and ``classify``
-    (``torch_path`` off CUDA, and for a mask that needs the element fallback)."""
-    if ctx.device.type != "cuda" or triton is None or ctx.mask.fallback:
-        return torch_path(ctx)  # the fused kernels classify row programs alone
+    (``torch_path`` off CUDA; ``fallback`` for a mask that needs the element fallback)."""
+    if ctx.device.type != "cuda" or triton is None:
+        return torch_path(ctx)
+    if ctx.mask.fallback:  # the fused count kernels classify row programs alone
+        return fallback(ctx)
     p = plans.cached(ctx)
     if p is not None:
         return p.run(ctx.inputs)

@@ -138,10 +138,12 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["n_q", "n_kv"])
     def finish_kernel(kv_num_ptr, kv_idx_ptr, full_kv_num_ptr, full_kv_idx_ptr, cls_ptr, n_q,
-                       n_kv, CHUNK: tl.constexpr):
+                       n_kv, CHUNK: tl.constexpr, FROM_CLS: tl.constexpr):
         """One row block, once all its rows were counted: classify its key blocks (one byte
         each) from the difference arrays (gaps in full_kv_idx, touches in kv_idx), then
-        overwrite those with the ordered kv_* indices, a chunk of key blocks at a time."""
+        overwrite those with the ordered kv_* indices, a chunk of key blocks at a time.
+        ``FROM_CLS``: the byte grid is already written (the element fallback's kernel,
+        ``decide``); only the indices are."""
         bh = tl.program_id(0).to(tl.int64)
         qb = tl.program_id(1)
         out = (bh * n_q + qb) * n_kv
@@ -153,16 +155,22 @@ if triton is not None:
         for c0 in range(0, n_kv, CHUNK):
             cols = c0 + tl.arange(0, CHUNK)
             real = cols < n_kv
-            d_gap = tl.load(full_kv_idx_ptr + out + cols, mask=real, other=0, cache_modifier=".cg")
-            d_touch = tl.load(kv_idx_ptr + out + cols, mask=real, other=0, cache_modifier=".cg")
-            full = (gaps + tl.cumsum(d_gap, 0) == 0) & real
-            partial = (touched + tl.cumsum(d_touch, 0) > 0) & ~full & real
-            gaps += tl.sum(d_gap, 0, keep_dims=True)
-            touched += tl.sum(d_touch, 0, keep_dims=True)
+            if FROM_CLS:
+                cls = tl.load(cls_ptr + out + cols, mask=real, other=0)
+                full, partial = (cls == _FULL) & real, (cls == _PARTIAL) & real
+            else:
+                d_gap = tl.load(full_kv_idx_ptr + out + cols, mask=real, other=0,
+                                cache_modifier=".cg")
+                d_touch = tl.load(kv_idx_ptr + out + cols, mask=real, other=0,
+                                  cache_modifier=".cg")
+                full = (gaps + tl.cumsum(d_gap, 0) == 0) & real
+                partial = (touched + tl.cumsum(d_touch, 0) > 0) & ~full & real
+                gaps += tl.sum(d_gap, 0, keep_dims=True)
+                touched += tl.sum(d_touch, 0, keep_dims=True)
+                cls = tl.where(full, _FULL, tl.where(partial, _PARTIAL, 0)).to(tl.int8)
+                tl.store(cls_ptr + out + cols, cls, mask=real)
             n_full += tl.sum(full.to(tl.int32), 0, keep_dims=True)
             n_partial += tl.sum(partial.to(tl.int32), 0, keep_dims=True)
-            cls = tl.where(full, _FULL, tl.where(partial, _PARTIAL, 0)).to(tl.int8)
-            tl.store(cls_ptr + out + cols, cls, mask=real)
         tl.debug_barrier()
         seen_partial = tl.zeros((1,), tl.int32)
         seen_full = tl.zeros((1,), tl.int32)

@@ -121,11 +121,12 @@ class _Kernel:
             self.runners[key] = binary[self.grid]
 
 
-def finish_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int) -> Launch:
+def finish_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int,
+                  from_cls: bool = False) -> Launch:
     """The finish kernel over (kv_num, kv_idx, full_kv_num, full_kv_idx, cls): tensors, or
-    their dtypes (to compile only)."""
+    their dtypes (to compile only); ``from_cls``: reading a written byte grid."""
     return (kernels.finish_kernel, (bh, n_q), (*bufs, n_q, n_kv),
-            {"CHUNK": TILES.kv_chunk, "num_warps": TILES.finish_warps})
+            {"CHUNK": TILES.kv_chunk, "FROM_CLS": from_cls, "num_warps": TILES.finish_warps})
 
 
 def column_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int) -> Launch:
@@ -134,17 +135,21 @@ def column_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int) -> Launch
             {"QC": TILES.q_chunk, "STRIP": TILES.strip, "num_warps": TILES.column_warps})
 
 
-def finish(scratch: Tensor, n_q: int, n_kv: int, stream: Any = None) -> tuple[Tensor, ...]:
+def finish(scratch: Tensor, n_q: int, n_kv: int, stream: Any = None,
+           cls: Tensor | None = None) -> tuple[Tensor, ...]:
     """All eight tensors from the counted difference arrays: classes and kv_* per row
     block (kv_idx and full_kv_idx in scratch's place), then the q-direction ones read down
     the class bytes' columns (launched on ``stream``, a raw CUDA stream; None: the current
-    one)."""
+    one). Given ``cls``, a written byte grid (1 PARTIAL, 2 FULL), the classes are those and
+    scratch is only the kv_idx pair's room."""
     kv_idx, full_kv_idx = scratch[0], scratch[1]
     lead = kv_idx.shape[:-2]
     kv_num, full_kv_num = (kv_idx.new_empty(*lead, n_q) for _ in range(2))
-    cls = kv_idx.new_empty(*lead, n_q, n_kv, dtype=torch.int8)
+    from_cls = cls is not None
+    if cls is None:
+        cls = kv_idx.new_empty(*lead, n_q, n_kv, dtype=torch.int8)
     kv = (kv_num, kv_idx, full_kv_num, full_kv_idx)
-    finish, column = _fixed_kernels(lead.numel(), n_q, n_kv)
+    finish, column = _fixed_kernels(lead.numel(), n_q, n_kv, from_cls)
     finish((*kv, cls, n_q, n_kv), cls.device, stream)
     q_num, full_q_num = (cls.new_empty(*lead, n_kv, dtype=torch.int32) for _ in range(2))
     q_idx = cls.new_empty(*lead, n_kv, n_q, dtype=torch.int32)
@@ -155,10 +160,12 @@ def finish(scratch: Tensor, n_q: int, n_kv: int, stream: Any = None) -> tuple[Te
 
 
 @functools.lru_cache(maxsize=1024)
-def _fixed_kernels(bh: int, n_q: int, n_kv: int) -> tuple[_Kernel, _Kernel]:
+def _fixed_kernels(bh: int, n_q: int, n_kv: int, from_cls: bool = False
+                   ) -> tuple[_Kernel, _Kernel]:
     """The finish and column kernels at this grid, keyed by device when called (their
     tensors are allocated by ``finish``: aligned alike on every call)."""
-    launches = (make((None,) * 5, bh, n_q, n_kv) for make in (finish_launch, column_launch))
+    launches = (finish_launch((None,) * 5, bh, n_q, n_kv, from_cls),
+                column_launch((None,) * 5, bh, n_q, n_kv))
     finish, column = (_Kernel(kernel, grid, kw) for kernel, grid, _, kw in launches)
     return finish, column
 

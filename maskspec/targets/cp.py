@@ -29,6 +29,7 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from maskspec import blocks, ir
 from maskspec.context import BuildContext
+from maskspec.cuda import dispatch
 from maskspec.mask_mod import MaskMod
 from maskspec.targets import flex
 
@@ -194,7 +195,8 @@ def local_grid(
     q_bs, kv_bs = ctx.block_size
     kv_len = ctx.kv_len
     g = math.gcd(kv_bs, run)
-    fine = blocks.classify_at(ctx, q_positions, q_positions.shape[-1], (q_bs, g))
+    fine = blocks.classify_at(ctx, q_positions, q_positions.shape[-1], (q_bs, g),
+                             dispatch.decide_blocks)
     cols = keys[:, ::g] // g  # the global g-block held by every gathered g-block
     full = _gather_columns(fine.full, cols)
     touched = _gather_columns(fine.full | fine.partial, cols)

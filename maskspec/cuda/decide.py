@@ -1,0 +1,278 @@
+"""The element fallback as one generated Triton kernel: the allowed pairs of each undecided
+block, counted from the element meaning in registers.
+
+``elements.decide`` evaluates the meaning with torch ops on chunks of pairs, a few dozen
+launches per chunk: on a GPU that loop, not the pairs, is the cost (hundreds of ms at 16K
+where compiled create_block_mask takes about one). Here the same conditions
+(``ir.Term.element_conds``, printed by the build generator's ``_Emitter``) are source for
+one program per undecided block, which walks the block in tiles and writes the block's
+count of allowed pairs: FULL where it is the block's area (a ragged edge block never
+reaches it), PARTIAL where it is more than zero. Nothing is materialized per pair, and a
+block costs its pairs however many blocks there are.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from maskspec import background, blocks, codegen, elements, ir, lower
+from maskspec.context import BuildContext
+from maskspec.cuda import generator, plans
+from maskspec.cuda.kernels import triton
+
+log = logging.getLogger("maskspec")
+
+KERNEL = "decide_kernel"
+SIZE_ARGS = ("B", "H", "Q_LEN", "KV_LEN", "n_rows", "pos_rows", "pos_stride", "H_ROWS", "n_q",
+             "n_kv")
+CONSTEXPRS = ("Q_BS", "KV_BS", "RC", "KC", "HAS_POS", "DENSE")
+TILE = 1024  # pairs a program evaluates at a time (int64 registers per value)
+WARPS = 2
+# A build whose blocks hold at most this many pairs (B'·H'·Q_LEN·KV_LEN) decides every block
+# by the kernel (``dense``): below it the split's host work costs more than its pairs.
+DENSE_PAIRS = 1 << 30
+MAX_GRID = 65535  # CUDA's limit on a grid's second and third dims
+
+_PRELUDE = """import triton
+import triton.language as tl
+
+from maskspec.cuda.kernels import clamp, floordiv, mod
+"""
+
+
+def _input_args(mask: ir.MaskIR) -> tuple[list[str], list[str]]:
+    """Every input's pointer, dims and strides as kernel arguments, and the dims and strides
+    alone (runtime values, never specialized)."""
+    out, sizes = [], []
+    for d in mask.inputs:
+        dims = [generator.arg(d.name, w, k) for w in "ds" for k in range(len(d.shape))]
+        out += [generator.arg(d.name), *dims]
+        sizes += dims
+    return out, sizes
+
+
+def _meaning(mask: ir.MaskIR, em: generator._Emitter) -> list[str]:
+    """The tile's allowed pairs, a line per condition of each region (as ``cute``'s
+    mask_mod reads them), OR'd into ``ok``."""
+    lines = []
+    for i, t in enumerate(mask.terms):
+        lines += [f"# region {t.name}", f"t{i} = zero == 0"]
+        lines += [f"t{i} = t{i} & ({em.cond(c)})" for c in t.element_conds()]
+    return [*lines, "ok = " + " | ".join(f"t{i}" for i in range(len(mask.terms)))]
+
+
+def source(mask: ir.MaskIR) -> str:
+    """The generated module: one program per block of ``where`` (b', h', row block, key
+    block), its allowed pairs summed tile by tile into ``count``."""
+    em = generator._Emitter()
+    meaning = _meaning(mask, em)
+    inputs, input_sizes = _input_args(mask)
+    tile = [
+        "c = c0 + tl.arange(0, KC)[None, :]",
+        "kv = kb * KV_BS + c",
+        "zero = tl.zeros((RC, KC), tl.int64)",
+        "real = (r < Q_BS) & (row < n_rows) & (c < KV_BS) & (kv < KV_LEN)",
+        *meaning,
+        "total += (real & ok).to(tl.int32)",
+    ]
+    body = [
+        *(f"{n} = {n}.to(tl.int64)" for n in SIZE_ARGS),
+        "if DENSE:  # every block: program (b'·h', row block, key block)",
+        "    bh = tl.program_id(0).to(tl.int64)",
+        "    b, h = bh // H_ROWS, bh % H_ROWS",
+        "    rb = tl.program_id(1).to(tl.int64)",
+        "    kb = tl.program_id(2).to(tl.int64)",
+        "else:  # the blocks listed in where",
+        "    i = tl.program_id(0).to(tl.int64)",
+        "    b = tl.load(where + i * 4)",
+        "    h = tl.load(where + i * 4 + 1)",
+        "    rb = tl.load(where + i * 4 + 2)",
+        "    kb = tl.load(where + i * 4 + 3)",
+        "total = tl.zeros((RC, KC), tl.int32)",
+        "for r0 in range(0, Q_BS, RC):",
+        "    r = r0 + tl.arange(0, RC)[:, None]",
+        "    row = rb * Q_BS + r",
+        "    if HAS_POS:  # row r of the build is query pos[b or 0, r]",
+        "        at = tl.where(pos_rows > 1, b, 0) * pos_stride + clamp(row, n_rows)",
+        "        q = tl.load(pos + at).to(tl.int64)",
+        "    else:",
+        "        q = row",
+        "    for c0 in range(0, KV_BS, KC):",
+        *(f"        {x}" for x in tile),
+        "n = tl.sum(tl.sum(total, 1), 0)",
+        "if DENSE:  # the class byte: 2 FULL, 1 PARTIAL, 0 EMPTY",
+        "    cls = tl.where(n == Q_BS * KV_BS, 2, tl.where(n > 0, 1, 0)).to(tl.int8)",
+        "    tl.store(count + (bh * n_q + rb) * n_kv + kb, cls)",
+        "else:",
+        "    tl.store(count + i, n)",
+    ]
+    fixed = [*input_sizes, *SIZE_ARGS]
+    groups = [inputs, ["where", "count", "pos"], list(SIZE_ARGS),
+              [f"{c}: tl.constexpr" for c in CONSTEXPRS]]
+    sig = ",\n    ".join(", ".join(g) for g in groups if g)
+    head = (f"# Element-fallback kernel for mask `{mask.name}` ({mask.path}), generated by "
+            "maskspec.\n# One program per block (every block, or those listed): its allowed "
+            "pairs counted tile\n# by tile from the element meaning, region by region "
+            f"({' | '.join(t.name for t in mask.terms)}).\n")
+    return (f"{head}{_PRELUDE}\n\n@triton.jit(do_not_specialize={fixed!r})\n"
+            f"def {KERNEL}(\n    {sig},\n):\n" + "".join(f"    {x}\n" for x in body))
+
+
+@functools.cache
+def _kernel(src: str) -> Any:
+    return codegen.load_source(src, KERNEL)
+
+
+def kernel(mask: ir.MaskIR) -> Any:
+    """The mask's decide kernel (one JIT function per generated source)."""
+    return _kernel(source(mask))
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def tiles(block_size: tuple[int, int]) -> tuple[int, int]:
+    """(RC, KC): the rows and keys of a tile, powers of two (Triton's ranges), at most
+    ``TILE`` pairs, no wider than the block needs."""
+    kc = min(_pow2(block_size[1]), 128)
+    return min(_pow2(block_size[0]), max(1, TILE // kc)), kc
+
+
+def _input_values(mask: ir.MaskIR, inputs: Mapping[str, Any]) -> list[Any]:
+    """Each input tensor with its dims and strides (dtypes and placeholders to compile)."""
+    out: list[Any] = []
+    for d in mask.inputs:
+        t = inputs[d.name]
+        out += [t, *t.shape, *t.stride()] if isinstance(t, Tensor) else \
+            [t, *([1] * (2 * len(d.shape)))]
+    return out
+
+
+def _launch(mask: ir.MaskIR, grid: tuple[int, ...], args: list[Any], block_size: tuple[int, int],
+            has_pos: bool, dense: bool, compile_only: bool = False) -> None:
+    rc, kc = tiles(block_size)
+    kw = {"Q_BS": block_size[0], "KV_BS": block_size[1], "RC": rc, "KC": kc,
+          "HAS_POS": has_pos, "DENSE": dense, "num_warps": WARPS}
+    jit = kernel(mask)
+    if compile_only:
+        jit.warmup(*args, grid=grid, **kw)
+    else:
+        jit[grid](*args, **kw)
+
+
+def counts(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
+           where: Tensor, q_positions: Tensor | None, n_rows: int,
+           block_size: tuple[int, int]) -> Tensor:
+    """The allowed pairs (int32) of each block of ``where`` ((n, 4) int64: b', h', row
+    block, key block; row r is query ``q_positions[.., r]``, None: query r)."""
+    count = torch.empty(where.shape[0], dtype=torch.int32, device=where.device)
+    if where.shape[0] == 0:
+        return count
+    pos = None if q_positions is None else (
+        q_positions.reshape(-1, q_positions.shape[-1]).to(where.device, torch.int64))
+    pos_args = (1, 0) if pos is None else (pos.shape[0], pos.stride(0))
+    args = [*_input_values(mask, inputs), where.contiguous(), count,
+            where if pos is None else pos, *(sizes[k] for k in ir.SIZES), n_rows, *pos_args,
+            1, 0, 0]
+    _launch(mask, (where.shape[0],), args, block_size, pos is not None, False)
+    return count
+
+
+def classes(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
+            lead: tuple[int, int], block_size: tuple[int, int], device: torch.device) -> Tensor:
+    """Every block's class as a byte grid (B', H', Q_blocks, KV_blocks) int8: 2 FULL,
+    1 PARTIAL, 0 EMPTY (``plans.finish``'s), deciding each block from its pairs."""
+    n_q, n_kv = blocks.counts(sizes["Q_LEN"], sizes["KV_LEN"], *block_size)
+    cls = torch.empty(*lead, n_q, n_kv, dtype=torch.int8, device=device)
+    if cls.numel():
+        args = [*_input_values(mask, inputs), cls, cls, cls, *(sizes[k] for k in ir.SIZES),
+                sizes["Q_LEN"], 1, 0, lead[1], n_q, n_kv]
+        _launch(mask, (lead[0] * lead[1], n_q, n_kv), args, block_size, False, True)
+    return cls
+
+
+def dense_fits(ctx: BuildContext) -> bool:
+    """Whether ``build`` takes this build: few enough pairs (``DENSE_PAIRS``), a grid CUDA
+    launches."""
+    lead = lower.lead_shape(ctx.mask, ctx.sizes)
+    n_q, n_kv = blocks.counts(ctx.q_len, ctx.kv_len, *ctx.block_size)
+    return (lead[0] * lead[1] * ctx.q_len * ctx.kv_len <= DENSE_PAIRS
+            and max(n_q, n_kv) <= MAX_GRID)
+
+
+def build(ctx: BuildContext) -> tuple[Tensor, ...]:
+    """The eight BlockMask tensors of a fallback mask with every block decided by the
+    kernel, then ``plans.finish`` from the byte grid: three launches, no host work per
+    block (``dense_fits`` says when this beats classifying by parts)."""
+    lead = lower.lead_shape(ctx.mask, ctx.sizes)
+    cls = classes(ctx.mask, ctx.sizes, ctx.inputs, lead, ctx.block_size, ctx.device)
+    scratch = torch.empty(2, *cls.shape, dtype=torch.int32, device=ctx.device)
+    return plans.finish(scratch, *cls.shape[-2:], cls=cls)
+
+
+def _compile(mask: ir.MaskIR, inputs: Mapping[str, torch.dtype], block_size: tuple[int, int],
+             has_pos: bool, dense: bool, device: torch.device) -> None:
+    """Compile the kernel for this signature without launching it (no CUDA call); for
+    ``dense`` builds the finish kernels that read its byte grid too."""
+    start = time.perf_counter()
+    i64, i32, i8 = torch.int64, torch.int32, torch.int8
+    out = (i8, i8, i8) if dense else (i64, i32, i64)
+    args = [*_input_values(mask, inputs), *out, *([1] * len(SIZE_ARGS))]
+    with torch.cuda.device(device):
+        _launch(mask, (1, 1, 1), args, block_size, has_pos, dense, compile_only=True)
+        if dense:
+            for k, grid, a, kw in (plans.finish_launch((i32, i32, i32, i32, i8), 1, 1, 1, True),
+                                   plans.column_launch((i8, i32, i32, i32, i32), 1, 1, 1)):
+                k.warmup(*a, grid=grid, **kw)
+    log.info("%s: element-fallback kernel compiled in %.1f s", mask.name,
+             time.perf_counter() - start)
+
+
+_COMPILED = background.Once()
+
+
+def ready(mask: ir.MaskIR, inputs: Mapping[str, Tensor], block_size: tuple[int, int],
+          has_pos: bool, device: torch.device, wait: bool = False, dense: bool = False) -> bool:
+    """Whether the kernel for this configuration is compiled; if not, starts compiling it
+    on the worker thread (``wait``: until done; see ``dispatch.compiled``)."""
+    dtypes = {d.name: inputs[d.name].dtype for d in mask.inputs}
+    key = (source(mask), tuple(dtypes.values()), block_size, has_pos, dense, device)
+    wait = wait or torch.cuda.is_current_stream_capturing()
+    return _COMPILED.done(key, functools.partial(
+        _compile, mask, dtypes, block_size, has_pos, dense, device), wait)
+
+
+def decide(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
+           partial: Tensor, full: Tensor, undecided: Tensor, q_positions: Tensor | None,
+           n_rows: int, block_size: tuple[int, int], wait: bool = False) -> None:
+    """``elements.decide``, on CUDA by the generated kernel once it is compiled (the torch
+    loop meanwhile, unless ``wait``, and off CUDA)."""
+    dev = undecided.device
+    if dev.type == "cuda" and triton is not None and ready(
+            mask, inputs, block_size, q_positions is not None, dev, wait):
+        by_kernel(mask, sizes, inputs, partial, full, undecided, q_positions, n_rows,
+                  block_size)
+    else:
+        elements.decide(mask, sizes, inputs, partial, full, undecided, q_positions, n_rows,
+                        block_size)
+
+
+def by_kernel(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
+              partial: Tensor, full: Tensor, undecided: Tensor, q_positions: Tensor | None,
+              n_rows: int, block_size: tuple[int, int]) -> None:
+    """``elements.decide`` by the generated kernel, on any device Triton runs on (its CPU
+    interpreter included)."""
+    where = undecided.nonzero()
+    n = counts(mask, sizes, inputs, where, q_positions, n_rows, block_size)
+    at = tuple(where.unbind(-1))
+    every = n == block_size[0] * block_size[1]
+    full[at] = every
+    partial[at] = (n > 0) & ~every
