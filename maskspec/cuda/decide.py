@@ -1,14 +1,16 @@
-"""The element fallback as one generated Triton kernel: the allowed pairs of each undecided
-block, counted from the element meaning in registers.
+"""The element fallback as one generated Triton kernel: the allowed pairs of a block,
+counted from the element meaning in registers.
 
 ``elements.decide`` evaluates the meaning with torch ops on chunks of pairs, a few dozen
 launches per chunk: on a GPU that loop, not the pairs, is the cost (hundreds of ms at 16K
 where compiled create_block_mask takes about one). Here the same conditions
 (``ir.Term.element_conds``, printed by the build generator's ``_Emitter``) are source for
-one program per undecided block, which walks the block in tiles and writes the block's
-count of allowed pairs: FULL where it is the block's area (a ragged edge block never
-reaches it), PARTIAL where it is more than zero. Nothing is materialized per pair, and a
-block costs its pairs however many blocks there are.
+one program per block, which walks the block in tiles and counts its allowed pairs: FULL
+where that is the block's area (a ragged edge block never reaches it), PARTIAL where it is
+more than zero. Two modes of one kernel: the blocks a classification by parts leaves
+undecided (``counts``), or every block, written as the finish kernels' byte grid
+(``classes``, ``build``: a small build's whole fallback in three launches). Nothing is
+materialized per pair; a block costs its pairs however many blocks there are.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor
 
 from maskspec import background, blocks, codegen, elements, ir, lower
+from maskspec.caches import MISSING, PerMask
 from maskspec.context import BuildContext
 from maskspec.cuda import generator, plans
 from maskspec.cuda.kernels import triton
@@ -130,9 +133,16 @@ def _kernel(src: str) -> Any:
     return codegen.load_source(src, KERNEL)
 
 
+_SOURCES = PerMask(1024)
+
+
 def kernel(mask: ir.MaskIR) -> Any:
-    """The mask's decide kernel (one JIT function per generated source)."""
-    return _kernel(source(mask))
+    """The mask's decide kernel (one JIT function per generated source, the source printed
+    once per compiled mask: builds look it up)."""
+    src = _SOURCES.get(mask, None, MISSING)
+    if src is MISSING:
+        src = _SOURCES.put(mask, None, source(mask))
+    return _kernel(src)
 
 
 def _pow2(n: int) -> int:
@@ -244,7 +254,7 @@ def ready(mask: ir.MaskIR, inputs: Mapping[str, Tensor], block_size: tuple[int, 
     """Whether the kernel for this configuration is compiled; if not, starts compiling it
     on the worker thread (``wait``: until done; see ``dispatch.compiled``)."""
     dtypes = {d.name: inputs[d.name].dtype for d in mask.inputs}
-    key = (source(mask), tuple(dtypes.values()), block_size, has_pos, dense, device)
+    key = (kernel(mask), tuple(dtypes.values()), block_size, has_pos, dense, device)
     wait = wait or torch.cuda.is_current_stream_capturing()
     return _COMPILED.done(key, functools.partial(
         _compile, mask, dtypes, block_size, has_pos, dense, device), wait)
