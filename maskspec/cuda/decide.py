@@ -4,7 +4,7 @@ counted from the element meaning in registers.
 ``elements.decide`` evaluates the meaning with torch ops on chunks of pairs, a few dozen
 launches per chunk: on a GPU that loop, not the pairs, is the cost (hundreds of ms at 16K
 where compiled create_block_mask takes about one). Here the same conditions
-(``ir.Term.element_conds``, printed by the build generator's ``_Emitter``) are source for
+(``ir.Term.element_conds``, printed by the build generator's ``TritonEmitter``) are source for
 one program per block, which walks the block in tiles and counts its allowed pairs: FULL
 where that is the block's area (a ragged edge block never reaches it), PARTIAL where it is
 more than zero. Two modes of one kernel: the blocks a classification by parts leaves
@@ -61,9 +61,9 @@ def _input_args(mask: ir.MaskIR) -> tuple[list[str], list[str]]:
     return out, sizes
 
 
-def _meaning(mask: ir.MaskIR, em: generator._Emitter) -> list[str]:
-    """The tile's allowed pairs, a line per condition of each region (as ``cute``'s
-    mask_mod reads them), OR'd into ``ok``."""
+def _meaning(mask: ir.MaskIR, em: generator.TritonEmitter) -> list[str]:
+    """The tile's allowed pairs: a line per condition of each region, the regions OR'd
+    into ``ok``."""
     lines = []
     for i, t in enumerate(mask.terms):
         lines += [f"# region {t.name}", f"t{i} = zero == 0"]
@@ -74,7 +74,7 @@ def _meaning(mask: ir.MaskIR, em: generator._Emitter) -> list[str]:
 def source(mask: ir.MaskIR) -> str:
     """The generated module: one program per block of ``where`` (b', h', row block, key
     block), its allowed pairs summed tile by tile into ``count``."""
-    em = generator._Emitter()
+    em = generator.TritonEmitter()
     meaning = _meaning(mask, em)
     inputs, input_sizes = _input_args(mask)
     tile = [
@@ -172,8 +172,11 @@ def _launch(mask: ir.MaskIR, grid: tuple[int, ...], args: list[Any], block_size:
     kw = {"Q_BS": block_size[0], "KV_BS": block_size[1], "RC": rc, "KC": kc,
           "HAS_POS": has_pos, "DENSE": dense, "num_warps": WARPS}
     jit = kernel(mask)
-    if compile_only:
-        jit.warmup(*args, grid=grid, **kw)
+    if compile_only:  # the binary and its launcher (as ``dispatch._compile`` builds them)
+        binary = jit.warmup(*args, grid=grid, **kw)
+        launcher = getattr(triton.runtime.driver.active, "launcher_cls", None)
+        if launcher is not None:
+            launcher(binary.src, binary.metadata)
     else:
         jit[grid](*args, **kw)
 
@@ -186,11 +189,13 @@ def counts(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tenso
     count = torch.empty(where.shape[0], dtype=torch.int32, device=where.device)
     if where.shape[0] == 0:
         return count
-    pos = None if q_positions is None else (
-        q_positions.reshape(-1, q_positions.shape[-1]).to(where.device, torch.int64))
+    pos = None if q_positions is None else (  # rows contiguous: the kernel reads pos + row
+        q_positions.reshape(-1, q_positions.shape[-1]).to(where.device, torch.int64)
+        .contiguous())
     pos_args = (1, 0) if pos is None else (pos.shape[0], pos.stride(0))
     args = [*_input_values(mask, inputs), where.contiguous(), count,
-            where if pos is None else pos, *(sizes[k] for k in ir.SIZES), n_rows, *pos_args,
+            where if pos is None else pos,  # (a placeholder pointer when unread)
+            *(sizes[k] for k in ir.SIZES), n_rows, *pos_args,
             1, 0, 0]
     _launch(mask, (where.shape[0],), args, block_size, pos is not None, False)
     return count
@@ -215,7 +220,12 @@ def dense_fits(ctx: BuildContext) -> bool:
     lead = lower.lead_shape(ctx.mask, ctx.sizes)
     n_q, n_kv = blocks.counts(ctx.q_len, ctx.kv_len, *ctx.block_size)
     return (lead[0] * lead[1] * ctx.q_len * ctx.kv_len <= DENSE_PAIRS
-            and max(n_q, n_kv) <= MAX_GRID)
+            and max(n_q, n_kv) <= MAX_GRID and fits(ctx.block_size))
+
+
+def fits(block_size: tuple[int, int]) -> bool:
+    """Whether a block's pair count fits the kernel's int32 counts."""
+    return block_size[0] * block_size[1] < 2**31
 
 
 def build(ctx: BuildContext) -> tuple[Tensor, ...]:
@@ -254,7 +264,8 @@ def ready(mask: ir.MaskIR, inputs: Mapping[str, Tensor], block_size: tuple[int, 
     """Whether the kernel for this configuration is compiled; if not, starts compiling it
     on the worker thread (``wait``: until done; see ``dispatch.compiled``)."""
     dtypes = {d.name: inputs[d.name].dtype for d in mask.inputs}
-    key = (kernel(mask), tuple(dtypes.values()), block_size, has_pos, dense, device)
+    key = (kernel(mask), tuple(dtypes.values()), block_size, has_pos, dense, TILE, WARPS,
+           device)
     wait = wait or torch.cuda.is_current_stream_capturing()
     return _COMPILED.done(key, functools.partial(
         _compile, mask, dtypes, block_size, has_pos, dense, device), wait)
@@ -264,12 +275,18 @@ def decide(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tenso
            partial: Tensor, full: Tensor, undecided: Tensor, q_positions: Tensor | None,
            n_rows: int, block_size: tuple[int, int], wait: bool = False) -> None:
     """``elements.decide``, on CUDA by the generated kernel once it is compiled (the torch
-    loop meanwhile, unless ``wait``, and off CUDA)."""
+    loop meanwhile, unless ``wait``, and off CUDA). No block undecided: nothing runs."""
     dev = undecided.device
-    if dev.type == "cuda" and triton is not None and ready(
-            mask, inputs, block_size, q_positions is not None, dev, wait):
-        by_kernel(mask, sizes, inputs, partial, full, undecided, q_positions, n_rows,
-                  block_size)
+    if dev.type != "cuda" or triton is None or not fits(block_size):
+        elements.decide(mask, sizes, inputs, partial, full, undecided, q_positions, n_rows,
+                        block_size)
+        return
+    where = undecided.nonzero()
+    if where.shape[0] == 0:
+        return
+    if where.shape[0] < 2**31 and ready(mask, inputs, block_size, q_positions is not None,
+                                        dev, wait):
+        _apply(mask, sizes, inputs, partial, full, where, q_positions, n_rows, block_size)
     else:
         elements.decide(mask, sizes, inputs, partial, full, undecided, q_positions, n_rows,
                         block_size)
@@ -280,7 +297,14 @@ def by_kernel(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Te
               n_rows: int, block_size: tuple[int, int]) -> None:
     """``elements.decide`` by the generated kernel, on any device Triton runs on (its CPU
     interpreter included)."""
-    where = undecided.nonzero()
+    _apply(mask, sizes, inputs, partial, full, undecided.nonzero(), q_positions, n_rows,
+           block_size)
+
+
+def _apply(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
+           partial: Tensor, full: Tensor, where: Tensor, q_positions: Tensor | None,
+           n_rows: int, block_size: tuple[int, int]) -> None:
+    """Set the blocks at ``where`` to their classes from the kernel's pair counts."""
     n = counts(mask, sizes, inputs, where, q_positions, n_rows, block_size)
     at = tuple(where.unbind(-1))
     every = n == block_size[0] * block_size[1]

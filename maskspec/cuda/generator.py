@@ -35,7 +35,7 @@ from maskspec.cuda.kernels import clamp, count_rows, floordiv, mod, search
 """
 
 
-class _Emitter(codegen.Emitter):
+class TritonEmitter(codegen.Emitter):
     """Triton's spelling: floor ``//`` and ``%`` through helpers, inputs read with clamped
     indices (as ``ir.evaluate`` reads them), document edges by binary search."""
 
@@ -97,7 +97,7 @@ def searched_inputs(mask: ir.MaskIR) -> set[str]:
             if isinstance(n, ir.DocEdge)}
 
 
-def _term_body(t: ir.Term, i: int, em: _Emitter) -> list[str]:
+def _term_body(t: ir.Term, i: int, em: TritonEmitter) -> list[str]:
     """One term: guards and clip, the family's window, then nested loops over the enumerated
     levels, each innermost iteration filling one slot."""
     prog = t.program
@@ -146,7 +146,7 @@ def source(mask: ir.MaskIR) -> str:
             f"spec `{mask.name}` needs the element fallback, and the generated build kernel "
             "classifies row programs alone: its blocks are built on the torch path "
             "(`--emit python` writes that build)")
-    em = _Emitter()
+    em = TritonEmitter()
     inputs, input_sizes = _input_args(mask)
     loops = [a for i, t in enumerate(mask.terms) for a in _term_args(t, i)]
     # values that change per call: never specialized
