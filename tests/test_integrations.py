@@ -47,6 +47,29 @@ def test_padded_masks_equal_torchspecs_over_a_ttt_loop(lengths, bs):
         assert first_difference(ours, ref) is None, (rounds, bs)
 
 
+@pytest.mark.slow  # importing SpecForge's draft models takes ~10 s
+@pytest.mark.parametrize("bs", [128, (128, 64), 48])
+def test_masks_equal_specforges_own_over_a_ttt_loop(bs):
+    """SpecForge (``pip install --no-deps specforge``: its pins, torch 2.11 and sglang, are
+    not needed by its mask code) builds EAGLE-3's mask in its Llama draft layer from
+    ``attention_mask.sum(-1) - lck`` with ``generate_eagle3_mask`` and create_block_mask;
+    the TorchSpec adapter, given the same lengths, builds the same blocks every TTT step,
+    padding (and lengths gone negative) included."""
+    flex = pytest.importorskip("specforge.modeling.draft.flex_attention")
+    q_len, b = 300, 4
+    attention_mask = torch.zeros(b, q_len, dtype=torch.long)
+    for i, n in enumerate([300, 120, 2, 0]):  # full, padded, shorter than the rounds, empty
+        attention_mask[i, :n] = 1
+    for lck in range(4):
+        kv = (lck + 1) * q_len
+        seq_lengths = attention_mask.sum(dim=-1) - lck  # as their layer computes it
+        ref = create_block_mask(flex.generate_eagle3_mask(seq_lengths, q_len, kv, lck), b, 1,
+                                q_len, kv, device="cpu", BLOCK_SIZE=bs)
+        ours = torchspec.eagle3_block_mask(q_len, kv, B=b, device="cpu", BLOCK_SIZE=bs,
+                                           seq_lengths=seq_lengths, lck=lck)
+        assert first_difference(ours, ref) is None, (lck, bs)
+
+
 @pytest.mark.parametrize(("q_len", "bs"), [(512, 128), (512, (256, 128)), (200, 64)])
 def test_unpadded_masks_equal_torchspecs(q_len, bs):
     for rounds in range(1, 4):
