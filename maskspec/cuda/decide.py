@@ -50,17 +50,6 @@ from maskspec.cuda.kernels import clamp, floordiv, mod
 """
 
 
-def _input_args(mask: ir.MaskIR) -> tuple[list[str], list[str]]:
-    """Every input's pointer, dims and strides as kernel arguments, and the dims and strides
-    alone (runtime values, never specialized)."""
-    out, sizes = [], []
-    for d in mask.inputs:
-        dims = [generator.arg(d.name, w, k) for w in "ds" for k in range(len(d.shape))]
-        out += [generator.arg(d.name), *dims]
-        sizes += dims
-    return out, sizes
-
-
 def _meaning(mask: ir.MaskIR, em: generator.TritonEmitter) -> list[str]:
     """The tile's allowed pairs: a line per condition of each region, the regions OR'd
     into ``ok``."""
@@ -76,7 +65,7 @@ def source(mask: ir.MaskIR) -> str:
     block), its allowed pairs summed tile by tile into ``count``."""
     em = generator.TritonEmitter()
     meaning = _meaning(mask, em)
-    inputs, input_sizes = _input_args(mask)
+    inputs, input_sizes = generator.input_names(mask, set())  # no document search here
     tile = [
         "c = c0 + tl.arange(0, KC)[None, :]",
         "kv = kb * KV_BS + c",
@@ -145,40 +134,25 @@ def kernel(mask: ir.MaskIR) -> Any:
     return _kernel(src)
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
 def tiles(block_size: tuple[int, int]) -> tuple[int, int]:
     """(RC, KC): the rows and keys of a tile, powers of two (Triton's ranges), at most
     ``TILE`` pairs, no wider than the block needs."""
-    kc = min(_pow2(block_size[1]), 128)
-    return min(_pow2(block_size[0]), max(1, TILE // kc)), kc
-
-
-def _input_values(mask: ir.MaskIR, inputs: Mapping[str, Any]) -> list[Any]:
-    """Each input tensor with its dims and strides (dtypes and placeholders to compile)."""
-    out: list[Any] = []
-    for d in mask.inputs:
-        t = inputs[d.name]
-        out += [t, *t.shape, *t.stride()] if isinstance(t, Tensor) else \
-            [t, *([1] * (2 * len(d.shape)))]
-    return out
+    kc = min(plans.pow2(block_size[1]), 128)
+    return min(plans.pow2(block_size[0]), max(1, TILE // kc)), kc
 
 
 def _launch(mask: ir.MaskIR, grid: tuple[int, ...], args: list[Any], block_size: tuple[int, int],
-            has_pos: bool, dense: bool, compile_only: bool = False) -> None:
+            has_pos: bool, dense: bool) -> plans.Launch:
+    """The kernel's launch (``plans.Launch``) for these arguments, mode and block size."""
     rc, kc = tiles(block_size)
     kw = {"Q_BS": block_size[0], "KV_BS": block_size[1], "RC": rc, "KC": kc,
           "HAS_POS": has_pos, "DENSE": dense, "num_warps": WARPS}
-    jit = kernel(mask)
-    if compile_only:  # the binary and its launcher (as ``dispatch._compile`` builds them)
-        binary = jit.warmup(*args, grid=grid, **kw)
-        launcher = getattr(triton.runtime.driver.active, "launcher_cls", None)
-        if launcher is not None:
-            launcher(binary.src, binary.metadata)
-    else:
-        jit[grid](*args, **kw)
+    return kernel(mask), grid, tuple(args), kw
+
+
+def _run(launch: plans.Launch) -> None:
+    jit, grid, args, kw = launch
+    jit[grid](*args, **kw)
 
 
 def counts(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
@@ -193,11 +167,11 @@ def counts(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tenso
         q_positions.reshape(-1, q_positions.shape[-1]).to(where.device, torch.int64)
         .contiguous())
     pos_args = (1, 0) if pos is None else (pos.shape[0], pos.stride(0))
-    args = [*_input_values(mask, inputs), where.contiguous(), count,
+    args = [*generator.input_args(mask, inputs, set()), where.contiguous(), count,
             where if pos is None else pos,  # (a placeholder pointer when unread)
             *(sizes[k] for k in ir.SIZES), n_rows, *pos_args,
             1, 0, 0]
-    _launch(mask, (where.shape[0],), args, block_size, pos is not None, False)
+    _run(_launch(mask, (where.shape[0],), args, block_size, pos is not None, False))
     return count
 
 
@@ -208,9 +182,9 @@ def classes(mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, Tens
     n_q, n_kv = blocks.counts(sizes["Q_LEN"], sizes["KV_LEN"], *block_size)
     cls = torch.empty(*lead, n_q, n_kv, dtype=torch.int8, device=device)
     if cls.numel():
-        args = [*_input_values(mask, inputs), cls, cls, cls, *(sizes[k] for k in ir.SIZES),
-                sizes["Q_LEN"], 1, 0, lead[1], n_q, n_kv]
-        _launch(mask, (lead[0] * lead[1], n_q, n_kv), args, block_size, False, True)
+        args = [*generator.input_args(mask, inputs, set()), cls, cls, cls,
+                *(sizes[k] for k in ir.SIZES), sizes["Q_LEN"], 1, 0, lead[1], n_q, n_kv]
+        _run(_launch(mask, (lead[0] * lead[1], n_q, n_kv), args, block_size, False, True))
     return cls
 
 
@@ -240,18 +214,18 @@ def build(ctx: BuildContext) -> tuple[Tensor, ...]:
 
 def _compile(mask: ir.MaskIR, inputs: Mapping[str, torch.dtype], block_size: tuple[int, int],
              has_pos: bool, dense: bool, device: torch.device) -> None:
-    """Compile the kernel for this signature without launching it (no CUDA call); for
+    """Compile the kernel for this signature without launching it (``plans.warm``); for
     ``dense`` builds the finish kernels that read its byte grid too."""
     start = time.perf_counter()
     i64, i32, i8 = torch.int64, torch.int32, torch.int8
+    dims = [x for d in mask.inputs for x in (inputs[d.name], *[1] * (2 * len(d.shape)))]
     out = (i8, i8, i8) if dense else (i64, i32, i64)
-    args = [*_input_values(mask, inputs), *out, *([1] * len(SIZE_ARGS))]
-    with torch.cuda.device(device):
-        _launch(mask, (1, 1, 1), args, block_size, has_pos, dense, compile_only=True)
-        if dense:
-            for k, grid, a, kw in (plans.finish_launch((i32, i32, i32, i32, i8), 1, 1, 1, True),
-                                   plans.column_launch((i8, i32, i32, i32, i32), 1, 1, 1)):
-                k.warmup(*a, grid=grid, **kw)
+    launches = [_launch(mask, (1, 1, 1), [*dims, *out, *[1] * len(SIZE_ARGS)], block_size,
+                        has_pos, dense)]
+    if dense:
+        launches += [plans.finish_launch((i32, i32, i32, i32, i8), 1, 1, 1, True),
+                     plans.column_launch((i8, i32, i32, i32, i32), 1, 1, 1)]
+    plans.warm(launches, device)
     log.info("%s: element-fallback kernel compiled in %.1f s", mask.name,
              time.perf_counter() - start)
 

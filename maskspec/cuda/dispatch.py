@@ -88,12 +88,7 @@ def _compile(ctx: BuildContext) -> None:
     launches = [plans.count_launch(ctx, (i32, i32)),
                 plans.finish_launch((i32, i32, i32, i32, i8), bh, n_q, n_kv),
                 plans.column_launch((i8, i32, i32, i32, i32), bh, n_q, n_kv)]
-    with torch.cuda.device(ctx.device):
-        launcher = getattr(triton.runtime.driver.active, "launcher_cls", None)
-        for kernel, grid, args, kw in launches:
-            binary = kernel.warmup(*args, grid=grid, **kw)
-            if launcher is not None:  # builds (and caches) the binary's launcher
-                launcher(binary.src, binary.metadata)
+    plans.warm(launches, ctx.device)
     log.info("%s: build kernels compiled in %.1f s", name, time.perf_counter() - start)
 
 

@@ -79,10 +79,12 @@ def _term_args(t: ir.Term, i: int) -> list[str]:
     return [*_loops(t, i), f"t{i}_col"]
 
 
-def _input_args(mask: ir.MaskIR) -> tuple[list[str], list[str]]:
-    """Every input's kernel arguments, and those of them that are sizes (not specialized)."""
+def input_names(mask: ir.MaskIR, searched: Set[str] | None = None
+                ) -> tuple[list[str], list[str]]:
+    """Every input's kernel arguments, and those of them that are sizes (not specialized);
+    ``searched`` as in ``input_args``."""
     out, sizes = [], []
-    searched = searched_inputs(mask)
+    searched = searched_inputs(mask) if searched is None else searched
     for d in mask.inputs:
         dims = [arg(d.name, "d", k) for k in range(len(d.shape))]
         bits = [arg(d.name, "bits")] if d.name in searched else []
@@ -147,7 +149,7 @@ def source(mask: ir.MaskIR) -> str:
             "classifies row programs alone: its blocks are built on the torch path "
             "(`--emit python` writes that build)")
     em = TritonEmitter()
-    inputs, input_sizes = _input_args(mask)
+    inputs, input_sizes = input_names(mask)
     loops = [a for i, t in enumerate(mask.terms) for a in _term_args(t, i)]
     # values that change per call: never specialized
     fixed = [*input_sizes, *SIZE_ARGS, "pieces", "gap_pieces", *loops]

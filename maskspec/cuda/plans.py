@@ -35,7 +35,8 @@ MAX_SLOTS = 128  # interval slots per row past which the torch path classifies
 MIN_SLOTS = 2  # slots per row a program holds at least
 
 
-def _pow2(n: int) -> int:
+def pow2(n: int) -> int:
+    """The least power of two at least n (Triton's ranges are powers of two)."""
     return 1 << max(0, n - 1).bit_length()
 
 
@@ -43,12 +44,12 @@ def slots_held(k: int) -> int:
     """Slots per row held by a program: a power of two, at least MIN_SLOTS. The gap search
     costs slots² per row, so few slots are fast; strided families keep a spec's slot count
     fixed as KV_LEN grows (EAGLE-3: 2), so TTT steps share one compiled kernel."""
-    return max(MIN_SLOTS, _pow2(k))
+    return max(MIN_SLOTS, pow2(k))
 
 
 def row_chunk(q_bs: int, slots: int) -> int:
     """Rows per count program: ROW_CHUNK, fewer for small blocks or many slots per row."""
-    return min(ROW_CHUNK, _pow2(q_bs), max(1, MAX_PAIRS // slots**2))
+    return min(ROW_CHUNK, pow2(q_bs), max(1, MAX_PAIRS // slots**2))
 
 
 def fits(slots: int, q_len: int, kv_len: int, block_size: tuple[int, int],
@@ -119,6 +120,18 @@ class _Kernel:
         binary = self.jit[self.grid](*args, **self.kw)
         if isinstance(binary, triton.compiler.CompiledKernel):
             self.runners[key] = binary[self.grid]
+
+
+def warm(launches: list[Launch], device: torch.device) -> None:
+    """Compile each launch's kernel for its arguments (tensors or dtypes) and build its
+    launcher, with no CUDA call that a concurrent graph capture forbids (no launch, no
+    allocation, no sync): the first launch then only loads them."""
+    with torch.cuda.device(device):
+        launcher = getattr(triton.runtime.driver.active, "launcher_cls", None)
+        for kernel, grid, args, kw in launches:
+            binary = kernel.warmup(*args, grid=grid, **kw)
+            if launcher is not None:  # builds (and caches) the binary's launcher
+                launcher(binary.src, binary.metadata)
 
 
 def finish_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int,
