@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec
+from maskspec import cli
 from maskspec.targets import spec as spec_target
 from maskspec.verify import first_difference, structure_problems
 
@@ -106,7 +107,6 @@ def test_a_family_prints_as_its_members():
 
 
 def test_explain_names_each_member(tmp_path, capsys):
-    from maskspec import cli
     path = tmp_path / "g.mask"
     path.write_text(GLOBALS)
     assert cli.main(["explain", str(path), "--q-len", "64", "--kv-len", "64"]) == 0
