@@ -50,6 +50,7 @@ def main() -> None:
             torch.cuda.synchronize()
         print(p.key_averages().table(sort_by="cuda_time_total", row_limit=8), flush=True)
         lead = lower.lead_shape(m.ir, ctx.sizes)
+        kept = decide.TILE, decide.WARPS
         for tile in (512, 1024, 2048):
             for warps in (2, 4, 8):
                 decide.TILE, decide.WARPS = tile, warps
@@ -57,7 +58,7 @@ def main() -> None:
                     ctx.mask, ctx.sizes, ctx.inputs, lead, (128, 128), dev))
                 print(f"   every block decided: tile {tile} warps {warps}: {ms:.3f} ms",
                       flush=True)
-        decide.TILE, decide.WARPS = 1024, 2
+        decide.TILE, decide.WARPS = kept
 
 
 if __name__ == "__main__":
