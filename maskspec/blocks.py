@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from maskspec import elements, ir, lower
+from maskspec import elements, ir, lower, rowblocks
 from maskspec.context import BuildContext
 from maskspec.lower import Rows
 
@@ -374,21 +374,62 @@ def keyed(rows: Rows, keys: torch.Tensor, shape: tuple[int, ...], n_rows: int, k
     return touched, _covered(lo, hi, kv_len, q_bs, kv_bs, n_q, n_kv) & (per_block == kv_bs)
 
 
+def coarse(ctx: BuildContext) -> tuple[BlockGrid, torch.Tensor] | None:
+    """Classes of the whole row blocks from one virtual row each, and which row blocks they
+    are exact for; None where the build has no whole row block of several rows.
+
+    Per row block, four bounds from exact classifications: what its ``union`` slots touch
+    (a superset of what the block touches) and what its first and last rows touch (a
+    subset); what its ``common`` slots cover (a subset of its FULL blocks) and what both
+    end rows cover (a superset). Where both pairs agree on every key block they are the
+    block's classes, whatever the rows between do (``rowblocks``). Other row blocks
+    (a condition turning within the block, a window narrower than it) go row by row."""
+    q_bs, kv_bs = ctx.block_size
+    n = ctx.q_len // q_bs  # the ragged last block, if any, always goes row by row
+    if q_bs < 2 or n == 0 or ctx.mask.fallback:
+        return None
+    union, common = rowblocks.block_slots(ctx, n)
+    first = torch.arange(n, device=ctx.device) * q_bs
+    ends = torch.stack([first, first + q_bs - 1], -1).flatten()
+    edge = classify(lower.row_slots(ctx, ends), 2 * n, ctx.kv_len, 1, kv_bs)
+    e_touch = (edge.partial | edge.full).unflatten(-2, (n, 2))
+    touch_lo, full_hi = e_touch.any(-2), edge.full.unflatten(-2, (n, 2)).all(-2)
+    u = classify(union, n, ctx.kv_len, 1, kv_bs)
+    full_lo = classify(common, n, ctx.kv_len, 1, kv_bs).full
+    touch_hi = u.partial | u.full
+    exact = (touch_lo == touch_hi) & (full_lo == full_hi)
+    exact = exact.all(-1).flatten(0, -2).all(0)
+    return BlockGrid(touch_lo & ~full_lo, full_lo), exact
+
+
 def build_grid(ctx: BuildContext, decide: Decide = elements.decide) -> BlockGrid:
-    """The build's block grid: row slots, then classes, a chunk of row blocks at a time
-    (``chunk_rows``); undecided blocks of the element fallback by ``decide``."""
+    """The build's block grid: whole row blocks at once where ``coarse`` is exact for them,
+    the others from row slots, a chunk of row blocks at a time (``chunk_rows``);
+    undecided blocks of the element fallback by ``decide``."""
     q_len, kv_len, block_size, device = ctx.q_len, ctx.kv_len, ctx.block_size, ctx.device
+    q_bs = block_size[0]
     step = chunk_rows(ctx.mask, ctx.sizes, block_size)
-    if step >= q_len or any(t.transposed is not None for t in ctx.mask.terms):
+    fast = coarse(ctx)
+    if fast is None and (step >= q_len or any(t.transposed is not None
+                                              for t in ctx.mask.terms)):
         # (a transposed term is classified over all queries at once)
         return classify_at(ctx, None, q_len, block_size, decide)
     n_q, n_kv = counts(q_len, kv_len, *block_size)
     shape = (*lower.lead_shape(ctx.mask, ctx.sizes), n_q, n_kv)
     out = BlockGrid(*(torch.empty(shape, dtype=torch.bool, device=device) for _ in range(2)))
-    for a in range(0, q_len, step):
-        rows = torch.arange(a, min(a + step, q_len), device=device)
+    todo = torch.arange(n_q, device=device)
+    if fast is not None:
+        grid, exact = fast
+        n = exact.shape[0]
+        out.partial[..., :n, :] = grid.partial
+        out.full[..., :n, :] = grid.full
+        todo = torch.cat([todo[:n][~exact], todo[n:]])
+    per_chunk = max(1, step // q_bs)
+    for a in range(0, todo.numel(), per_chunk):
+        at = todo[a:a + per_chunk]
+        rows = (at.unsqueeze(-1) * q_bs + torch.arange(q_bs, device=device)).flatten()
+        rows = rows[rows < q_len]
         part = classify_at(ctx, rows, rows.numel(), block_size, decide)
-        at = slice(a // block_size[0], a // block_size[0] + part.full.shape[-2])
         out.partial[..., at, :] = part.partial
         out.full[..., at, :] = part.full
     return out

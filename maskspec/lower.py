@@ -179,10 +179,10 @@ def slot_tensors(
         slots = _term_rows(t.program, env, loop_counts(t.program, sizes))
         for out, x in zip(parts, slots, strict=True):
             out.append(x.expand(*shape, x.shape[-1]))
-    return tuple(_concat(p) for p in parts)
+    return tuple(concat(p) for p in parts)
 
 
-def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
+def concat(parts: list[torch.Tensor]) -> torch.Tensor:
     """torch.cat along the last dim, written into one buffer: torch 2.11's inductor fails to
     compile a pointwise cat of these clamped pieces (``'…*((0))' is not comparable``)."""
     out = parts[0].new_empty(*parts[0].shape[:-1], sum(p.shape[-1] for p in parts))
