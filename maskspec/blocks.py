@@ -403,13 +403,15 @@ def coarse(ctx: BuildContext) -> tuple[BlockGrid, torch.Tensor] | None:
 
 
 def build_grid(ctx: BuildContext, decide: Decide = elements.decide) -> BlockGrid:
-    """The build's block grid: whole row blocks at once where ``coarse`` is exact for them,
-    the others from row slots, a chunk of row blocks at a time (``chunk_rows``);
+    """The build's block grid: whole row blocks at once where ``coarse`` is exact for them
+    (for builds whose rows take more than one chunk: measured on a 2-core CPU, below that
+    the pass's fixed few ms of small tensor operations cost more than it saves), the others
+    from row slots, a chunk of row blocks at a time (``chunk_rows``);
     undecided blocks of the element fallback by ``decide``."""
     q_len, kv_len, block_size, device = ctx.q_len, ctx.kv_len, ctx.block_size, ctx.device
     q_bs = block_size[0]
     step = chunk_rows(ctx.mask, ctx.sizes, block_size)
-    fast = coarse(ctx)
+    fast = coarse(ctx) if step < q_len else None  # (one chunk: row by row costs less)
     if fast is None and (step >= q_len or any(t.transposed is not None
                                               for t in ctx.mask.terms)):
         # (a transposed term is classified over all queries at once)

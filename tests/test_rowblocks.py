@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import warnings
+from unittest import mock
 
 import pytest
 import torch
@@ -64,7 +65,8 @@ def test_block_slots_bound_every_row_of_their_block(spec, shape, seed):
 @settings(max_examples=examples(300), deadline=None)
 @given(valid_specs(), shapes(), st.integers(0, 2**31))
 def test_row_blocks_it_calls_exact_equal_their_rows(spec, shape, seed):
-    """Where ``coarse`` says a row block is exact, its classes are the row-by-row ones."""
+    """Where ``coarse`` says a row block is exact, its classes are the row-by-row ones; and
+    a build that takes the pass (rows in many chunks) equals the rows' classes throughout."""
     text, params = spec
     b, h, q, kv, bs = shape
     mask = _compiled(text, params)
@@ -76,6 +78,10 @@ def test_row_blocks_it_calls_exact_equal_their_rows(spec, shape, seed):
     for got, ref in ((grid.partial, want.partial), (grid.full, want.full)):
         ref = ref[..., :n, :].expand_as(got)
         assert torch.equal(got[..., exact, :], ref[..., exact, :]), (text, params, shape)
+    with mock.patch.object(blocks, "ROW_BUDGET", 1):  # a chunk per row block: the pass runs
+        built = blocks.build_grid(ctx)
+    for got, ref in ((built.partial, want.partial), (built.full, want.full)):
+        assert torch.equal(got, ref.expand_as(got)), (text, params, shape)
 
 
 @pytest.mark.parametrize("name, q, kv", [
@@ -93,7 +99,8 @@ def test_interval_rows_take_the_row_block_pass(name, q, kv):
     _, exact = blocks.coarse(ctx)
     assert bool(exact.all()) if name != "document_causal" else float(exact.float().mean()) > 0.8
     want = blocks.classify(lower.row_slots(ctx), q, kv, 128, 128)
-    got = blocks.build_grid(ctx)
+    with mock.patch.object(blocks, "ROW_BUDGET", 1):
+        got = blocks.build_grid(ctx)
     assert torch.equal(got.partial, want.partial) and torch.equal(got.full, want.full)
 
 
