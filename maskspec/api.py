@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import blocks, custom_op, deferred, dense, ir
+from maskspec import assemble, blocks, custom_op, deferred, dense, ir
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.compiler import compile_spec
 from maskspec.context import BuildContext
@@ -85,7 +85,7 @@ class CompiledMask:
         """The FULL/PARTIAL block grid, (B', H', Q_blocks, KV_blocks) bool each."""
         ctx = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs,
                          block_size_of(BLOCK_SIZE))
-        return blocks.build_grid(ctx, dispatch.decide_blocks)
+        return assemble.build_grid(ctx, dispatch.decide_blocks)
 
     def block_mask(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from maskspec import elements, ir, lower, rowblocks
+from maskspec import elements, ir, lower
 from maskspec.context import BuildContext
 from maskspec.lower import Rows
 
@@ -38,10 +38,11 @@ class BlockGrid:
     full: torch.Tensor
 
 
-def _count(
+def tally(
     first: torch.Tensor, last: torch.Tensor, weight: torch.Tensor, q_bs: int, n_q: int, n_kv: int
 ) -> torch.Tensor:
-    """Per (row block, key block): how many rows' key-block ranges [first, last) contain it."""
+    """Per (row block, key block): the summed weights of the rows' key-block ranges
+    [first, last) that contain it (a count where the weights are flags)."""
     lead = first.shape[:-2]
     q = first.shape[-2]
     qb = (torch.arange(q, device=first.device) // q_bs).view(q, 1) * (n_kv + 1)
@@ -183,48 +184,91 @@ def counts(q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> tuple[int, int]:
     return -(-q_len // q_bs), -(-kv_len // kv_bs)
 
 
-def _ranges(first: torch.Tensor, last: torch.Tensor, ok: torch.Tensor, q_bs: int, n_q: int,
-            n_kv: int) -> torch.Tensor:
-    """``_count`` of ranges with trailing dims after the row dim (flattened into one)."""
+Ranges = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # first, last, weight: (..., rows, E)
+
+
+@dataclass
+class Parts:
+    """The per-row key-block ranges a classification counts: a block is touched where some
+    ``touched`` range of a row holds it, full where every row's ``covered`` ranges hold it
+    and no ``gaps`` range does (None: no family, no gaps). Each as ``Ranges`` with one
+    trailing dim of ranges per row."""
+
+    touched: Ranges
+    covered: Ranges
+    gaps: Ranges | None
+
+    def fullness(self, rows: int) -> Ranges:
+        """Covered ranges weighing 1 and gap ranges ``-(rows + 1)``: summed over ``rows``
+        rows, a block is full exactly where the sum is ``rows`` (each row covers it at most
+        once, and one gap takes the sum below)."""
+        if self.gaps is None:
+            return self.covered
+        f, last, ok = self.gaps
+        c0, c1, covering = self.covered
+        return _joined((c0, c1, covering.to(torch.int32)),
+                       (f, last, ok.to(torch.int32) * -(rows + 1)))
+
+
+def _flat(first: torch.Tensor, last: torch.Tensor, ok: torch.Tensor) -> Ranges:
+    """Ranges with their trailing dims after the row dim flattened into one."""
     flat = (*first.shape[:3], -1)
-    return _count(first.reshape(flat), last.reshape(flat), ok.reshape(flat), q_bs, n_q, n_kv)
+    return first.reshape(flat), last.reshape(flat), ok.reshape(flat)
 
 
-def _covered(lo: torch.Tensor, hi: torch.Tensor, kv_len: int, q_bs: int, kv_bs: int, n_q: int,
-             n_kv: int) -> torch.Tensor:
-    """Per (row block, key block): whether every row's merged intervals [lo, hi) (dead
-    slots [0, 0)) cover every key of the block (a ragged edge block never)."""
+def _joined(a: Ranges, b: Ranges) -> Ranges:
+    """Two rows' worth of ranges side by side (broadcast to one shape)."""
+    shape = torch.broadcast_shapes(a[0].shape[:-1], b[0].shape[:-1])
+    return tuple(torch.cat([x.expand(*shape, x.shape[-1]), y.expand(*shape, y.shape[-1])], -1)
+                 for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
+
+
+def _covering(lo: torch.Tensor, hi: torch.Tensor, kv_len: int, kv_bs: int) -> Ranges:
+    """The key blocks each row's merged intervals [lo, hi) (dead slots [0, 0)) hold whole
+    (a ragged edge block never)."""
     start, end, is_last = _merged(lo, hi)
     f0 = -(-start // kv_bs)
     f1 = (end // kv_bs).clamp(max=kv_len // kv_bs)  # no host-made tensor: graph-capturable
     covering = is_last & (f0 < f1)
-    f0, f1 = torch.where(covering, f0, 0), torch.where(covering, f1, 0)
-    return _count(f0, f1, covering, q_bs, n_q, n_kv) == q_bs
+    return torch.where(covering, f0, 0), torch.where(covering, f1, 0), covering
+
+
+def _covered(lo: torch.Tensor, hi: torch.Tensor, kv_len: int, q_bs: int, kv_bs: int, n_q: int,
+             n_kv: int) -> torch.Tensor:
+    """Per (row block, key block): whether every row's merged intervals cover the block."""
+    return tally(*_covering(lo, hi, kv_len, kv_bs), q_bs, n_q, n_kv) == q_bs
+
+
+def parts(rows: Rows, kv_len: int, kv_bs: int) -> Parts:
+    """The ranges ``classify`` counts for these rows (exact for any union: see the module
+    docstring)."""
+    pieces = rows.family.pieces  # enumerated wherever a slot needs it (family_ranges checks)
+    if rows.family.level is None:  # plain intervals: each its own hull, one range of blocks
+        lo, hi = rows.lo, rows.hi
+        live = lo < hi
+        touched = _flat(lo // kv_bs, -(-hi // kv_bs), live)
+    else:
+        lo, hi, live, q_lo, q_hi = _tighten(*rows.tensors())
+        c0, c1 = rows.family.cols  # only the family's slots can have pieces to enumerate
+        tight = (lo, hi, rows.phase, rows.stride, rows.length, live, q_lo, q_hi)
+        touched = _flat(*_tight_ranges(*tight, kv_bs, 0))
+        if pieces > 0:
+            fam = [x[..., c0:c1] for x in tight]
+            touched = _joined(touched, _flat(*_tight_ranges(*fam, kv_bs, pieces)))
+    lo, hi = torch.where(live, lo, 0), torch.where(live, hi, 0)
+    gaps = None
+    if rows.family.level is not None:
+        glo, ghi, ph, st, ln, ok = _open_gaps(rows, live, lo, hi, kv_len)
+        gaps = _flat(*family_ranges(glo, ghi, ph, st, ln, ok, kv_bs, pieces))
+    return Parts(touched, _covering(lo, hi, kv_len, kv_bs), gaps)
 
 
 def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> BlockGrid:
     """Exact FULL and PARTIAL blocks from per-row slots (torch's semantics, ragged edges)."""
     n_q, n_kv = counts(q_len, kv_len, q_bs, kv_bs)
-    # Enumerate wherever a slot needs it (family_ranges checks): the spans only spare work.
-    pieces = gap_pieces = rows.family.pieces
-    if rows.family.level is None:  # plain intervals: each its own hull, one range of blocks
-        lo, hi = rows.lo, rows.hi
-        live = lo < hi
-        touched = _count(lo // kv_bs, -(-hi // kv_bs), live, q_bs, n_q, n_kv) > 0
-    else:
-        lo, hi, live, q_lo, q_hi = _tighten(*rows.tensors())
-        c0, c1 = rows.family.cols  # only the family's slots can have pieces to enumerate
-        tight = (lo, hi, rows.phase, rows.stride, rows.length, live, q_lo, q_hi)
-        touched = _ranges(*_tight_ranges(*tight, kv_bs, 0), q_bs, n_q, n_kv) > 0
-        if pieces > 0:
-            fam = [x[..., c0:c1] for x in tight]
-            touched |= _ranges(*_tight_ranges(*fam, kv_bs, pieces), q_bs, n_q, n_kv) > 0
-    lo, hi = torch.where(live, lo, 0), torch.where(live, hi, 0)
-    full = _covered(lo, hi, kv_len, q_bs, kv_bs, n_q, n_kv)
-    if rows.family.level is not None:
-        glo, ghi, ph, st, ln, ok = _open_gaps(rows, live, lo, hi, kv_len)
-        gaps = family_ranges(glo, ghi, ph, st, ln, ok, kv_bs, gap_pieces)
-        full = full & (_ranges(*gaps, q_bs, n_q, n_kv) == 0)
+    p = parts(rows, kv_len, kv_bs)
+    touched = tally(*p.touched, q_bs, n_q, n_kv) > 0
+    full = tally(*p.fullness(q_bs), q_bs, n_q, n_kv) == q_bs
     return BlockGrid(partial=touched & ~full, full=full)
 
 
@@ -365,76 +409,13 @@ def keyed(rows: Rows, keys: torch.Tensor, shape: tuple[int, ...], n_rows: int, k
         return prefix.gather(-1, i.flatten(-2)).view_as(i)
     inner0, inner1 = -(-lo // kv_bs), hi // kv_bs
     inside = live & (inner0 < inner1)
-    touched = (_count(torch.where(inside, inner0, 0), torch.where(inside, inner1, 0), inside,
+    touched = (tally(torch.where(inside, inner0, 0), torch.where(inside, inner1, 0), inside,
                       q_bs, n_q, n_kv) > 0) & (per_block > 0)
     first, last = lo // kv_bs, torch.where(live, hi - 1, 0) // kv_bs
     for b, n in ((first, at(torch.minimum(hi, (first + 1) * kv_bs)) - at(lo)),
                  (last, at(hi) - at(torch.maximum(lo, last * kv_bs)))):
-        touched |= _count(b, b + 1, live & (n > 0), q_bs, n_q, n_kv) > 0
+        touched |= tally(b, b + 1, live & (n > 0), q_bs, n_q, n_kv) > 0
     return touched, _covered(lo, hi, kv_len, q_bs, kv_bs, n_q, n_kv) & (per_block == kv_bs)
-
-
-def coarse(ctx: BuildContext) -> tuple[BlockGrid, torch.Tensor] | None:
-    """Classes of the whole row blocks from one virtual row each, and which row blocks they
-    are exact for; None where the build has no whole row block of several rows.
-
-    Per row block, four bounds from exact classifications: what its ``union`` slots touch
-    (a superset of what the block touches) and what its first and last rows touch (a
-    subset); what its ``common`` slots cover (a subset of its FULL blocks) and what both
-    end rows cover (a superset). Where both pairs agree on every key block they are the
-    block's classes, whatever the rows between do (``rowblocks``). Other row blocks
-    (a condition turning within the block, a window narrower than it) go row by row."""
-    q_bs, kv_bs = ctx.block_size
-    n = ctx.q_len // q_bs  # the ragged last block, if any, always goes row by row
-    if q_bs < 2 or n == 0 or ctx.mask.fallback:
-        return None
-    union, common = rowblocks.block_slots(ctx, n)
-    first = torch.arange(n, device=ctx.device) * q_bs
-    ends = torch.stack([first, first + q_bs - 1], -1).flatten()
-    edge = classify(lower.row_slots(ctx, ends), 2 * n, ctx.kv_len, 1, kv_bs)
-    e_touch = (edge.partial | edge.full).unflatten(-2, (n, 2))
-    touch_lo, full_hi = e_touch.any(-2), edge.full.unflatten(-2, (n, 2)).all(-2)
-    u = classify(union, n, ctx.kv_len, 1, kv_bs)
-    full_lo = classify(common, n, ctx.kv_len, 1, kv_bs).full
-    touch_hi = u.partial | u.full
-    exact = (touch_lo == touch_hi) & (full_lo == full_hi)
-    exact = exact.all(-1).flatten(0, -2).all(0)
-    return BlockGrid(touch_lo & ~full_lo, full_lo), exact
-
-
-def build_grid(ctx: BuildContext, decide: Decide = elements.decide) -> BlockGrid:
-    """The build's block grid: whole row blocks at once where ``coarse`` is exact for them
-    (for builds whose rows take more than one chunk: measured on a 2-core CPU, below that
-    the pass's fixed few ms of small tensor operations cost more than it saves), the others
-    from row slots, a chunk of row blocks at a time (``chunk_rows``);
-    undecided blocks of the element fallback by ``decide``."""
-    q_len, kv_len, block_size, device = ctx.q_len, ctx.kv_len, ctx.block_size, ctx.device
-    q_bs = block_size[0]
-    step = chunk_rows(ctx.mask, ctx.sizes, block_size)
-    fast = coarse(ctx) if step < q_len else None  # (one chunk: row by row costs less)
-    if fast is None and (step >= q_len or any(t.transposed is not None
-                                              for t in ctx.mask.terms)):
-        # (a transposed term is classified over all queries at once)
-        return classify_at(ctx, None, q_len, block_size, decide)
-    n_q, n_kv = counts(q_len, kv_len, *block_size)
-    shape = (*lower.lead_shape(ctx.mask, ctx.sizes), n_q, n_kv)
-    out = BlockGrid(*(torch.empty(shape, dtype=torch.bool, device=device) for _ in range(2)))
-    todo = torch.arange(n_q, device=device)
-    if fast is not None:
-        grid, exact = fast
-        n = exact.shape[0]
-        out.partial[..., :n, :] = grid.partial
-        out.full[..., :n, :] = grid.full
-        todo = torch.cat([todo[:n][~exact], todo[n:]])
-    per_chunk = max(1, step // q_bs)
-    for a in range(0, todo.numel(), per_chunk):
-        at = todo[a:a + per_chunk]
-        rows = (at.unsqueeze(-1) * q_bs + torch.arange(q_bs, device=device)).flatten()
-        rows = rows[rows < q_len]
-        part = classify_at(ctx, rows, rows.numel(), block_size, decide)
-        out.partial[..., at, :] = part.partial
-        out.full[..., at, :] = part.full
-    return out
 
 
 def index_tensors(grid: BlockGrid) -> tuple[Tensor, ...]:

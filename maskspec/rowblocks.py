@@ -11,7 +11,7 @@ a monotone index are bounded by their two ends.
 
 From the spans, two virtual rows per block: ``union``, slots that hold every key any row of
 the block allows in that slot, and ``common``, slots that every row of the block allows.
-Both are bounds, never guesses: ``blocks.coarse`` classifies them and the block's two end
+Both are bounds, never guesses: ``assemble.coarse`` classifies them and the block's two end
 rows, and keeps a row block's classes only where those bounds meet. O(B·H·Q/Q_BS·K).
 """
 

@@ -16,7 +16,7 @@ from maskspec import ir
 
 # Dependency order: each module only uses names defined above it.
 RUNTIME = ("errors", "caches", "ir", "analysis", "context", "lower", "elements", "rowblocks",
-           "blocks", "mask_mod", "inputs", "targets.flex")
+           "blocks", "assemble", "mask_mod", "inputs", "targets.flex")
 
 API = '''
 

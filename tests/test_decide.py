@@ -3,7 +3,7 @@
 Per block: its allowed-pair count against the dense element meaning summed per block, for
 the shipped specs that need the fallback, specs with conditions the row programs cannot
 carry, and random specs of the language (every IR node the kernel prints). Whole builds:
-``blocks.build_grid`` deciding by the kernel equals deciding by torch, with the rows taken
+``assemble.build_grid`` deciding by the kernel equals deciding by torch, with the rows taken
 in chunks and as a context-parallel rank's positions, and every block decided by the
 kernel then indexed by the finish kernels (the dense build). Without a GPU the kernel runs on
 Triton's CPU interpreter (conftest sets it).
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from strategies import shapes, valid_specs
 
 import maskspec
-from maskspec import blocks, dense, lower
+from maskspec import assemble, blocks, dense, lower
 from maskspec.api import shipped_specs
 from maskspec.cuda import decide, plans
 from maskspec.verify import random_inputs
@@ -91,7 +91,7 @@ def _grids_equal(m: maskspec.CompiledMask, b: int, h: int, q: int, kv: int,
     inputs = on_dev(random_inputs(m, b, h, q, kv, random.Random(seed)))
     ctx = m._bind(b, h, q, kv, DEV, inputs, block_size=bs)
     if positions is None:
-        got, want = blocks.build_grid(ctx, decide.by_kernel), blocks.build_grid(ctx)
+        got, want = assemble.build_grid(ctx, decide.by_kernel), assemble.build_grid(ctx)
     else:
         n = positions.shape[-1]
         got = blocks.classify_at(ctx, positions, n, bs, decide.by_kernel)
@@ -141,7 +141,7 @@ def test_dense_builds_equal_the_torch_path(name, shape, seed):
     inputs = on_dev(random_inputs(m, b, h, q, kv, random.Random(seed)))
     ctx = m._bind(b, h, q, kv, DEV, inputs, block_size=bs)
     assert decide.dense_fits(ctx)
-    assert_tensors_equal(decide.build(ctx), blocks.index_tensors(blocks.build_grid(ctx)))
+    assert_tensors_equal(decide.build(ctx), blocks.index_tensors(assemble.build_grid(ctx)))
 
 
 @pytest.mark.parametrize(("name", "q", "kv", "bs"), [
@@ -155,7 +155,7 @@ def test_a_dense_build_equals_the_torch_path(name, q, kv, bs):
         else spec(name)
     ctx = m._bind(2, 2, q, kv, DEV, on_dev(random_inputs(m, 2, 2, q, kv, random.Random(1))),
                   block_size=bs)
-    assert_tensors_equal(decide.build(ctx), blocks.index_tensors(blocks.build_grid(ctx)))
+    assert_tensors_equal(decide.build(ctx), blocks.index_tensors(assemble.build_grid(ctx)))
 
 
 def test_dense_fits_bounds_the_pairs_and_the_grid():
@@ -177,8 +177,8 @@ def test_off_cuda_the_torch_loop_decides(monkeypatch):
     monkeypatch.setattr(decide, "counts", lambda *a: pytest.fail("kernel called off CUDA"))
     m = spec("tree")
     ctx = m._bind(1, 1, 40, 60, "cpu", random_inputs(m, 1, 1, 40, 60, random.Random(0)))
-    want = blocks.build_grid(ctx)
-    got = blocks.build_grid(ctx, decide.decide)
+    want = assemble.build_grid(ctx)
+    got = assemble.build_grid(ctx, decide.decide)
     assert torch.equal(got.full, want.full) and torch.equal(got.partial, want.partial)
 
 

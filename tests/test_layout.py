@@ -20,6 +20,7 @@ STAGES = [
     {"lower", "dense", "mask_mod", "elements"},  # evaluation: row slots, the element meaning
     {"rowblocks"},  # row programs over a whole block of rows, as bounds
     {"blocks"},  # exact block classes, ordered indices
+    {"assemble"},  # the build's classes: whole row blocks as runs, the rest row by row
     {"cuda"},  # kernels, generator, plans, dispatch
     {"custom_op", "targets", "standalone"},
     {"api"},

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from strategies import shapes, valid_specs
 
 import maskspec
-from maskspec import blocks, lower, rowblocks
+from maskspec import assemble, blocks, lower, rowblocks
 from maskspec.api import CompiledMask
 from maskspec.verify import random_inputs
 
@@ -72,14 +72,15 @@ def test_row_blocks_it_calls_exact_equal_their_rows(spec, shape, seed):
     mask = _compiled(text, params)
     assume(not mask.ir.fallback and q >= 2 * bs[0])
     ctx = _ctx(mask, b, h, q, kv, bs, random_inputs(mask, b, h, q, kv, random.Random(seed)))
-    grid, exact = blocks.coarse(ctx)
+    runs, exact = assemble.coarse(ctx)
+    grid = assemble.dense(runs, blocks.counts(q, kv, *bs)[1])
     want = blocks.classify(lower.row_slots(ctx), q, kv, *bs)
     n = exact.shape[0]
     for got, ref in ((grid.partial, want.partial), (grid.full, want.full)):
         ref = ref[..., :n, :].expand_as(got)
         assert torch.equal(got[..., exact, :], ref[..., exact, :]), (text, params, shape)
     with mock.patch.object(blocks, "ROW_BUDGET", 1):  # a chunk per row block: the pass runs
-        built = blocks.build_grid(ctx)
+        built = assemble.build_grid(ctx)
     for got, ref in ((built.partial, want.partial), (built.full, want.full)):
         assert torch.equal(got, ref.expand_as(got)), (text, params, shape)
 
@@ -96,19 +97,19 @@ def test_interval_rows_take_the_row_block_pass(name, q, kv):
     if name == "document_causal":  # few long documents: most row blocks inside one
         inputs = {n: torch.arange(q).view(1, q) // 1000 for n in inputs}
     ctx = _ctx(mask, 1, 1, q, kv, (128, 128), inputs)
-    _, exact = blocks.coarse(ctx)
+    _, exact = assemble.coarse(ctx)
     assert bool(exact.all()) if name != "document_causal" else float(exact.float().mean()) > 0.8
     want = blocks.classify(lower.row_slots(ctx), q, kv, 128, 128)
     with mock.patch.object(blocks, "ROW_BUDGET", 1):
-        got = blocks.build_grid(ctx)
+        got = assemble.build_grid(ctx)
     assert torch.equal(got.partial, want.partial) and torch.equal(got.full, want.full)
 
 
 def test_no_pass_without_a_whole_row_block():
     """Fewer rows than a block, blocks of one row, and fallback masks skip the pass."""
     mask = maskspec.load("causal")
-    assert blocks.coarse(_ctx(mask, 1, 1, 100, 300, (128, 128), {})) is None
-    assert blocks.coarse(_ctx(mask, 1, 1, 100, 300, (1, 16), {})) is None
+    assert assemble.coarse(_ctx(mask, 1, 1, 100, 300, (128, 128), {})) is None
+    assert assemble.coarse(_ctx(mask, 1, 1, 100, 300, (1, 16), {})) is None
     tree = maskspec.load("global_sliding_window")
     inputs = random_inputs(tree, 1, 1, 512, 512, random.Random(0))
-    assert blocks.coarse(_ctx(tree, 1, 1, 512, 512, (128, 128), inputs)) is None
+    assert assemble.coarse(_ctx(tree, 1, 1, 512, 512, (128, 128), inputs)) is None

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from maskspec import background, blocks, lower
+from maskspec import assemble, background, blocks, lower
 from maskspec.context import BuildContext
 from maskspec.cuda import decide, kernels, plans
 from maskspec.cuda.kernels import triton
@@ -128,11 +128,11 @@ def fallback(ctx: BuildContext) -> tuple[Tensor, ...]:
 
 
 def torch_path(ctx: BuildContext) -> tuple[Tensor, ...]:
-    """Lowering and ``blocks.classify`` a chunk of row blocks at a time
-    (``blocks.build_grid``): torch ops only, nothing to compile (the CPU's path, and a CUDA
-    build's while its kernels compile); on CUDA the element fallback's undecided blocks by
-    its generated kernel (``decide``)."""
-    return blocks.index_tensors(blocks.build_grid(ctx, decide_blocks))
+    """Lowering and classification, whole row blocks at once where they can be, the others
+    a chunk of row blocks at a time (``assemble.tensors``): torch ops only, nothing to compile
+    (the CPU's path, and a CUDA build's while its kernels compile); on CUDA the element
+    fallback's undecided blocks by its generated kernel (``decide``)."""
+    return assemble.tensors(ctx, decide_blocks)
 
 
 def tensors(ctx: BuildContext) -> tuple[Tensor, ...]:

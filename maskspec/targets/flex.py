@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import blocks
+from maskspec import assemble, blocks
 from maskspec import mask_mod as element
 from maskspec.blocks import BlockGrid
 from maskspec.context import BuildContext
@@ -16,7 +16,7 @@ def from_tensors(
     tensors: tuple[Tensor, ...], q_len: int, kv_len: int, block_size: tuple[int, int],
     mask_mod: MaskMod,
 ) -> BlockMask:
-    """Wrap ``blocks.index_tensors``' output (no copy)."""
+    """Wrap the eight index tensors (``assemble.tensors``' order; no copy)."""
     return BlockMask((q_len, kv_len), *tensors, block_size, mask_mod)
 
 
@@ -28,6 +28,6 @@ def block_mask(
 
 
 def build(ctx: BuildContext) -> BlockMask:
-    """The spec's BlockMask on the torch path: lower, classify, index."""
+    """The spec's BlockMask on the torch path: lower, classify, index (``assemble.tensors``)."""
     mm = element.mask_mod(ctx.mask, ctx.sizes, ctx.inputs)
-    return block_mask(blocks.build_grid(ctx), ctx.q_len, ctx.kv_len, ctx.block_size, mm)
+    return from_tensors(assemble.tensors(ctx), ctx.q_len, ctx.kv_len, ctx.block_size, mm)

@@ -1,0 +1,258 @@
+"""The build's block classes: whole row blocks at once where bounds allow, the rest row by
+row; as a dense grid, or written straight into BlockMask's eight tensors.
+
+``blocks.classify`` sums ranges over every (row block, key block). A row block classified
+whole (``coarse``) keeps each sum as sorted events instead: its classes change only where
+one of its ranges starts or ends, so they are read per run of key blocks between events,
+O(B'·H'·Q_blocks·E log E) for E range ends per row block however many key blocks there are.
+From runs, ``tensors`` writes the index tensors from the set blocks alone: zeroed tensors
+(a padding entry is block 0, a valid index), one write per set block in each direction
+(the q direction sorted by key block first), O(set blocks · log) beside the output's
+allocation. Builds with many set blocks, or few whole row blocks, take the dense grid and
+``blocks.index_tensors``, whose temporaries stay bounded by their chunks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from maskspec import blocks, elements, lower, rowblocks
+from maskspec.blocks import BlockGrid, Decide, Ranges
+from maskspec.caches import PerMask
+from maskspec.context import BuildContext
+
+FIELD = 16  # bits per sum packed into an event's int64 weight (signed: |sum| < 2**15)
+SPARSE = 8  # set blocks written one by one up to grid cells / SPARSE (else the dense grid)
+WHOLE_BLOCKS = 128  # row blocks from which whole row blocks are classified at once
+_FRUITLESS = PerMask(256)  # (mask, block size and sizes) where that found few exact blocks
+
+
+@dataclass
+class Runs:
+    """Each whole row block's key blocks as runs [start, start + length), each PARTIAL,
+    FULL or neither, (B', H', row blocks, E); runs of length 0 are padding."""
+
+    start: Tensor
+    length: Tensor
+    partial: Tensor
+    full: Tensor
+
+
+def _runs(sums: list[Ranges], n_kv: int) -> tuple[Tensor, Tensor, list[Tensor]] | None:
+    """The sorted ends of every range of a row, the run from each end to the next (the last
+    to n_kv), and each sum's value over each run: the weights of all sums packed into one
+    int64 a FIELD of bits each, so one sort and one cumulative sum serve them all. None
+    where a sum could leave its field (rows of very many ranges). At most 64 // FIELD sums."""
+    assert len(sums) * FIELD <= 64, "four sums at most"
+    if any(r[0].shape[-1] * 4 >= 1 << (FIELD - 1) for r in sums):
+        return None
+    shape = torch.broadcast_shapes(*(r[0].shape[:-1] for r in sums))
+    pos, weight = [], []
+    for k, (first, last, w) in enumerate(sums):
+        w = w.to(torch.long).expand(*shape, w.shape[-1]) * (1 << (FIELD * k))
+        pos += [first.expand(*shape, first.shape[-1]), last.expand(*shape, last.shape[-1])]
+        weight += [w, -w]
+    pos, order = torch.cat(pos, -1).sort(-1)
+    packed = torch.cat(weight, -1).gather(-1, order).cumsum(-1)
+    length = torch.cat([pos[..., 1:], torch.full_like(pos[..., :1], n_kv)], -1) - pos
+    half, values = 1 << (FIELD - 1), []
+    for _ in sums:
+        v = (packed + half) % (1 << FIELD) - half  # the lowest field, signed
+        values.append(v)
+        packed = (packed - v) // (1 << FIELD)
+    return pos, length, values
+
+
+def _paired(r: Ranges) -> Ranges:
+    """Ranges of rows 2i and 2i+1 as one row i's (the two end rows of a row block)."""
+    return tuple(x.reshape(*x.shape[:-2], x.shape[-2] // 2, 2 * x.shape[-1])
+                 for x in r)  # type: ignore[return-value]
+
+
+def coarse(ctx: BuildContext) -> tuple[Runs, Tensor] | None:
+    """Classes of the whole row blocks as runs, and which row blocks they are exact for;
+    None where the build has no whole row block of several rows.
+
+    Per row block, four bounds: what its ``union`` slots touch (a superset of what the
+    block touches) and what its first and last rows touch (a subset); what its ``common``
+    slots cover (a subset of its FULL blocks) and what both end rows cover (a superset).
+    Where both pairs agree on every run they are the block's classes, whatever the rows
+    between do (``rowblocks``). Other row blocks (a condition turning within the block, a
+    window narrower than it) go row by row."""
+    q_bs, kv_bs = ctx.block_size
+    n = ctx.q_len // q_bs  # the ragged last block, if any, always goes row by row
+    if q_bs < 2 or n == 0 or ctx.mask.fallback:
+        return None
+    union, common = rowblocks.block_slots(ctx, n)
+    first = torch.arange(n, device=ctx.device) * q_bs
+    ends = torch.stack([first, first + q_bs - 1], -1).flatten()
+    edge = blocks.parts(lower.row_slots(ctx, ends), ctx.kv_len, kv_bs)
+    n_kv = blocks.counts(ctx.q_len, ctx.kv_len, *ctx.block_size)[1]
+    found = _runs([_paired(edge.touched), _paired(edge.fullness(2)),
+                   blocks.parts(union, ctx.kv_len, kv_bs).touched,
+                   blocks.parts(common, ctx.kv_len, kv_bs).fullness(1)], n_kv)
+    if found is None:
+        return None
+    pos, length, (touch_lo, full_hi, touch_hi, full_lo) = found
+    touched, full = touch_lo > 0, full_lo == 1
+    agree = ((touched == (touch_hi > 0)) & (full == (full_hi == 2))) | (length == 0)
+    exact = agree.all(-1).flatten(0, -2).all(0)
+    return Runs(pos, length, touched & ~full, full), exact
+
+
+def dense(runs: Runs, n_kv: int) -> BlockGrid:
+    """Runs as a (B', H', row blocks, KV_blocks) grid."""
+    n, end = runs.start.shape[-2], runs.start + runs.length
+    return BlockGrid(*(blocks.tally(runs.start, end, c, 1, n, n_kv) > 0
+                       for c in (runs.partial, runs.full)))
+
+
+def _todo(ctx: BuildContext, exact: Tensor | None) -> Tensor:
+    """The row blocks left to classify row by row: all without ``coarse``, else the
+    inexact whole ones and the ragged last."""
+    n_q = blocks.counts(ctx.q_len, ctx.kv_len, *ctx.block_size)[0]
+    todo = torch.arange(n_q, device=ctx.device)
+    if exact is None:
+        return todo
+    n = exact.shape[0]
+    return torch.cat([todo[:n][~exact], todo[n:]])
+
+
+def _row_chunks(ctx: BuildContext, todo: Tensor, decide: Decide):
+    """(row blocks, their classes) a chunk of row blocks at a time (``blocks.chunk_rows``)."""
+    q_bs = ctx.block_size[0]
+    per_chunk = max(1, blocks.chunk_rows(ctx.mask, ctx.sizes, ctx.block_size) // q_bs)
+    for a in range(0, todo.numel(), per_chunk):
+        at = todo[a:a + per_chunk]
+        rows = (at.unsqueeze(-1) * q_bs + torch.arange(q_bs, device=ctx.device)).flatten()
+        rows = rows[rows < ctx.q_len]
+        yield at, blocks.classify_at(ctx, rows, rows.numel(), ctx.block_size, decide)
+
+
+def _fast(ctx: BuildContext) -> tuple[Runs, Tensor] | None:
+    """``coarse``, where it pays: for builds of WHOLE_BLOCKS row blocks or more, or whose
+    rows take more than one chunk (measured on a 2-core CPU: below both, row by row costs
+    less than the pass's fixed small tensor operations), and not again for a mask and
+    sizes where it found fewer than one row block in SPARSE exact (a window narrower than
+    a row block, say), which only the rows can classify."""
+    step = blocks.chunk_rows(ctx.mask, ctx.sizes, ctx.block_size)
+    if step >= ctx.q_len and ctx.q_len < WHOLE_BLOCKS * ctx.block_size[0]:
+        return None
+    key = (ctx.block_size, tuple(sorted(ctx.sizes.items())))
+    if _FRUITLESS.get(ctx.mask, key, False):
+        return None
+    fast = coarse(ctx)
+    if fast is not None and int(fast[1].sum()) * SPARSE < fast[1].numel():
+        _FRUITLESS.put(ctx.mask, key, True)
+    return fast
+
+
+def build_grid(ctx: BuildContext, decide: Decide = elements.decide) -> BlockGrid:
+    """The build's block grid: whole row blocks at once where ``coarse`` is exact for them,
+    the others from row slots, a chunk of row blocks at a time; undecided blocks of the
+    element fallback by ``decide``."""
+    return _grid(ctx, decide, _fast(ctx))
+
+
+def _grid(ctx: BuildContext, decide: Decide, fast: tuple[Runs, Tensor] | None) -> BlockGrid:
+    """``build_grid`` given ``coarse``'s result."""
+    q_len, kv_len, block_size = ctx.q_len, ctx.kv_len, ctx.block_size
+    step = blocks.chunk_rows(ctx.mask, ctx.sizes, block_size)
+    if fast is None and (step >= q_len or any(t.transposed is not None
+                                              for t in ctx.mask.terms)):
+        # (a transposed term is classified over all queries at once)
+        return blocks.classify_at(ctx, None, q_len, block_size, decide)
+    n_q, n_kv = blocks.counts(q_len, kv_len, *block_size)
+    shape = (*lower.lead_shape(ctx.mask, ctx.sizes), n_q, n_kv)
+    out = BlockGrid(*(torch.empty(shape, dtype=torch.bool, device=ctx.device)
+                      for _ in range(2)))
+    if fast is not None:
+        grid = dense(fast[0], n_kv)
+        n = fast[1].shape[0]
+        out.partial[..., :n, :] = grid.partial
+        out.full[..., :n, :] = grid.full
+    for at, part in _row_chunks(ctx, _todo(ctx, None if fast is None else fast[1]), decide):
+        out.partial[..., at, :] = part.partial
+        out.full[..., at, :] = part.full
+    return out
+
+
+def tensors(ctx: BuildContext, decide: Decide = elements.decide) -> tuple[Tensor, ...]:
+    """BlockMask's eight tensors of the build: on the CPU written from the set blocks where
+    ``coarse`` classifies most row blocks and few blocks are set (``SPARSE``), else
+    ``blocks.index_tensors`` of ``build_grid``. (On CUDA this path only runs while the
+    fused kernels compile, whose tensors it then equals entry for entry, padding included.)"""
+    fast = _fast(ctx)
+    if fast is not None and ctx.device.type == "cpu":
+        runs, exact = fast
+        n_q, n_kv = blocks.counts(ctx.q_len, ctx.kv_len, *ctx.block_size)
+        lead = runs.start.shape[:-2]
+        cells = lead.numel() * n_q * n_kv
+        whole = exact.view(1, 1, -1, 1) & (runs.length > 0)
+        n_set = int(torch.where(whole & (runs.partial | runs.full), runs.length, 0).sum())
+        if n_set * SPARSE <= cells and (n_q - int(exact.sum())) * SPARSE <= n_q:
+            return _from_entries(ctx, runs, exact, whole, decide)
+    return blocks.index_tensors(_grid(ctx, decide, fast))
+
+
+Entries = tuple[Tensor, Tensor]  # (row, col) of set blocks: row = flat (b, h, row block)
+
+
+def _of_runs(runs: Runs, which: Tensor, n_q: int) -> Entries:
+    """The blocks of the runs marked ``which``, row by row, ascending in each row."""
+    n = runs.start.shape[-2]
+    length = torch.where(which, runs.length, 0).flatten()
+    total = int(length.sum())
+    run = torch.repeat_interleave(torch.arange(length.numel(), device=length.device), length,
+                                  output_size=total)
+    offset = length.cumsum(0) - length
+    col = runs.start.flatten()[run] + torch.arange(total, device=run.device) - offset[run]
+    per_row = runs.start.shape[-1]
+    flat_row = run // per_row  # (b, h, row block) in the runs' layout
+    return flat_row // n * n_q + flat_row % n, col
+
+
+def _of_grid(grid: Tensor, at: Tensor, n_q: int) -> Entries:
+    """The set blocks of a (B', H', len(at), KV_blocks) grid of row blocks ``at``."""
+    b, h, r, col = grid.nonzero(as_tuple=True)
+    return (b * grid.shape[1] + h) * n_q + at[r], col
+
+
+def _from_entries(ctx: BuildContext, runs: Runs, exact: Tensor, whole: Tensor,
+                  decide: Decide) -> tuple[Tensor, ...]:
+    """The eight tensors from the runs of the row blocks ``coarse`` is ``exact`` for
+    (``whole``: those runs) and the other row blocks' grids, classified row by row."""
+    n_q, n_kv = blocks.counts(ctx.q_len, ctx.kv_len, *ctx.block_size)
+    lead = tuple(runs.start.shape[:-2])
+    found = [[_of_runs(runs, whole & runs.partial, n_q)], [_of_runs(runs, whole & runs.full, n_q)]]
+    for at, part in _row_chunks(ctx, _todo(ctx, exact), decide):
+        for into, g in zip(found, (part.partial, part.full), strict=True):
+            into.append(_of_grid(g.expand(*lead, *g.shape[-2:]), at, n_q))
+    kv_side: list[Tensor] = []
+    q_side: list[Tensor] = []
+    for entries in found:  # PARTIAL, then FULL
+        row, col = (torch.cat(x) for x in zip(*entries, strict=True))
+        kv_side += _written(row, col, (*lead, n_q), n_kv)
+        key = ((row // n_q * n_kv + col) * n_q + row % n_q).sort().values
+        q_side += _written(key // n_q, key % n_q, (*lead, n_kv), n_q, ordered=True)
+    return (*kv_side, *q_side)
+
+
+def _written(row: Tensor, col: Tensor, rows: tuple[int, ...], n_cols: int,
+             ordered: bool = False) -> list[Tensor]:
+    """(counts, indices) of entries grouped by row, ascending within each group (and the
+    groups in row order where ``ordered``): each row's columns first, then zeros."""
+    n_rows = math.prod(rows)
+    num = torch.bincount(row, minlength=n_rows)
+    i = torch.arange(row.numel(), device=row.device)
+    if ordered:
+        first = num.cumsum(0) - num
+    else:  # each group's first entry
+        first = torch.zeros_like(num).scatter_reduce_(0, row, i, "amin", include_self=False)
+    idx = torch.zeros(n_rows * n_cols, dtype=torch.int32, device=row.device)
+    idx[row * n_cols + i - first[row]] = col.to(torch.int32)
+    return [num.to(torch.int32).view(rows), idx.view(*rows, n_cols)]
