@@ -90,11 +90,13 @@ def coarse(ctx: BuildContext) -> tuple[Runs, Tensor] | None:
     union, common = rowblocks.block_slots(ctx, n)
     first = torch.arange(n, device=ctx.device) * q_bs
     ends = torch.stack([first, first + q_bs - 1], -1).flatten()
-    edge = blocks.parts(lower.row_slots(ctx, ends), ctx.kv_len, kv_bs)
-    n_kv = blocks.counts(ctx.q_len, ctx.kv_len, *ctx.block_size)[1]
-    found = _runs([_paired(edge.touched), _paired(edge.fullness(2)),
-                   blocks.parts(union, ctx.kv_len, kv_bs).touched,
-                   blocks.parts(common, ctx.kv_len, kv_bs).fullness(1)], n_kv)
+    edge = lower.row_slots(ctx, ends)
+    t = blocks.tighten(edge)
+    n_kv, kv_len = blocks.counts(ctx.q_len, ctx.kv_len, *ctx.block_size)[1], ctx.kv_len
+    found = _runs([_paired(blocks.touched_ranges(edge, kv_bs, t)),
+                   _paired(blocks.full_ranges(edge, kv_len, kv_bs, 2, t)),
+                   blocks.touched_ranges(union, kv_bs, blocks.tighten(union)),
+                   blocks.full_ranges(common, kv_len, kv_bs, 1, blocks.tighten(common))], n_kv)
     if found is None:
         return None
     pos, length, (touch_lo, full_hi, touch_hi, full_lo) = found

@@ -38,6 +38,10 @@ class BlockGrid:
     full: torch.Tensor
 
 
+Ranges = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # first, last, weight: (..., rows, E)
+Tight = tuple[torch.Tensor, ...]  # (lo, hi, live, q_lo, q_hi): ``tighten``'s
+
+
 def tally(
     first: torch.Tensor, last: torch.Tensor, weight: torch.Tensor, q_bs: int, n_q: int, n_kv: int
 ) -> torch.Tensor:
@@ -77,12 +81,12 @@ def _merged(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return start, reach, is_last
 
 
-def tighten(rows: Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each slot's first allowed key and one past its last, and whether it allows any
-    (plain intervals, with no family, are their own hulls)."""
+def tighten(rows: Rows) -> Tight:
+    """Every slot's first allowed key, one past its last, whether it allows any, and (for a
+    family) the periods of those keys; plain intervals, with no family, are their own hulls."""
     if rows.family.level is None:
-        return rows.lo, rows.hi, rows.lo < rows.hi
-    return _tighten(*rows.tensors())[:3]
+        return rows.lo, rows.hi, rows.lo < rows.hi, rows.lo, rows.lo
+    return _tighten(*rows.tensors())
 
 
 def _tighten(lo: torch.Tensor, hi: torch.Tensor, ph: torch.Tensor, st: torch.Tensor,
@@ -169,7 +173,7 @@ def _family_keys(lo: torch.Tensor, hi: torch.Tensor, ph: torch.Tensor, st: torch
 def allowed_per_row(rows: Rows, kv_len: int) -> torch.Tensor:
     """Exact count of allowed keys in every row: the merged hulls' total length less the
     family gaps the row's intervals leave open."""
-    lo, hi, live = tighten(rows)
+    lo, hi, live = tighten(rows)[:3]
     lo, hi = torch.where(live, lo, 0), torch.where(live, hi, 0)
     start, end, is_last = _merged(lo, hi)
     out = torch.where(is_last, end - start, 0).sum(-1)
@@ -182,32 +186,6 @@ def allowed_per_row(rows: Rows, kv_len: int) -> torch.Tensor:
 def counts(q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> tuple[int, int]:
     """Row blocks and key blocks covering the lengths (the last of each may be partial)."""
     return -(-q_len // q_bs), -(-kv_len // kv_bs)
-
-
-Ranges = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # first, last, weight: (..., rows, E)
-
-
-@dataclass
-class Parts:
-    """The per-row key-block ranges a classification counts: a block is touched where some
-    ``touched`` range of a row holds it, full where every row's ``covered`` ranges hold it
-    and no ``gaps`` range does (None: no family, no gaps). Each as ``Ranges`` with one
-    trailing dim of ranges per row."""
-
-    touched: Ranges
-    covered: Ranges
-    gaps: Ranges | None
-
-    def fullness(self, rows: int) -> Ranges:
-        """Covered ranges weighing 1 and gap ranges ``-(rows + 1)``: summed over ``rows``
-        rows, a block is full exactly where the sum is ``rows`` (each row covers it at most
-        once, and one gap takes the sum below)."""
-        if self.gaps is None:
-            return self.covered
-        f, last, ok = self.gaps
-        c0, c1, covering = self.covered
-        return _joined((c0, c1, covering.to(torch.int32)),
-                       (f, last, ok.to(torch.int32) * -(rows + 1)))
 
 
 def _flat(first: torch.Tensor, last: torch.Tensor, ok: torch.Tensor) -> Ranges:
@@ -239,36 +217,41 @@ def _covered(lo: torch.Tensor, hi: torch.Tensor, kv_len: int, q_bs: int, kv_bs: 
     return tally(*_covering(lo, hi, kv_len, kv_bs), q_bs, n_q, n_kv) == q_bs
 
 
-def parts(rows: Rows, kv_len: int, kv_bs: int) -> Parts:
-    """The ranges ``classify`` counts for these rows (exact for any union: see the module
-    docstring)."""
-    pieces = rows.family.pieces  # enumerated wherever a slot needs it (family_ranges checks)
-    if rows.family.level is None:  # plain intervals: each its own hull, one range of blocks
-        lo, hi = rows.lo, rows.hi
-        live = lo < hi
-        touched = _flat(lo // kv_bs, -(-hi // kv_bs), live)
-    else:
-        lo, hi, live, q_lo, q_hi = _tighten(*rows.tensors())
-        c0, c1 = rows.family.cols  # only the family's slots can have pieces to enumerate
-        tight = (lo, hi, rows.phase, rows.stride, rows.length, live, q_lo, q_hi)
-        touched = _flat(*_tight_ranges(*tight, kv_bs, 0))
-        if pieces > 0:
-            fam = [x[..., c0:c1] for x in tight]
-            touched = _joined(touched, _flat(*_tight_ranges(*fam, kv_bs, pieces)))
+def touched_ranges(rows: Rows, kv_bs: int, t: Tight) -> Ranges:
+    """The key-block ranges of each row a block is touched in (``t``: ``tighten(rows)``)."""
+    lo, hi, live, q_lo, q_hi = t
+    if rows.family.level is None:  # plain intervals: one range of blocks each
+        return _flat(lo // kv_bs, -(-hi // kv_bs), live)
+    c0, c1 = rows.family.cols  # only the family's slots can have pieces to enumerate
+    fields = (lo, hi, rows.phase, rows.stride, rows.length, live, q_lo, q_hi)
+    touched = _flat(*_tight_ranges(*fields, kv_bs, 0))
+    if rows.family.pieces > 0:  # enumerated wherever a slot needs it (_tight_ranges checks)
+        fam = [x[..., c0:c1] for x in fields]
+        touched = _joined(touched, _flat(*_tight_ranges(*fam, kv_bs, rows.family.pieces)))
+    return touched
+
+
+def full_ranges(rows: Rows, kv_len: int, kv_bs: int, per_block: int, t: Tight) -> Ranges:
+    """Ranges whose weights, summed over a block of ``per_block`` rows, reach ``per_block``
+    exactly on its full blocks: each row's merged intervals' whole blocks weighing 1 (a row
+    covers a block at most once), the family gaps they leave open ``-(per_block + 1)``."""
+    lo, hi, live = t[:3]
     lo, hi = torch.where(live, lo, 0), torch.where(live, hi, 0)
-    gaps = None
-    if rows.family.level is not None:
-        glo, ghi, ph, st, ln, ok = _open_gaps(rows, live, lo, hi, kv_len)
-        gaps = _flat(*family_ranges(glo, ghi, ph, st, ln, ok, kv_bs, pieces))
-    return Parts(touched, _covering(lo, hi, kv_len, kv_bs), gaps)
+    c0, c1, covering = _covering(lo, hi, kv_len, kv_bs)
+    covered = (c0, c1, covering.to(torch.int32))
+    if rows.family.level is None:
+        return covered
+    glo, ghi, ph, st, ln, ok = _open_gaps(rows, live, lo, hi, kv_len)
+    g0, g1, real = _flat(*family_ranges(glo, ghi, ph, st, ln, ok, kv_bs, rows.family.pieces))
+    return _joined(covered, (g0, g1, real.to(torch.int32) * -(per_block + 1)))
 
 
 def classify(rows: Rows, q_len: int, kv_len: int, q_bs: int, kv_bs: int) -> BlockGrid:
     """Exact FULL and PARTIAL blocks from per-row slots (torch's semantics, ragged edges)."""
     n_q, n_kv = counts(q_len, kv_len, q_bs, kv_bs)
-    p = parts(rows, kv_len, kv_bs)
-    touched = tally(*p.touched, q_bs, n_q, n_kv) > 0
-    full = tally(*p.fullness(q_bs), q_bs, n_q, n_kv) == q_bs
+    t = tighten(rows)
+    touched = tally(*touched_ranges(rows, kv_bs, t), q_bs, n_q, n_kv) > 0
+    full = tally(*full_ranges(rows, kv_len, kv_bs, q_bs, t), q_bs, n_q, n_kv) == q_bs
     return BlockGrid(partial=touched & ~full, full=full)
 
 
