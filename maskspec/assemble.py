@@ -46,9 +46,11 @@ def _runs(sums: list[Ranges], n_kv: int) -> tuple[Tensor, Tensor, list[Tensor]] 
     """The sorted ends of every range of a row, the run from each end to the next (the last
     to n_kv), and each sum's value over each run: the weights of all sums packed into one
     int64 a FIELD of bits each, so one sort and one cumulative sum serve them all. None
-    where a sum could leave its field (rows of very many ranges). At most 64 // FIELD sums."""
+    where the ends outnumber the key blocks (dense sums then cost less, and runs would hold
+    more than the grid) or a sum could leave its field. At most 64 // FIELD sums."""
     assert len(sums) * FIELD <= 64, "four sums at most"
-    if any(r[0].shape[-1] * 4 >= 1 << (FIELD - 1) for r in sums):
+    ends = 2 * sum(r[0].shape[-1] for r in sums)
+    if ends > n_kv or any(r[0].shape[-1] * 4 >= 1 << (FIELD - 1) for r in sums):
         return None
     shape = torch.broadcast_shapes(*(r[0].shape[:-1] for r in sums))
     pos, weight = [], []
@@ -73,9 +75,10 @@ def _paired(r: Ranges) -> Ranges:
                  for x in r)  # type: ignore[return-value]
 
 
-def coarse(ctx: BuildContext) -> tuple[Runs, Tensor] | None:
-    """Classes of the whole row blocks as runs, and which row blocks they are exact for;
-    None where the build has no whole row block of several rows.
+def coarse(ctx: BuildContext) -> tuple[Runs | BlockGrid, Tensor] | None:
+    """Classes of the whole row blocks as runs (as a dense grid where their ranges have
+    more ends than there are key blocks), and which row blocks they are exact for; None
+    where the build has no whole row block of several rows.
 
     Per row block, four bounds: what its ``union`` slots touch (a superset of what the
     block touches) and what its first and last rows touch (a subset); what its ``common``
@@ -93,24 +96,32 @@ def coarse(ctx: BuildContext) -> tuple[Runs, Tensor] | None:
     edge = lower.row_slots(ctx, ends)
     t = blocks.tighten(edge)
     n_kv, kv_len = blocks.counts(ctx.q_len, ctx.kv_len, *ctx.block_size)[1], ctx.kv_len
-    found = _runs([_paired(blocks.touched_ranges(edge, kv_bs, t)),
-                   _paired(blocks.full_ranges(edge, kv_len, kv_bs, 2, t)),
-                   blocks.touched_ranges(union, kv_bs, blocks.tighten(union)),
-                   blocks.full_ranges(common, kv_len, kv_bs, 1, blocks.tighten(common))], n_kv)
-    if found is None:
-        return None
-    pos, length, (touch_lo, full_hi, touch_hi, full_lo) = found
+    sums = [_paired(blocks.touched_ranges(edge, kv_bs, t)),
+            _paired(blocks.full_ranges(edge, kv_len, kv_bs, 2, t)),
+            blocks.touched_ranges(union, kv_bs, blocks.tighten(union)),
+            blocks.full_ranges(common, kv_len, kv_bs, 1, blocks.tighten(common))]
+    found = _runs(sums, n_kv)
+    if found is None:  # more range ends than key blocks: the dense sums cost less
+        values = [blocks.tally(*r, 1, n, n_kv) for r in sums]
+        length = torch.ones((), dtype=torch.long, device=ctx.device)
+    else:
+        pos, length, values = found
+    touch_lo, full_hi, touch_hi, full_lo = values
     touched, full = touch_lo > 0, full_lo == 1
     agree = ((touched == (touch_hi > 0)) & (full == (full_hi == 2))) | (length == 0)
     exact = agree.all(-1).flatten(0, -2).all(0)
+    if found is None:
+        return BlockGrid(touched & ~full, full), exact
     return Runs(pos, length, touched & ~full, full), exact
 
 
-def dense(runs: Runs, n_kv: int) -> BlockGrid:
-    """Runs as a (B', H', row blocks, KV_blocks) grid."""
-    n, end = runs.start.shape[-2], runs.start + runs.length
-    return BlockGrid(*(blocks.tally(runs.start, end, c, 1, n, n_kv) > 0
-                       for c in (runs.partial, runs.full)))
+def dense(classes: Runs | BlockGrid, n_kv: int) -> BlockGrid:
+    """``coarse``'s classes as a (B', H', row blocks, KV_blocks) grid."""
+    if isinstance(classes, BlockGrid):
+        return classes
+    n, end = classes.start.shape[-2], classes.start + classes.length
+    return BlockGrid(*(blocks.tally(classes.start, end, c, 1, n, n_kv) > 0
+                       for c in (classes.partial, classes.full)))
 
 
 def _todo(ctx: BuildContext, exact: Tensor | None) -> Tensor:
@@ -135,7 +146,7 @@ def _row_chunks(ctx: BuildContext, todo: Tensor, decide: Decide):
         yield at, blocks.classify_at(ctx, rows, rows.numel(), ctx.block_size, decide)
 
 
-def _fast(ctx: BuildContext) -> tuple[Runs, Tensor] | None:
+def _fast(ctx: BuildContext) -> tuple[Runs | BlockGrid, Tensor] | None:
     """``coarse``, where it pays: for builds of WHOLE_BLOCKS row blocks or more, or whose
     rows take more than one chunk (measured on a 2-core CPU: below both, row by row costs
     less than the pass's fixed small tensor operations), and not again for a mask and
@@ -160,7 +171,8 @@ def build_grid(ctx: BuildContext, decide: Decide = elements.decide) -> BlockGrid
     return _grid(ctx, decide, _fast(ctx))
 
 
-def _grid(ctx: BuildContext, decide: Decide, fast: tuple[Runs, Tensor] | None) -> BlockGrid:
+def _grid(ctx: BuildContext, decide: Decide,
+          fast: tuple[Runs | BlockGrid, Tensor] | None) -> BlockGrid:
     """``build_grid`` given ``coarse``'s result."""
     q_len, kv_len, block_size = ctx.q_len, ctx.kv_len, ctx.block_size
     step = blocks.chunk_rows(ctx.mask, ctx.sizes, block_size)
@@ -189,7 +201,7 @@ def tensors(ctx: BuildContext, decide: Decide = elements.decide) -> tuple[Tensor
     ``blocks.index_tensors`` of ``build_grid``. (On CUDA this path only runs while the
     fused kernels compile, whose tensors it then equals entry for entry, padding included.)"""
     fast = _fast(ctx)
-    if fast is not None and ctx.device.type == "cpu":
+    if fast is not None and isinstance(fast[0], Runs) and ctx.device.type == "cpu":
         runs, exact = fast
         n_q, n_kv = blocks.counts(ctx.q_len, ctx.kv_len, *ctx.block_size)
         lead = runs.start.shape[:-2]
