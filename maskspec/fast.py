@@ -155,7 +155,7 @@ class Builder:
             if cap is None and not self._compiled(ctx):
                 return self._eager(ctx)  # captured once the kernels compiled
             if cap is None:
-                cap = self._graphs[key] = self._capture(ctx)
+                cap = self._graphs[key] = self._capture(ctx, raw=tensors and bool(inputs))
             inputs = ctx.inputs
         if self.check:
             deferred.poll()
@@ -173,9 +173,12 @@ class Builder:
         compiled row stage compiles when first called, ready or not)."""
         return self.use_compiled or ctx.device.type != "cuda" or dispatch.compiled(ctx)
 
-    def _capture(self, ctx: BuildContext) -> _Captured:
+    def _capture(self, ctx: BuildContext, raw: bool) -> _Captured:
         """Warm up on a side stream (JIT and compiles happen there), then capture the
-        pipeline into a pool of its own."""
+        pipeline into a pool of its own. ``raw``: replays copy the caller's tensors in
+        unbound, so the graph sanitizes them and (checking) computes their check's flag;
+        otherwise what replays read was bound (checked and sanitized) or is the defaults,
+        and the graph holds the build alone."""
         dev, sizes = ctx.device, ctx.sizes
         if dev.type != "cuda":
             raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}")
@@ -187,8 +190,8 @@ class Builder:
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # replays read what the call copies into ``static``
-            clean = inputs_stage.sanitized(ctx.mask, sizes, static)
-            bad = inputs_stage.value_flag(static, clean)
+            clean = inputs_stage.sanitized(ctx.mask, sizes, static) if raw else static
+            bad = inputs_stage.value_flag(static, clean) if raw and self.check else None
             tensors = self._run(ctx.with_inputs(clean))
         mm = mask_mod_backend.mask_mod(ctx.mask, sizes, clean)
         bm = flex.from_tensors(tensors, ctx.q_len, ctx.kv_len, self.block_size, mm)
