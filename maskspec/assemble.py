@@ -5,11 +5,12 @@ row; as a dense grid, or written straight into BlockMask's eight tensors.
 whole (``coarse``) keeps each sum as sorted events instead: its classes change only where
 one of its ranges starts or ends, so they are read per run of key blocks between events,
 O(B'·H'·Q_blocks·E log E) for E range ends per row block however many key blocks there are.
-From runs, ``tensors`` writes the index tensors from the set blocks alone: zeroed tensors
-(a padding entry is block 0, a valid index), one write per set block in each direction
-(the q direction sorted by key block first), O(set blocks · log) beside the output's
-allocation. Builds with many set blocks, or few whole row blocks, take the dense grid and
-``blocks.index_tensors``, whose temporaries stay bounded by their chunks.
+From runs, ``tensors`` writes the index tensors from the set blocks: two steps of a
+difference array per set block in each direction (the q direction sorted by key block
+first) and one cumulative sum per tensor give create_block_mask's layout, set blocks then
+the unset ones, with no pass over a boolean grid. Builds with many set blocks, or few whole
+row blocks, take the dense grid and ``blocks.index_tensors``, whose temporaries stay
+bounded by their chunks.
 """
 
 from __future__ import annotations
@@ -196,10 +197,10 @@ def _grid(ctx: BuildContext, decide: Decide,
 
 
 def tensors(ctx: BuildContext, decide: Decide = elements.decide) -> tuple[Tensor, ...]:
-    """BlockMask's eight tensors of the build: on the CPU written from the set blocks where
-    ``coarse`` classifies most row blocks and few blocks are set (``SPARSE``), else
-    ``blocks.index_tensors`` of ``build_grid``. (On CUDA this path only runs while the
-    fused kernels compile, whose tensors it then equals entry for entry, padding included.)"""
+    """BlockMask's eight tensors of the build, in create_block_mask's layout: on the CPU
+    written from the set blocks where ``coarse`` classifies most row blocks and few blocks
+    are set (``SPARSE``), else ``blocks.index_tensors`` of ``build_grid`` (the route CUDA
+    takes while its fused kernels compile: measured on the CPU only)."""
     fast = _fast(ctx)
     if fast is not None and isinstance(fast[0], Runs) and ctx.device.type == "cpu":
         runs, exact = fast
@@ -259,7 +260,13 @@ def _from_entries(ctx: BuildContext, runs: Runs, exact: Tensor, whole: Tensor,
 def _written(row: Tensor, col: Tensor, rows: tuple[int, ...], n_cols: int,
              ordered: bool = False) -> list[Tensor]:
     """(counts, indices) of entries grouped by row, ascending within each group (and the
-    groups in row order where ``ordered``): each row's columns first, then zeros."""
+    groups in row order where ``ordered``), in create_block_mask's layout: each row's set
+    columns, then its unset ones in order (padding entries are valid blocks, and torch's
+    ``BlockMask._adjust`` crops such rows correctly).
+
+    A row's entries are ``arange`` plus a step function, written as a difference array:
+    the k-th set column s_k sits at position k, and the unset column after the t-th is
+    t + #{k : s_k - k ≤ t}, so each entry adds one step at k and one at num + s_k - k."""
     n_rows = math.prod(rows)
     num = torch.bincount(row, minlength=n_rows)
     i = torch.arange(row.numel(), device=row.device)
@@ -267,6 +274,16 @@ def _written(row: Tensor, col: Tensor, rows: tuple[int, ...], n_cols: int,
         first = num.cumsum(0) - num
     else:  # each group's first entry
         first = torch.zeros_like(num).scatter_reduce_(0, row, i, "amin", include_self=False)
-    idx = torch.zeros(n_rows * n_cols, dtype=torch.int32, device=row.device)
-    idx[row * n_cols + i - first[row]] = col.to(torch.int32)
+    rank = i - first[row]
+    m = num[row]
+    prev = torch.cat([col.new_full((1,), -1), col[:-1]])
+    prev = torch.where(rank == 0, -1, prev)
+    base = row * (n_cols + 1)
+    steps = torch.zeros(n_rows * (n_cols + 1), dtype=torch.int32, device=row.device)
+    steps.index_add_(0, base + rank, (col - prev - 1).to(torch.int32))
+    steps.index_add_(0, base + m + col - rank, torch.ones_like(col, dtype=torch.int32))
+    last = rank == m - 1  # the row's last set column: the step into its unset ones
+    steps.index_add_(0, (base + m)[last], -(col[last] + 1).to(torch.int32))
+    idx = steps.view(n_rows, n_cols + 1).cumsum(-1, dtype=torch.int32)[:, :n_cols]
+    idx += torch.arange(n_cols, dtype=torch.int32, device=row.device)
     return [num.to(torch.int32).view(rows), idx.view(*rows, n_cols)]
