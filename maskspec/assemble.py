@@ -102,18 +102,18 @@ def coarse(ctx: BuildContext) -> tuple[Runs | BlockGrid, Tensor] | None:
             blocks.touched_ranges(union, kv_bs, blocks.tighten(union)),
             blocks.full_ranges(common, kv_len, kv_bs, 1, blocks.tighten(common))]
     found = _runs(sums, n_kv)
-    if found is None:  # more range ends than key blocks: the dense sums cost less
-        values = [blocks.tally(*r, 1, n, n_kv) for r in sums]
-        length = torch.ones((), dtype=torch.long, device=ctx.device)
-    else:
-        pos, length, values = found
+    # (more range ends than key blocks: the dense sums, one value per key block, cost less)
+    values = [blocks.tally(*r, 1, n, n_kv) for r in sums] if found is None else found[2]
     touch_lo, full_hi, touch_hi, full_lo = values
     touched, full = touch_lo > 0, full_lo == 1
-    agree = ((touched == (touch_hi > 0)) & (full == (full_hi == 2))) | (length == 0)
+    agree = (touched == (touch_hi > 0)) & (full == (full_hi == 2))
+    if found is not None:
+        agree |= found[1] == 0  # runs between equal ends hold no key block
     exact = agree.all(-1).flatten(0, -2).all(0)
+    partial = touched & ~full
     if found is None:
-        return BlockGrid(touched & ~full, full), exact
-    return Runs(pos, length, touched & ~full, full), exact
+        return BlockGrid(partial, full), exact
+    return Runs(found[0], found[1], partial, full), exact
 
 
 def dense(classes: Runs | BlockGrid, n_kv: int) -> BlockGrid:
