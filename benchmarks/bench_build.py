@@ -5,7 +5,9 @@
 
 Every case is built by each method in the same process: maskspec
 (``CompiledMask.block_mask`` with ``check_inputs=False``: on CUDA the spec's generated
-Triton kernel), maskspec checked (the default call, whose value checks run on the device),
+Triton kernel, from the second call of a configuration replayed as a CUDA graph whose
+outputs are copied out), maskspec checked (the default call, whose value checks run on the
+device), maskspec no graph (the plain call with its graphs off, ``graphs.BUDGET = 0``),
 maskspec in torch.compile (the call inside ``torch.compile(fullgraph=True, dynamic=True)``:
 one custom op), maskspec graph (``fast.Builder(cuda_graph=True)``, the same kernels
 replayed), maskspec with the row stage torch.compile'd instead
@@ -41,7 +43,7 @@ from hand_builders import eagle3_by_hand  # run as a script: benchmarks/ is on t
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 import maskspec
-from maskspec.cuda import dispatch
+from maskspec.cuda import dispatch, graphs
 from maskspec.fast import Builder
 from maskspec.targets import flex
 from maskspec.verify import PAIRS, first_difference
@@ -157,6 +159,13 @@ def _methods(mask: maskspec.CompiledMask, case: Case, dev: torch.device) -> dict
         lambda kv: mask.block_mask(case.B, 1, case.q, kv, dev, check_inputs=False, **inputs),
         fullgraph=True, dynamic=True)
 
+    def no_graph(kv: int) -> BlockMask:  # the plain call as it was before its graphs
+        old, graphs.BUDGET = graphs.BUDGET, 0
+        try:
+            return mask.block_mask(case.B, 1, case.q, kv, dev, check_inputs=False, **inputs)
+        finally:
+            graphs.BUDGET = old
+
     def torch_path(kv: int) -> BlockMask:  # what a build runs while its kernels compile
         tensors = dispatch.torch_path(mask._bind(case.B, 1, case.q, kv, dev, inputs, False))
         return flex.from_tensors(tensors, case.q, kv, (128, 128), mods[kv])
@@ -165,6 +174,7 @@ def _methods(mask: maskspec.CompiledMask, case: Case, dev: torch.device) -> dict
         "maskspec": lambda kv: mask.block_mask(
             case.B, 1, case.q, kv, dev, check_inputs=False, **inputs),
         "maskspec checked": lambda kv: mask.block_mask(case.B, 1, case.q, kv, dev, **inputs),
+        "maskspec no graph": no_graph,
         "maskspec in torch.compile": in_compile,
         "maskspec torch path": torch_path,
         "maskspec graph": lambda kv: graph(case.B, 1, case.q, kv, dev, **inputs),
@@ -177,8 +187,8 @@ def _methods(mask: maskspec.CompiledMask, case: Case, dev: torch.device) -> dict
     if case.spec == "eagle3" and not case.inputs(dev) and case.B == 1:
         out.update(_hand_written(case, dev))
     if dev.type != "cuda":  # no graphs on CPU; inductor's CPU code is no faster than eager
-        for name in ("maskspec graph", "maskspec compiled rows", "maskspec graph+compiled rows",
-                     "maskspec torch path", "hand-written graph"):
+        for name in ("maskspec graph", "maskspec no graph", "maskspec compiled rows",
+                     "maskspec graph+compiled rows", "maskspec torch path", "hand-written graph"):
             out.pop(name, None)
     return out
 

@@ -13,7 +13,7 @@ from maskspec import assemble, blocks, custom_op, deferred, dense, ir
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.compiler import compile_spec
 from maskspec.context import BuildContext
-from maskspec.cuda import dispatch, plans
+from maskspec.cuda import dispatch, graphs, plans
 from maskspec.errors import did_you_mean
 from maskspec.inputs import (
     bind_inputs,
@@ -104,9 +104,30 @@ class CompiledMask:
         bs = block_size_of(BLOCK_SIZE)
         if torch.compiler.is_compiling():
             return self._traced_block_mask(B, H, Q_LEN, KV_LEN, device, bs, check_inputs, inputs)
-        ctx = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs, bs)
+        tensors, ctx = self._built(B, H, Q_LEN, KV_LEN, device, inputs, check_inputs, bs)
         mm = mask_mod_backend.mask_mod(self.ir, ctx.sizes, ctx.inputs)
-        return flex.from_tensors(dispatch.tensors(ctx), Q_LEN, KV_LEN, bs, mm)
+        return flex.from_tensors(tensors, Q_LEN, KV_LEN, bs, mm)
+
+    def _built(
+        self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any,
+        inputs: dict[str, Any], check: bool, bs: tuple[int, int],
+    ) -> tuple[tuple[torch.Tensor, ...], BuildContext]:
+        """The build's eight tensors and the context they were built in (whose inputs the
+        mask_mod reads): on CUDA a configuration built before replays its CUDA graph
+        (``graphs.PLAIN``: given tensors copied in unbound, checked on the device, outputs
+        copied out), else ``dispatch.tensors``."""
+        dev = _build_device(device, inputs)
+        key = None
+        if graphs.eligible(dev):
+            key = graphs.call_key(self.ir, B, H, Q_LEN, KV_LEN, plans.indexed(dev), bs, check,
+                                  inputs)
+            if graphs.given_tensors(inputs):
+                hit = graphs.PLAIN.replayed(key, self.ir, inputs, check)
+                if hit is not None:
+                    return hit
+        ctx = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check, bs)
+        hit = None if key is None else graphs.PLAIN.captured(key, ctx, inputs, check)
+        return (dispatch.tensors(ctx), ctx) if hit is None else hit
 
     def _traced_block_mask(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any,
@@ -182,8 +203,9 @@ class CompiledMask:
     ) -> tuple[Any, Any]:
         """FlashAttention-4 (forward, backward) block-sparse tensors, FA4's block-size rules:
         the same build as ``block_mask`` (the fused kernels on CUDA), laid out for FA4."""
-        ctx = self._fa4_bind(B, H, Q_LEN, KV_LEN, device, BLOCK_SIZE, arch, check_inputs, inputs)
-        return fa4.block_sparse(dispatch.tensors(ctx), B, H, ctx.block_size)
+        tensors, ctx = self._fa4_built(B, H, Q_LEN, KV_LEN, device, BLOCK_SIZE, arch,
+                                       check_inputs, inputs)
+        return fa4.block_sparse(tensors, B, H, ctx.block_size)
 
     def fa4(
         self, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any = None,
@@ -195,26 +217,28 @@ class CompiledMask:
         The generated CuTe mask_mod, the inputs as aux_tensors and forward/backward
         block-sparse tensors; BLOCK_SIZE defaults to the finest FA4 tiles on the device.
         """
-        ctx = self._fa4_bind(B, H, Q_LEN, KV_LEN, device, BLOCK_SIZE, arch, check_inputs, inputs)
-        fwd, bwd = fa4.block_sparse(dispatch.tensors(ctx), B, H, ctx.block_size)
+        tensors, ctx = self._fa4_built(B, H, Q_LEN, KV_LEN, device, BLOCK_SIZE, arch,
+                                       check_inputs, inputs)
+        fwd, bwd = fa4.block_sparse(tensors, B, H, ctx.block_size)
         return fa4.FA4Args(
             cute.mask_mod(self.ir, ctx.sizes), cute.aux_tensors(self.ir, ctx.inputs), fwd, bwd
         )
 
-    def _fa4_bind(
+    def _fa4_built(
         self, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any,
         BLOCK_SIZE: int | tuple[int, int] | None, arch: int | None, check_inputs: bool,
         inputs: dict[str, Any],
-    ) -> BuildContext:
-        """An FA4 build's context: the device's arch, the block size checked against FA4's
-        rules (None: the finest tiles of the arch), the inputs bound as ``_bind`` does. The
-        build and the CuTe mask_mod's aux tensors both read its inputs."""
+    ) -> tuple[tuple[torch.Tensor, ...], BuildContext]:
+        """An FA4 build: the device's arch, the block size checked against FA4's rules
+        (None: the finest tiles of the arch), then ``_built`` (block_mask's build, graph
+        replays included). The CuTe mask_mod's aux tensors read the context's inputs, as
+        the build did."""
         bs = None if BLOCK_SIZE is None else block_size_of(BLOCK_SIZE)
         dev = _build_device(device, inputs)
         sm = fa4.sm_arch(dev, arch)
         bs = block_size_of(fa4.default_block_size(sm)) if bs is None else bs
         fa4.check_block_size(bs, sm)
-        return self._bind(B, H, Q_LEN, KV_LEN, dev, inputs, check_inputs, bs)
+        return self._built(B, H, Q_LEN, KV_LEN, dev, inputs, check_inputs, bs)
 
 
 def _build_device(device: Any, inputs: dict[str, Any]) -> torch.device:

@@ -11,24 +11,18 @@ devices without Triton. Nothing here re-derives the pipeline; it only runs it fa
 
 from __future__ import annotations
 
-import functools
-import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from maskspec import deferred, ir, lower
-from maskspec import inputs as inputs_stage
+from maskspec import ir, lower
 from maskspec import mask_mod as mask_mod_backend
 from maskspec.api import CompiledMask
 from maskspec.context import BuildContext
-from maskspec.cuda import dispatch
+from maskspec.cuda import dispatch, graphs
 from maskspec.inputs import block_size_of
 from maskspec.targets import flex
-
-log = logging.getLogger("maskspec")
 
 
 class _RowStage:
@@ -43,18 +37,6 @@ class _RowStage:
     ) -> tuple[torch.Tensor, ...]:
         """Row slots (lo, hi, phase, stride, length), KV_LEN = len(kv)."""
         return lower.slot_tensors(self.mask, {**sizes, "KV_LEN": kv.shape[0]}, inputs, device)
-
-
-@dataclass
-class _Captured:
-    """One shape's CUDA graph: static input buffers, the BlockMask over its outputs, and
-    its value check's flag (``inputs.value_flag``, None when nothing is checked)."""
-
-    graph: torch.cuda.CUDAGraph
-    sizes: dict[str, int]
-    inputs: dict[str, torch.Tensor]
-    block_mask: BlockMask
-    bad: torch.Tensor | None
 
 
 class Builder:
@@ -93,7 +75,7 @@ class Builder:
         # Over the IR, not a bound method: no reference cycle, so a dropped Builder frees its
         # graphs at once, never in a garbage collection that might run during a capture.
         self.compiled = torch.compile(_RowStage(mask.ir).rows, dynamic=False, backend=backend)
-        self._graphs: dict[tuple, _Captured] = {}
+        self._graphs: dict[tuple, tuple[graphs.Captured, BlockMask]] = {}
 
     def __call__(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
@@ -135,66 +117,32 @@ class Builder:
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any,
         inputs: dict[str, Any],
     ) -> BlockMask:
-        """Copy the given inputs into the call's graph (captured on first use) and replay it.
-
-        Graphs are keyed by the call itself (sizes, device, each given tensor's shape, dtype
-        and device), so a repeated call skips binding: its shapes were checked at capture,
-        and the inputs it omits still hold the defaults captured with it. Inputs given as
-        lists or numbers are bound on every call and copied in whole. The graph computes
-        the value check's flag too; it is read back after the replay (``deferred``) when the
-        call copied tensors in unchecked (binding checks the others; defaults pass).
-        """
-        tensors = all(isinstance(t, torch.Tensor) for t in inputs.values())
-        key = (B, H, Q_LEN, KV_LEN, str(device), tensors, *(
-            (k, t.shape, t.dtype, t.device) if tensors else k for k, t in sorted(inputs.items())
-        ))
-        cap = self._graphs.get(key)
-        unchecked = inputs if cap is not None and tensors else {}
-        if cap is None or not tensors:
+        """Copy the given inputs into the call's graph (captured on first use) and replay it
+        (``graphs``: given tensors are copied in unbound, the graph sanitizing and checking
+        them; other inputs are bound on every call)."""
+        tensors = graphs.given_tensors(inputs)
+        key = graphs.call_key(self.mask.ir, B, H, Q_LEN, KV_LEN, str(device), self.block_size,
+                              self.check, inputs)
+        found = self._graphs.get(key)
+        unchecked = inputs if found is not None and tensors else {}
+        if found is None or not tensors:
             ctx = self._bind(B, H, Q_LEN, KV_LEN, device, inputs)
-            if cap is None and not self._compiled(ctx):
+            if found is None and not self._compiled(ctx):
                 return self._eager(ctx)  # captured once the kernels compiled
-            if cap is None:
-                cap = self._graphs[key] = self._capture(ctx, raw=tensors and bool(inputs))
+            if found is None:
+                found = self._graphs[key] = self._capture(ctx, raw=tensors and bool(inputs))
             inputs = ctx.inputs
-        if self.check:
-            deferred.poll()
-        for name, t in inputs.items():
-            cap.inputs[name].copy_(t)
-        cap.graph.replay()
-        if self.check and cap.bad is not None and unchecked:
-            report = functools.partial(inputs_stage.report_failed, self.mask.ir, cap.sizes,
-                                       {**cap.inputs, **unchecked}, " (a CUDA graph replay)")
-            deferred.watch(cap.bad, report)
-        return cap.block_mask
+        graphs.replay(found[0], inputs, unchecked, self.check)
+        return found[1]
 
     def _compiled(self, ctx: BuildContext) -> bool:
         """Whether the generated kernels are ready to capture (``dispatch.compiled``; the
         compiled row stage compiles when first called, ready or not)."""
         return self.use_compiled or ctx.device.type != "cuda" or dispatch.compiled(ctx)
 
-    def _capture(self, ctx: BuildContext, raw: bool) -> _Captured:
-        """Warm up on a side stream (JIT and compiles happen there), then capture the
-        pipeline into a pool of its own. ``raw``: replays copy the caller's tensors in
-        unbound, so the graph sanitizes them and (checking) computes their check's flag;
-        otherwise what replays read was bound (checked and sanitized) or is the defaults,
-        and the graph holds the build alone."""
-        dev, sizes = ctx.device, ctx.sizes
-        if dev.type != "cuda":
-            raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}")
-        static = {k: t.clone() for k, t in ctx.inputs.items()}
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):
-            self._run(ctx.with_inputs(static))
-        torch.cuda.current_stream(dev).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # replays read what the call copies into ``static``
-            clean = inputs_stage.sanitized(ctx.mask, sizes, static) if raw else static
-            bad = inputs_stage.value_flag(static, clean) if raw and self.check else None
-            tensors = self._run(ctx.with_inputs(clean))
-        mm = mask_mod_backend.mask_mod(ctx.mask, sizes, clean)
-        bm = flex.from_tensors(tensors, ctx.q_len, ctx.kv_len, self.block_size, mm)
-        log.info("%s: captured the build as a CUDA graph at %s", self.mask.name,
-                 inputs_stage.sizes_text(sizes))
-        return _Captured(graph, dict(sizes), static, bm, bad)
+    def _capture(self, ctx: BuildContext, raw: bool) -> tuple[graphs.Captured, BlockMask]:
+        """The call's graph (``graphs.capture`` of this Builder's pipeline) and the BlockMask
+        over its outputs, whose mask_mod reads what the graph's build reads."""
+        cap = graphs.capture(ctx, raw, self.check, self._run)
+        mm = mask_mod_backend.mask_mod(ctx.mask, cap.ctx.sizes, cap.clean)
+        return cap, flex.from_tensors(cap.tensors, ctx.q_len, ctx.kv_len, self.block_size, mm)

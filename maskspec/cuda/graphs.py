@@ -1,0 +1,256 @@
+"""Builds replayed as CUDA graphs: a build captured once per call shape, then replayed with
+the call's inputs copied in, so a repeated build costs no Python analysis, binding, checks
+on the host or kernel launches.
+
+A graph is keyed by its call (``call_key``: sizes, block size, device, whether values are
+checked, each given tensor's shape, dtype and device), so replaying given tensors skips
+binding: their shapes were checked at capture, and inputs the call omits still hold the
+defaults captured with it. Given tensors are copied in as they are and the graph sanitizes
+them and, checking, computes the value check's flag, which ``deferred`` reads back later
+(as a checked eager build does); inputs given as lists or numbers are bound on every call.
+
+Two owners: ``fast.Builder(cuda_graph=True)`` keeps each graph's outputs, which the next
+replay at that shape overwrites. The plain call (``CompiledMask.block_mask``) goes through
+``PLAIN``: a configuration built a second time is captured, and every replay's outputs are
+copied out in one copy (the graph packs the eight tensors into one buffer), so each
+BlockMask it returns owns its tensors. Its graphs are kept within ``BUDGET`` bytes, least
+recently used dropped first.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from maskspec import deferred, ir
+from maskspec import inputs as inputs_stage
+from maskspec.context import BuildContext
+from maskspec.cuda import dispatch, plans
+
+log = logging.getLogger("maskspec")
+
+Run = Callable[[BuildContext], tuple[Tensor, ...]]
+
+
+def call_key(mask: ir.MaskIR, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any,
+             block_size: tuple[int, int], check: bool, inputs: Mapping[str, Any]) -> tuple:
+    """What tells one call's graph from another's: the mask (its id: a graph holds its mask,
+    so the id is not reused while the graph lives), the arguments, the current CUDA stream
+    (a graph's buffers are only ever used in one stream's order), and each given tensor's
+    shape, dtype and device in place of its values (only names when some input is not a
+    tensor: those are bound on every call)."""
+    tensors = given_tensors(inputs)
+    given = tuple((k, t.shape, t.dtype, t.device) if tensors else k
+                  for k, t in sorted(inputs.items()))
+    on_cuda = isinstance(device, torch.device) and device.type == "cuda"
+    stream = torch.cuda.current_stream(device).cuda_stream if on_cuda else 0
+    return (id(mask), B, H, Q_LEN, KV_LEN, device, stream, block_size, check, tensors, given)
+
+
+def given_tensors(inputs: Mapping[str, Any]) -> bool:
+    """Whether every given input is a tensor (copied into a graph unbound)."""
+    return all(isinstance(t, Tensor) for t in inputs.values())
+
+
+@dataclass
+class Captured:
+    """One call shape's graph. ``static``: what replays copy the call's inputs into;
+    ``clean``: what the build read (``static`` sanitized, or ``static``); ``tensors``: the
+    eight outputs in the graph's memory; ``flat``: the same packed into one int32 buffer
+    (``packed`` captures only); ``bad``: the value check's flag (None: nothing checked)."""
+
+    graph: torch.cuda.CUDAGraph
+    ctx: BuildContext
+    static: dict[str, Tensor]
+    clean: dict[str, Tensor]
+    tensors: tuple[Tensor, ...]
+    flat: Tensor | None
+    bad: Tensor | None
+
+    @property
+    def nbytes(self) -> int:
+        """The graph's memory, about: its outputs, their packed copy, its inputs."""
+        held = [*self.tensors, *self.static.values(), *self.clean.values()]
+        if self.flat is not None:
+            held.append(self.flat)
+        return sum(t.numel() * t.element_size() for t in held)
+
+    def unpacked(self, flat: Tensor) -> tuple[Tensor, ...]:
+        """The eight tensors as views of a copy of ``flat``."""
+        parts = flat.split([t.numel() for t in self.tensors])
+        return tuple(p.view(t.shape) for p, t in zip(parts, self.tensors, strict=True))
+
+
+def capture(ctx: BuildContext, raw: bool, check: bool, run: Run = dispatch.tensors,
+            packed: bool = False) -> Captured:
+    """Warm up on a side stream (JIT and compiles happen there), then capture ``run`` into a
+    memory pool of its own. ``raw``: replays copy the caller's tensors in unbound, so the
+    graph sanitizes them and (``check``) computes their check's flag; otherwise what
+    replays read was bound (checked and sanitized) or is the defaults, and the graph holds
+    the build alone. ``packed``: the graph also copies the outputs into one buffer."""
+    dev = ctx.device
+    if dev.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}")
+    static = {k: t.clone() for k, t in ctx.inputs.items()}
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        run(ctx.with_inputs(static))
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: other threads (a data loader, a background compile) may use CUDA freely
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        clean = inputs_stage.sanitized(ctx.mask, ctx.sizes, static) if raw else static
+        bad = inputs_stage.value_flag(static, clean) if raw and check else None
+        tensors = run(ctx.with_inputs(clean))
+        flat = torch.cat([t.reshape(-1) for t in tensors]) if packed else None
+    log.info("%s: captured the build as a CUDA graph at %s", ctx.mask.name,
+             inputs_stage.sizes_text(ctx.sizes))
+    return Captured(graph, ctx.with_inputs(dict(clean)), static, dict(clean), tensors, flat,
+                    bad)
+
+
+def replay(cap: Captured, inputs: Mapping[str, Tensor], unchecked: Mapping[str, Tensor],
+           check: bool) -> None:
+    """Copy ``inputs`` into the graph and replay it; ``unchecked`` (those of them copied in
+    unbound) have their value check's flag watched (``deferred``)."""
+    if check:
+        deferred.poll()
+    for name, t in inputs.items():
+        cap.static[name].copy_(t)
+    cap.graph.replay()
+    if check and cap.bad is not None and unchecked:
+        ctx = cap.ctx
+        report = functools.partial(inputs_stage.report_failed, ctx.mask, ctx.sizes,
+                                   {**cap.static, **unchecked}, " (a CUDA graph replay)")
+        deferred.watch(cap.bad, report)
+
+
+def _budget() -> int:
+    """BUDGET's default: MASKSPEC_GRAPH_MB megabytes (256; 0 turns the plain call's graphs
+    off)."""
+    try:
+        return int(float(os.environ.get("MASKSPEC_GRAPH_MB", "256")) * 2**20)
+    except ValueError:
+        return 256 * 2**20
+
+
+BUDGET = _budget()  # bytes the plain call's graphs may hold together
+SEEN = 1024  # call keys remembered as built once (the second build of one captures it)
+
+
+def eligible(device: torch.device) -> bool:
+    """Whether the plain call's builds on ``device`` go through ``PLAIN``: CUDA, graphs on,
+    and not inside a capture of the caller's (a build there is part of their graph)."""
+    return (device.type == "cuda" and BUDGET > 0
+            and not torch.cuda.is_current_stream_capturing())
+
+
+class Replays:
+    """The plain call's graphs: a configuration is captured the second time it is built
+    (a one-off build never pays for a capture), replays copy their outputs out, and the
+    graphs together hold at most ``BUDGET`` bytes (least recently used dropped first)."""
+
+    def __init__(self) -> None:
+        self.graphs: OrderedDict[tuple, Captured] = OrderedDict()
+        # calls built once (True: capture at the next) or never to capture (False)
+        self.seen: OrderedDict[tuple, bool] = OrderedDict()
+        self.held = 0
+        # a replay's copy in, replay and copy out are queued by one thread at a time (keys
+        # hold the stream, so no two streams share a graph's buffers)
+        self.lock = threading.Lock()
+
+    def replayed(self, key: tuple, mask: ir.MaskIR, inputs: Mapping[str, Tensor],
+                 check: bool) -> Built | None:
+        """A call of given tensors (or none) from its graph, unbound: its own copy of the
+        eight tensors and the context they were built in (whose inputs, the clean values,
+        the mask_mod reads); None when the call has no graph yet."""
+        with self.lock:
+            cap = self.graphs.get(key)
+            if cap is None or cap.ctx.mask is not mask:
+                return None
+            self.graphs.move_to_end(key)
+            replay(cap, inputs, inputs, check)
+            return _copied(cap, inputs)
+
+    def captured(self, key: tuple, ctx: BuildContext, inputs: Mapping[str, Any],
+                 check: bool) -> Built | None:
+        """A call bound to ``ctx`` from its graph, captured now if the call was built once
+        before and can be; None: build it without a graph."""
+        with self.lock:
+            cap = self.graphs.get(key)
+            if cap is None or cap.ctx.mask is not ctx.mask:
+                if not self.seen.get(key, False) or not _capturable(ctx):
+                    self._saw(key, True)
+                    return None
+                cap = self._capture(key, ctx, given_tensors(inputs) and bool(inputs), check)
+                if cap is None:
+                    return None
+            self.graphs.move_to_end(key)
+            replay(cap, {k: ctx.inputs[k] for k in inputs}, {}, check)  # bound: checked
+            return _copied(cap, inputs)
+
+    def _saw(self, key: tuple, again: bool) -> None:
+        if self.seen.get(key, True) is False:
+            return  # refused once: stays refused
+        self.seen[key] = again
+        self.seen.move_to_end(key)
+        if len(self.seen) > SEEN:
+            self.seen.popitem(last=False)
+
+    def _capture(self, key: tuple, ctx: BuildContext, raw: bool, check: bool
+                 ) -> Captured | None:
+        """Capture the call's graph and keep it within the budget (a graph larger than the
+        whole budget, or one CUDA refuses, is not kept and not tried again)."""
+        try:
+            cap = capture(ctx, raw, check, packed=True)
+        except RuntimeError as err:
+            log.info("%s: building without a CUDA graph (capture failed: %s)",
+                     ctx.mask.name, err)
+            cap = None
+        if cap is None or cap.nbytes > BUDGET:
+            self._saw(key, False)
+            return None
+        self.graphs[key] = cap
+        self.held += cap.nbytes
+        while self.held > BUDGET:
+            _, old = self.graphs.popitem(last=False)
+            self.held -= old.nbytes
+        return cap
+
+    def clear(self) -> None:
+        """Drop every graph and what was seen (their memory is freed with them)."""
+        self.graphs.clear()
+        self.seen.clear()
+        self.held = 0
+
+
+Built = tuple[tuple[Tensor, ...], BuildContext]
+
+
+def _capturable(ctx: BuildContext) -> bool:
+    """An ``eligible`` build the fused kernels ran before (compiled, shape fits:
+    ``plans.cached``), not inside torch.compile."""
+    return (eligible(ctx.device) and not ctx.mask.fallback
+            and not torch.compiler.is_compiling() and plans.cached(ctx) is not None)
+
+
+def _copied(cap: Captured, given: Mapping[str, Any]) -> Built:
+    """A replay's outputs copied out of the graph (one copy of the packed buffer), and its
+    context over copies of the clean inputs the call gave (defaults are never written)."""
+    assert cap.flat is not None
+    clean = {k: (t.clone() if k in given else t) for k, t in cap.clean.items()}
+    return cap.unpacked(cap.flat.clone()), cap.ctx.with_inputs(clean)
+
+
+PLAIN = Replays()
+
