@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import pstats
 import random
 import time
@@ -18,8 +19,9 @@ from typing import Any
 import torch
 
 import maskspec
+from maskspec import deferred
 from maskspec import mask_mod as mask_mod_backend
-from maskspec.cuda import dispatch
+from maskspec.cuda import dispatch, graphs, plans
 from maskspec.targets import flex
 from maskspec.verify import random_inputs
 
@@ -44,9 +46,9 @@ def stages(mask: maskspec.CompiledMask, q: int, kv: int, inputs: dict[str, Any])
     tensors = dispatch.tensors(ctx)
     mm = mask_mod_backend.mask_mod(mask.ir, ctx.sizes, ctx.inputs)
     rows = {
-        "whole call, unchecked": lambda: mask.block_mask(1, 1, q, kv, dev, check_inputs=False,
-                                                         **inputs),
-        "whole call, checked": lambda: mask.block_mask(1, 1, q, kv, dev, **inputs),
+        "whole call, unchecked (graph replay)": lambda: mask.block_mask(
+            1, 1, q, kv, dev, check_inputs=False, **inputs),
+        "whole call, checked (graph replay)": lambda: mask.block_mask(1, 1, q, kv, dev, **inputs),
         "bind unchecked (convert + sanitize)": lambda: mask._bind(1, 1, q, kv, dev, inputs,
                                                                   False),
         "bind checked": lambda: mask._bind(1, 1, q, kv, dev, inputs, True),
@@ -58,8 +60,43 @@ def stages(mask: maskspec.CompiledMask, q: int, kv: int, inputs: dict[str, Any])
                                                    dtype=torch.int32, device=dev),
         "torch.empty": lambda: torch.empty(16, dtype=torch.int32, device=dev),
     }
+    rows.update(_replay_rows(mask, q, kv, inputs))
     for name, fn in rows.items():
         print(f"{name:40s} {_us(fn):8.1f} us", flush=True)
+
+
+def _no_graphs(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        old, graphs.BUDGET = graphs.BUDGET, 0
+        try:
+            return fn()
+        finally:
+            graphs.BUDGET = old
+    return run
+
+
+def _replay_rows(mask: maskspec.CompiledMask, q: int, kv: int, inputs: dict[str, Any]
+                 ) -> dict[str, Callable[[], Any]]:
+    """The plain call's graph replay (``graphs.PLAIN``) split into its steps."""
+    dev = torch.device("cuda")
+    rows: dict[str, Callable[[], Any]] = {}
+    for check in (False, True):
+        call = functools.partial(mask.block_mask, 1, 1, q, kv, dev, check_inputs=check,
+                                 **inputs)
+        call(), call()  # the second call captures
+        key = graphs.call_key(mask.ir, 1, 1, q, kv, plans.indexed(dev), (128, 128), check,
+                              inputs)
+        cap = graphs.PLAIN.graphs[key]
+        what = "checked" if check else "unchecked"
+        rows[f"call {what}, no graph"] = _no_graphs(call)
+        rows[f"call {what}: key"] = functools.partial(
+            graphs.call_key, mask.ir, 1, 1, q, kv, plans.indexed(dev), (128, 128), check, inputs)
+        rows[f"call {what}: replay (copy in, watch)"] = functools.partial(
+            graphs.replay, cap, inputs, inputs, check)
+        rows[f"call {what}: copy out"] = functools.partial(graphs._copied, cap, inputs)
+    rows["graph.replay() alone"] = cap.graph.replay
+    rows["deferred.poll()"] = deferred.poll
+    return rows
 
 
 def main() -> None:

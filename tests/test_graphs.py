@@ -195,7 +195,7 @@ def test_device_replays_equal_create_block_mask(on_device, name, check):
         if name == "eagle3":
             given = {"seq_len": torch.randint(0, q + 1, (2,), generator=gen).to(DEV)}
         elif name == "document_causal":
-            starts = torch.rand(2, q, generator=gen) < 0.01
+            starts = torch.rand(2, 3 * q, generator=gen) < 0.01
             given = {"doc": starts.cumsum(-1).to(DEV)}
         held.append(mask.block_mask(2, 1, q, 3 * q, DEV, check_inputs=check, **given))
         assert len(on_device.graphs) == (step > 0)
