@@ -52,8 +52,17 @@ def call_key(mask: ir.MaskIR, B: int | None, H: int | None, Q_LEN: int, KV_LEN: 
     given = tuple((k, t.shape, t.dtype, t.device) if tensors else k
                   for k, t in sorted(inputs.items()))
     on_cuda = isinstance(device, torch.device) and device.type == "cuda"
-    stream = torch.cuda.current_stream(device).cuda_stream if on_cuda else 0
+    stream = _raw_stream(device) if on_cuda else 0
     return (id(mask), B, H, Q_LEN, KV_LEN, device, stream, block_size, check, tensors, given)
+
+
+def _raw_stream(device: torch.device) -> int:
+    """The device's current CUDA stream as a number (inductor's cheap query where this
+    torch has it: the plain call asks on every build)."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is not None and device.index is not None:
+        return raw(device.index)
+    return torch.cuda.current_stream(device).cuda_stream
 
 
 def given_tensors(inputs: Mapping[str, Any]) -> bool:
@@ -248,8 +257,11 @@ def _copied(cap: Captured, given: Mapping[str, Any]) -> Built:
     """A replay's outputs copied out of the graph (one copy of the packed buffer), and its
     context over copies of the clean inputs the call gave (defaults are never written)."""
     assert cap.flat is not None
+    out = cap.unpacked(cap.flat.clone())
+    if not given:
+        return out, cap.ctx
     clean = {k: (t.clone() if k in given else t) for k, t in cap.clean.items()}
-    return cap.unpacked(cap.flat.clone()), cap.ctx.with_inputs(clean)
+    return out, cap.ctx.with_inputs(clean)
 
 
 PLAIN = Replays()
