@@ -41,7 +41,7 @@ def _stand_in_capture(ctx, raw, check, run=dispatch.tensors, packed=False):
         clean = inputs_stage.sanitized(ctx.mask, ctx.sizes, static) if raw else static
         bad = inputs_stage.value_flag(static, clean) if raw and check else None
         out = run(ctx.with_inputs(clean))
-        flat = torch.cat([t.reshape(-1) for t in out]) if packed else None
+        flat = graphs.packed_copy(out) if packed else None
         return (*clean.values(), bad, *out, flat)
 
     first = build()

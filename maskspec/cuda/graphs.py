@@ -74,7 +74,7 @@ def given_tensors(inputs: Mapping[str, Any]) -> bool:
 class Captured:
     """One call shape's graph. ``static``: what replays copy the call's inputs into;
     ``clean``: what the build read (``static`` sanitized, or ``static``); ``tensors``: the
-    eight outputs in the graph's memory; ``flat``: the same packed into one int32 buffer
+    eight outputs in the graph's memory; ``flat``: the same in one int32 buffer (``packing``)
     (``packed`` captures only); ``bad``: the value check's flag (None: nothing checked)."""
 
     graph: torch.cuda.CUDAGraph
@@ -93,10 +93,46 @@ class Captured:
             held.append(self.flat)
         return sum(t.numel() * t.element_size() for t in held)
 
+    def __post_init__(self) -> None:
+        self.views = packing(self.tensors)[1]
+
     def unpacked(self, flat: Tensor) -> tuple[Tensor, ...]:
-        """The eight tensors as views of a copy of ``flat``."""
-        parts = flat.split([t.numel() for t in self.tensors])
-        return tuple(p.view(t.shape) for p, t in zip(parts, self.tensors, strict=True))
+        """The eight tensors as views of a copy of ``flat`` (``packing``'s layout)."""
+        return tuple(flat.as_strided(*view) for view in self.views)
+
+
+ALIGN = 32  # int32 entries: each packed tensor starts 128 bytes in (as allocations do)
+View = tuple[tuple[int, ...], tuple[int, ...], int]  # shape, strides, offset
+
+
+def packing(tensors: tuple[Tensor, ...]) -> tuple[int, tuple[View, ...]]:
+    """One buffer's length for these tensors, each contiguous at an ALIGN-aligned offset,
+    and their places in it (as ``as_strided`` arguments: one cheap call per tensor)."""
+    key = tuple(tuple(t.shape) for t in tensors)
+    found = _PACKINGS.get(key)
+    if found is None:
+        views, at = [], 0
+        for shape in key:
+            strides, step = [], 1
+            for n in reversed(shape):
+                strides.append(step)
+                step *= n
+            views.append((shape, tuple(reversed(strides)), at))
+            at += -(-step // ALIGN) * ALIGN
+        found = _PACKINGS[key] = (at, tuple(views))
+    return found
+
+
+_PACKINGS: dict[tuple, tuple[int, tuple[View, ...]]] = {}
+
+
+def packed_copy(tensors: tuple[Tensor, ...]) -> Tensor:
+    """The tensors copied into one int32 buffer, laid out by ``packing``."""
+    length, views = packing(tensors)
+    flat = tensors[0].new_empty(length)
+    for t, view in zip(tensors, views, strict=True):
+        flat.as_strided(*view).copy_(t)
+    return flat
 
 
 def capture(ctx: BuildContext, raw: bool, check: bool, run: Run = dispatch.tensors,
@@ -121,7 +157,7 @@ def capture(ctx: BuildContext, raw: bool, check: bool, run: Run = dispatch.tenso
         clean = inputs_stage.sanitized(ctx.mask, ctx.sizes, static) if raw else static
         bad = inputs_stage.value_flag(static, clean) if raw and check else None
         tensors = run(ctx.with_inputs(clean))
-        flat = torch.cat([t.reshape(-1) for t in tensors]) if packed else None
+        flat = packed_copy(tensors) if packed else None
     log.info("%s: captured the build as a CUDA graph at %s", ctx.mask.name,
              inputs_stage.sizes_text(ctx.sizes))
     return Captured(graph, ctx.with_inputs(dict(clean)), static, dict(clean), tensors, flat,
