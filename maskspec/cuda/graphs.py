@@ -148,16 +148,21 @@ def capture(ctx: BuildContext, raw: bool, check: bool, run: Run = dispatch.tenso
     static = {k: t.clone() for k, t in ctx.inputs.items()}
     side = torch.cuda.Stream(dev)
     side.wait_stream(torch.cuda.current_stream(dev))
+    graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(side):
         run(ctx.with_inputs(static))
+        # Not torch.cuda.graph, which synchronizes and empties the allocator's cache first:
+        # the plain call captures inside training loops, whose cached memory must stay.
+        # thread_local: other threads (a data loader, a compile) may use CUDA meanwhile.
+        graph.capture_begin(capture_error_mode="thread_local")
+        try:  # replays read what the call copies into ``static``
+            clean = inputs_stage.sanitized(ctx.mask, ctx.sizes, static) if raw else static
+            bad = inputs_stage.value_flag(static, clean) if raw and check else None
+            tensors = run(ctx.with_inputs(clean))
+            flat = packed_copy(tensors) if packed else None
+        finally:
+            graph.capture_end()
     torch.cuda.current_stream(dev).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    # thread_local: other threads (a data loader, a background compile) may use CUDA freely
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        clean = inputs_stage.sanitized(ctx.mask, ctx.sizes, static) if raw else static
-        bad = inputs_stage.value_flag(static, clean) if raw and check else None
-        tensors = run(ctx.with_inputs(clean))
-        flat = packed_copy(tensors) if packed else None
     log.info("%s: captured the build as a CUDA graph at %s", ctx.mask.name,
              inputs_stage.sizes_text(ctx.sizes))
     return Captured(graph, ctx.with_inputs(dict(clean)), static, dict(clean), tensors, flat,
@@ -270,6 +275,8 @@ class Replays:
         while self.held > BUDGET:
             _, old = self.graphs.popitem(last=False)
             self.held -= old.nbytes
+            if old.ctx.device.type == "cuda":  # its last replay may run on another stream
+                torch.cuda.synchronize(old.ctx.device)
         return cap
 
     def clear(self) -> None:
