@@ -111,22 +111,24 @@ class CompiledMask:
     def _built(
         self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any,
         inputs: dict[str, Any], check: bool, bs: tuple[int, int],
+        lead: tuple[int, int] | None = None,
     ) -> tuple[tuple[torch.Tensor, ...], BuildContext]:
         """The build's eight tensors and the context they were built in (whose inputs the
         mask_mod reads): on CUDA a configuration built before replays its CUDA graph
         (``graphs.PLAIN``: given tensors copied in unbound, checked on the device, outputs
-        copied out), else ``dispatch.tensors``."""
+        copied out; seen at the leading shape ``lead`` if given), else
+        ``dispatch.tensors``."""
         dev = _build_device(device, inputs)
         key = None
         if graphs.eligible(dev):
             key = graphs.call_key(self.ir, B, H, Q_LEN, KV_LEN, plans.indexed(dev), bs, check,
                                   inputs)
             if graphs.given_tensors(inputs):
-                hit = graphs.PLAIN.replayed(key, self.ir, inputs, check)
+                hit = graphs.PLAIN.replayed(key, self.ir, inputs, check, lead)
                 if hit is not None:
                     return hit
         ctx = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check, bs)
-        hit = None if key is None else graphs.PLAIN.captured(key, ctx, inputs, check)
+        hit = None if key is None else graphs.PLAIN.captured(key, ctx, inputs, check, lead)
         return (dispatch.tensors(ctx), ctx) if hit is None else hit
 
     def _traced_block_mask(
@@ -238,7 +240,7 @@ class CompiledMask:
         sm = fa4.sm_arch(dev, arch)
         bs = block_size_of(fa4.default_block_size(sm)) if bs is None else bs
         fa4.check_block_size(bs, sm)
-        return self._built(B, H, Q_LEN, KV_LEN, dev, inputs, check_inputs, bs)
+        return self._built(B, H, Q_LEN, KV_LEN, dev, inputs, check_inputs, bs, (B, H))
 
 
 def _build_device(device: Any, inputs: dict[str, Any]) -> torch.device:

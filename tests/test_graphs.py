@@ -154,6 +154,31 @@ def test_a_graph_over_the_budget_is_never_kept(stand_in, monkeypatch, eagle3):
     assert first_difference(bm, _eager(eagle3, 1, 1, 256, 512, CPU)) is None
 
 
+def _fields(sparse) -> list:
+    return [getattr(sparse, f) for f in ("mask_block_cnt", "mask_block_idx", "full_block_cnt",
+                                         "full_block_idx")]
+
+
+@pytest.mark.parametrize(("name", "b"), [("eagle3", 2), ("causal", 3)])
+def test_fa4_replays_see_the_outputs_at_its_leading_shape(stand_in, name, b):
+    """FA4's tensors from a replay are views at (B, H) straight from the copy: equal, shape
+    and strides included, to the expanded tensors of a build without graphs."""
+    mask = spec(name)
+    given = {"seq_len": _lens(5, b, 256)} if name == "eagle3" else {}
+    args = (b, 4, 256, 768, CPU, (128, 128))
+    for _ in range(3):
+        fwd_bwd = mask.fa4_block_sparse(*args, arch=90, **given)
+    old, graphs.eligible = graphs.eligible, lambda device: False
+    try:
+        want = mask.fa4_block_sparse(*args, arch=90, **given)
+    finally:
+        graphs.eligible = old
+    assert stand_in.graphs
+    for ours, ref in zip(fwd_bwd, want, strict=True):
+        for x, y in zip(_fields(ours), _fields(ref), strict=True):
+            assert x.shape == y.shape and x.stride() == y.stride() and torch.equal(x, y)
+
+
 def test_call_key_tells_calls_apart(eagle3):
     t = torch.zeros(2, dtype=torch.long)
     key = graphs.call_key

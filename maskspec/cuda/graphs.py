@@ -94,13 +94,31 @@ class Captured:
         return sum(t.numel() * t.element_size() for t in held)
 
     def __post_init__(self) -> None:
-        self.views = packing(self.tensors)[1]
+        self.views: dict[Lead, tuple[View, ...]] = {None: packing(self.tensors)[1]}
 
-    def unpacked(self, flat: Tensor) -> tuple[Tensor, ...]:
-        """The eight tensors as views of a copy of ``flat`` (``packing``'s layout)."""
-        return tuple(flat.as_strided(*view) for view in self.views)
+    def unpacked(self, flat: Tensor, lead: Lead = None) -> tuple[Tensor, ...]:
+        """The eight tensors as views of a copy of ``flat`` (``packing``'s layout); with
+        ``lead`` (B, H), seen at that leading shape, broadcast where theirs is 1 (as
+        ``expand`` would: one call per tensor instead of two)."""
+        views = self.views.get(lead)
+        if views is None:
+            views = self.views[lead] = tuple(_broadcast(v, lead) for v in self.views[None])
+        return tuple(flat.as_strided(*view) for view in views)
 
 
+def _broadcast(view: View, lead: Lead) -> View:
+    """``view`` with its two leading dims expanded to ``lead`` (stride 0 where they are 1)."""
+    assert lead is not None
+    shape, strides, offset = view
+    for d in (0, 1):
+        if shape[d] != lead[d] and shape[d] != 1:
+            raise ValueError(f"cannot expand {shape} to the leading shape {lead}")
+    return ((*lead, *shape[2:]),
+            tuple(0 if shape[d] != lead[d] else strides[d] for d in (0, 1)) + strides[2:],
+            offset)
+
+
+Lead = tuple[int, int] | None  # (B, H) to see the outputs at, or None: as built
 ALIGN = 32  # int32 entries: each packed tensor starts 128 bytes in (as allocations do)
 View = tuple[tuple[int, ...], tuple[int, ...], int]  # shape, strides, offset
 
@@ -220,20 +238,21 @@ class Replays:
         self.lock = threading.Lock()
 
     def replayed(self, key: tuple, mask: ir.MaskIR, inputs: Mapping[str, Tensor],
-                 check: bool) -> Built | None:
+                 check: bool, lead: Lead = None) -> Built | None:
         """A call of given tensors (or none) from its graph, unbound: its own copy of the
-        eight tensors and the context they were built in (whose inputs, the clean values,
-        the mask_mod reads); None when the call has no graph yet."""
+        eight tensors (seen at ``lead``, if given: ``Captured.unpacked``) and the context
+        they were built in (whose inputs, the clean values, the mask_mod reads); None when
+        the call has no graph yet."""
         with self.lock:
             cap = self.graphs.get(key)
             if cap is None or cap.ctx.mask is not mask:
                 return None
             self.graphs.move_to_end(key)
             replay(cap, inputs, inputs, check)
-            return _copied(cap, inputs)
+            return _copied(cap, inputs, lead)
 
     def captured(self, key: tuple, ctx: BuildContext, inputs: Mapping[str, Any],
-                 check: bool) -> Built | None:
+                 check: bool, lead: Lead = None) -> Built | None:
         """A call bound to ``ctx`` from its graph, captured now if the call was built once
         before and can be; None: build it without a graph."""
         with self.lock:
@@ -247,7 +266,7 @@ class Replays:
                     return None
             self.graphs.move_to_end(key)
             replay(cap, {k: ctx.inputs[k] for k in inputs}, {}, check)  # bound: checked
-            return _copied(cap, inputs)
+            return _copied(cap, inputs, lead)
 
     def _saw(self, key: tuple, again: bool) -> None:
         if self.seen.get(key, True) is False:
@@ -296,11 +315,12 @@ def _capturable(ctx: BuildContext) -> bool:
             and not torch.compiler.is_compiling() and plans.cached(ctx) is not None)
 
 
-def _copied(cap: Captured, given: Mapping[str, Any]) -> Built:
-    """A replay's outputs copied out of the graph (one copy of the packed buffer), and its
-    context over copies of the clean inputs the call gave (defaults are never written)."""
+def _copied(cap: Captured, given: Mapping[str, Any], lead: Lead = None) -> Built:
+    """A replay's outputs copied out of the graph (one copy of the packed buffer, seen at
+    ``lead``), and its context over copies of the clean inputs the call gave (defaults are
+    never written)."""
     assert cap.flat is not None
-    out = cap.unpacked(cap.flat.clone())
+    out = cap.unpacked(cap.flat.clone(), lead)
     if not given:
         return out, cap.ctx
     clean = {k: (t.clone() if k in given else t) for k, t in cap.clean.items()}

@@ -40,7 +40,8 @@ def sm_arch(device: torch.device | str | None, arch: int | None) -> int:
         return arch
     dev = torch.device(device) if device is not None else None
     if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability(dev)
+        major, minor = _capability(dev.index if dev.index is not None else
+                                   torch.cuda.current_device())
         if major < 9:
             raise ValueError(f"FA4 runs on sm90 (Hopper) and newer; {dev} is "
                              f"sm{major}{minor}")
@@ -49,6 +50,12 @@ def sm_arch(device: torch.device | str | None, arch: int | None) -> int:
         "FA4 block sizes depend on the GPU architecture; build on a CUDA device or pass "
         "arch=90 (Hopper) or arch=100 (Blackwell)"
     )
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    """A CUDA device's compute capability (asked once: FA4 builds ask on every call)."""
+    return torch.cuda.get_device_capability(index)
 
 
 def q_tile(arch: int) -> int:
@@ -78,8 +85,9 @@ def check_block_size(block_size: tuple[int, int], arch: int) -> None:
 
 def _expand(t: torch.Tensor, b: int, h: int) -> torch.Tensor:
     """``t`` seen at FA4's (B, H) leading shape: a broadcast view (FA4 reads the zero
-    strides as broadcast dims), no copy."""
-    return t.expand(b, h, *t.shape[2:])
+    strides as broadcast dims), no copy; ``t`` itself where it has that shape."""
+    shape = t.shape
+    return t if shape[0] == b and shape[1] == h else t.expand(b, h, *shape[2:])
 
 
 def block_sparse(
