@@ -124,6 +124,31 @@ def test_replayed_values_are_checked(stand_in, eagle3):
         maskspec.wait_checks()
 
 
+def test_deferred_checks_report_at_a_later_call(stand_in, monkeypatch):
+    """With the checks run as on CUDA (read back later), a bad value at the call that
+    captures, and at a replay, is reported at a later call or wait_checks, never at its own
+    call, and each build agrees with its mask_mod."""
+    monkeypatch.setattr(inputs_stage, "DEFERRED_DEVICES", {"cuda", "cpu"})
+    mask, q = spec("document_causal"), 1024
+    good = (torch.arange(q) // 100).view(1, q)
+    bad = good.clone()
+    bad[0, 500] = 0
+    mask.block_mask(1, 1, q, q, CPU, doc=good)
+    for _ in range(2):  # captured, then replayed
+        bm = mask.block_mask(1, 1, q, q, CPU, doc=bad)
+        ref = create_block_mask(bm.mask_mod, 1, 1, q, q, device=CPU)
+        assert first_difference(bm, ref) is None
+        with pytest.raises(ValueError, match=r"doc\[0, 500\] = 0 follows a larger id"):
+            maskspec.wait_checks()
+    assert len(stand_in.graphs) == 1
+    mask.block_mask(1, 1, q, q, CPU, doc=bad)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        mask.block_mask(1, 1, q, q, CPU, doc=good)
+    bm = mask.block_mask(1, 1, q, q, CPU, doc=good)
+    assert first_difference(bm, _eager(mask, 1, 1, q, q, CPU, doc=good)) is None
+    maskspec.wait_checks()
+
+
 def test_unchecked_replays_sanitize(stand_in, eagle3):
     for _ in range(3):
         bm = eagle3.block_mask(2, 1, 512, 1024, CPU, check_inputs=False,
