@@ -120,7 +120,7 @@ class CompiledMask:
         ``dispatch.tensors``."""
         dev = _build_device(device, inputs)
         key = None
-        if graphs.eligible(dev):
+        if graphs.eligible(dev) and graphs.plain_sizes(B, H, Q_LEN, KV_LEN):
             key = graphs.call_key(self.ir, B, H, Q_LEN, KV_LEN, plans.indexed(dev), bs, check,
                                   inputs)
             if graphs.given_tensors(inputs):

@@ -10,6 +10,7 @@ device and bounded: a build that finds it full waits for the oldest slot.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 
@@ -32,41 +33,50 @@ class _Ring:
 
 
 _RINGS: dict[torch.device, _Ring] = {}
+_LOCK = threading.Lock()  # builds on several threads share the rings
 
 
 def watch(bad: torch.Tensor, report: Callable[[], None]) -> None:
     """Read ``bad`` (a 0-dim uint8 tensor, nonzero when a check failed) once its device has
     computed it, and then call ``report`` if it is nonzero (``poll``). Off CUDA the copy
-    lands at once."""
-    ring = _RINGS.get(bad.device)
-    if ring is None:
-        ring = _RINGS[bad.device] = _Ring(bad.device)
-    if len(ring.reports) == RING:
+    lands at once. A full ring is waited for first (no pending slot is ever reused)."""
+    while True:
+        with _LOCK:
+            ring = _RINGS.get(bad.device)
+            if ring is None:
+                ring = _RINGS[bad.device] = _Ring(bad.device)
+            if len(ring.reports) < RING:
+                slot = ring.next
+                ring.next = (slot + 1) % RING
+                ring.bytes[slot] = _PENDING
+                ring.slots[slot].copy_(bad, non_blocking=True)
+                ring.reports.append((slot, report))
+                return
         _sync(bad.device)
         _read(ring)
-    slot = ring.next
-    ring.next = (slot + 1) % RING
-    ring.bytes[slot] = _PENDING
-    ring.slots[slot].copy_(bad, non_blocking=True)
-    ring.reports.append((slot, report))
 
 
 def _read(ring: _Ring) -> None:
-    """Retire the landed slots, oldest first; the first failed one's report raises."""
-    while ring.reports:
-        slot, report = ring.reports[0]
-        value = int(ring.bytes[slot])
-        if value == _PENDING:
-            return
-        ring.reports.popleft()
-        if value:
-            report()
+    """Retire the landed slots, oldest first; the first failed one's report raises (called
+    outside the lock: it re-runs the host checks)."""
+    failed = None
+    with _LOCK:
+        while ring.reports and failed is None:
+            slot, report = ring.reports[0]
+            value = int(ring.bytes[slot])
+            if value == _PENDING:
+                break
+            ring.reports.popleft()
+            if value:
+                failed = report
+    if failed is not None:
+        failed()
 
 
 def poll(device: torch.device | None = None, wait: bool = False) -> None:
     """Report the failed checks whose bytes have landed (on ``device``, or every one),
     without waiting for the others; ``wait``: after waiting for them all."""
-    for dev, ring in _RINGS.items():
+    for dev, ring in list(_RINGS.items()):
         if ring.reports and (device is None or dev == device):
             if wait:
                 _sync(dev)

@@ -119,20 +119,21 @@ class Builder:
     ) -> BlockMask:
         """Copy the given inputs into the call's graph (captured on first use) and replay it
         (``graphs``: given tensors are copied in unbound, the graph sanitizing and checking
-        them; other inputs are bound on every call)."""
-        tensors = graphs.given_tensors(inputs)
+        them, where ``graphs.unbound`` allows; other inputs are bound on every call)."""
         key = graphs.call_key(self.mask.ir, B, H, Q_LEN, KV_LEN, str(device), self.block_size,
                               self.check, inputs)
         found = self._graphs.get(key)
-        unchecked = inputs if found is not None and tensors else {}
-        if found is None or not tensors:
-            ctx = self._bind(B, H, Q_LEN, KV_LEN, device, inputs)
-            if found is None and not self._compiled(ctx):
-                return self._eager(ctx)  # captured once the kernels compiled
-            if found is None:
-                found = self._graphs[key] = self._capture(ctx, raw=tensors and bool(inputs))
-            inputs = ctx.inputs
-        graphs.replay(found[0], inputs, unchecked, self.check)
+        if found is not None and (found[0].raw or not inputs):
+            graphs.replay(found[0], inputs, inputs, self.check)
+            return found[1]
+        ctx = self._bind(B, H, Q_LEN, KV_LEN, device, inputs)
+        if found is None and not self._compiled(ctx):
+            return self._eager(ctx)  # captured once the kernels compiled
+        if found is None:
+            raw = graphs.unbound(ctx, inputs, self.check)
+            found = self._graphs[key] = self._capture(ctx, raw)
+        # bound: checked, and the earlier checks polled (again could raise this call's own)
+        graphs.replay(found[0], {k: ctx.inputs[k] for k in inputs}, {}, False)
         return found[1]
 
     def _compiled(self, ctx: BuildContext) -> bool:

@@ -343,6 +343,12 @@ def running_max(t: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     return local.flatten(-2)[..., :n]
 
 
+def reads_values(mask: ir.MaskIR, sizes: Mapping[str, int]) -> bool:
+    """Whether checking a build at these sizes reads input values on the host (a lookup
+    whose index reads another input): known once a build at them was bound."""
+    return _STATIC_OK.get(mask, ir.size_key(sizes), True) is not False
+
+
 # Per (mask, sizes): the divisors and input lookups were checked, and whether some lookup's
 # bounds need the values (a repeated build skips the checks); the inputs' declared shapes.
 _STATIC_OK = PerMask(4096)

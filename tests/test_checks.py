@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 
 import pytest
 import torch
@@ -91,6 +92,28 @@ def test_a_full_ring_waits_for_its_oldest_slot(later, monkeypatch):
         deferred.watch(torch.tensor(i % 2, dtype=torch.uint8), lambda i=i: seen.append(i))
     maskspec.wait_checks()
     assert seen == [1, 3, 5]
+
+
+def test_checks_watched_from_many_threads_are_all_reported(later, monkeypatch):
+    """Builds on several threads share the ring: no failed check is dropped or overwritten,
+    even with the ring filling up (each report is seen exactly once)."""
+    monkeypatch.setattr(deferred, "RING", 5)
+    seen: list[int] = []
+
+    def work(t: int) -> None:
+        for i in range(200):
+            n = t * 1000 + i
+            deferred.watch(torch.tensor(n % 3 == 0, dtype=torch.uint8),
+                           lambda n=n: seen.append(n))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    maskspec.wait_checks()
+    assert sorted(seen) == [t * 1000 + i for t in range(6) for i in range(200)
+                            if (t * 1000 + i) % 3 == 0]
 
 
 def test_builder_checks_like_the_plain_call(later):

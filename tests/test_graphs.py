@@ -15,6 +15,7 @@ from torch.nn.attention.flex_attention import create_block_mask
 import maskspec
 from maskspec import inputs as inputs_stage
 from maskspec.cuda import dispatch, graphs
+from maskspec.fast import Builder
 from maskspec.verify import first_difference
 
 CPU = torch.device("cpu")
@@ -49,7 +50,7 @@ def _stand_in_capture(ctx, raw, check, run=dispatch.tensors, packed=False):
     clean = dict(zip(static, first[:n], strict=True))
     graph = _Replayed(build, first)
     return graphs.Captured(graph, ctx.with_inputs(dict(clean)), static, clean,
-                           tuple(first[n + 1:-1]), first[-1], first[n])
+                           tuple(first[n + 1:-1]), first[-1], first[n], raw)
 
 
 @pytest.fixture
@@ -149,6 +150,51 @@ def test_deferred_checks_report_at_a_later_call(stand_in, monkeypatch):
     maskspec.wait_checks()
 
 
+def test_lookups_through_inputs_are_checked_at_every_replay(stand_in):
+    """Checking a lookup whose index reads another input reads the values on the host: such
+    calls bind (and check) every time, replayed or not."""
+    mask = maskspec.compile("mask m\ninput which: int[B]\ninput lens: int[4]\n"
+                            "region r = causal\nvalid q < lens[which[b]]\n")
+    lens = torch.tensor([2, 3, 4, 5])
+    for _ in range(3):
+        bm = mask.block_mask(2, 1, 8, 8, CPU, 4, which=torch.tensor([1, 3]), lens=lens)
+    assert stand_in.graphs and not any(c.raw for c in stand_in.graphs.values())
+    assert first_difference(bm, _eager(mask, 2, 1, 8, 8, CPU, 4, which=torch.tensor([1, 3]),
+                                       lens=lens)) is None
+    with pytest.raises(maskspec.MaskSpecError, match=r"index 0 of `lens` ranges over"):
+        mask.block_mask(2, 1, 8, 8, CPU, 4, which=torch.tensor([1, 9]), lens=lens)
+
+
+def test_sizes_a_binding_refuses_are_refused_on_replays(stand_in, eagle3):
+    for _ in range(3):
+        eagle3.block_mask(2, 1, 256, 768, CPU)
+    for bad in ((2.0, 1, 256, 768), (2, 1, 256.0, 768), (True, 1, 256, 768)):
+        with pytest.raises(ValueError, match="must be a positive int"):
+            eagle3.block_mask(*bad, CPU)
+
+
+def test_builder_checks_report_at_a_later_call(stand_in, monkeypatch):
+    """``fast.Builder(cuda_graph=True)`` through the same graphs (the stand-in on the CPU),
+    checks deferred as on CUDA: a bad value at its capturing call and at a replay is
+    reported later, and every mask agrees with its mask_mod."""
+    monkeypatch.setattr(inputs_stage, "DEFERRED_DEVICES", {"cuda", "cpu"})
+    mask, q = spec("document_causal"), 1024
+    build = Builder(mask, cuda_graph=True)
+    good = (torch.arange(q) // 100).view(1, q)
+    bad = good.clone()
+    bad[0, 500] = 0
+    for _ in range(2):  # captured at the first call, then replayed
+        bm = build(1, 1, q, q, CPU, doc=bad)
+        ref = create_block_mask(bm.mask_mod, 1, 1, q, q, device=CPU)
+        assert first_difference(bm, ref) is None
+        with pytest.raises(ValueError, match=r"doc\[0, 500\] = 0 follows a larger id"):
+            maskspec.wait_checks()
+    assert len(build._graphs) == 1
+    bm = build(1, 1, q, q, CPU, doc=good)
+    assert first_difference(bm, _eager(mask, 1, 1, q, q, CPU, doc=good)) is None
+    maskspec.wait_checks()
+
+
 def test_unchecked_replays_sanitize(stand_in, eagle3):
     for _ in range(3):
         bm = eagle3.block_mask(2, 1, 512, 1024, CPU, check_inputs=False,
@@ -161,7 +207,7 @@ def test_budget_keeps_recent_graphs(stand_in, monkeypatch, eagle3):
     kvs = (768, 700, 650, 720)  # 2 × 6 blocks each: graphs of one size
     for kv in kvs[:3] * 2:
         eagle3.block_mask(1, 1, 256, kv, CPU)
-    one = {c.nbytes for c in stand_in.graphs.values()}.pop()
+    one = {graphs._held(c) for c in stand_in.graphs.values()}.pop()
     assert len(stand_in.graphs) == 3 and stand_in.held == 3 * one
     monkeypatch.setattr(graphs, "BUDGET", 2 * one)
     eagle3.block_mask(1, 1, 256, kvs[0], CPU)  # replayed: now the most recent
@@ -247,15 +293,16 @@ def test_device_replays_equal_create_block_mask(on_device, name, check):
         elif name == "document_causal":
             starts = torch.rand(2, 3 * q, generator=gen) < 0.01
             given = {"doc": starts.cumsum(-1).to(DEV)}
-        held.append(mask.block_mask(2, 1, q, 3 * q, DEV, check_inputs=check, **given))
+        held.append((mask.block_mask(2, 1, q, 3 * q, DEV, check_inputs=check, **given),
+                     {k: t.clone() for k, t in given.items()}))
         assert len(on_device.graphs) == (step > 0)
     maskspec.wait_checks()
-    for bm in held:  # each replay's tensors and mask_mod are its own
+    for bm, given in held:  # each replay's tensors and mask_mod are its own
         b = 2 if mask.ir.depends_on("b") else 1
         ref = create_block_mask(bm.mask_mod, b, 1, q, 3 * q, device=DEV)
         assert first_difference(bm, ref) is None
-        assert bm.kv_indices.untyped_storage().data_ptr() != \
-            held[-1].kv_indices.untyped_storage().data_ptr() or bm is held[-1]
+        want = _eager(mask, 2, 1, q, 3 * q, DEV, check_inputs=check, **given)
+        assert first_difference(bm, want) is None
 
 
 @pytest.mark.gpu
@@ -300,5 +347,18 @@ def test_each_stream_has_graphs_of_its_own(on_device, eagle3):
             bm = eagle3.block_mask(2, 1, 2048, 4096, DEV, seq_len=lens)
         torch.cuda.current_stream().wait_stream(side)
     assert len(on_device.graphs) == 2
+    ref = create_block_mask(bm.mask_mod, 2, 1, 2048, 4096, device=DEV)
+    assert first_difference(bm, ref) is None
+
+
+@pytest.mark.gpu
+@on_gpu
+def test_a_capture_under_inference_mode_serves_calls_outside_it(on_device, eagle3):
+    lens = torch.tensor([100, 2048], device=DEV)
+    with torch.inference_mode():
+        for _ in range(2):
+            eagle3.block_mask(2, 1, 2048, 4096, DEV, seq_len=lens)
+    assert on_device.graphs
+    bm = eagle3.block_mask(2, 1, 2048, 4096, DEV, seq_len=lens - 1)
     ref = create_block_mask(bm.mask_mod, 2, 1, 2048, 4096, device=DEV)
     assert first_difference(bm, ref) is None

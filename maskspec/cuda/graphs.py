@@ -65,6 +65,21 @@ def _raw_stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+def plain_sizes(*sizes: Any) -> bool:
+    """Whether the sizes are ints (or None), as a call that skips binding needs: 2.0 and
+    True equal 2 and 1 as keys, but binding refuses them."""
+    return all(type(n) is int or n is None for n in sizes)
+
+
+def unbound(ctx: BuildContext, inputs: Mapping[str, Any], check: bool) -> bool:
+    """Whether replays of this call can copy its inputs in unbound (the graph sanitizing
+    and checking them): all given inputs are tensors, and checking them needs no host
+    read of their values (a lookup whose index reads another input is bounded from the
+    values, on the host, at every checked call)."""
+    return (bool(inputs) and given_tensors(inputs)
+            and not (check and inputs_stage.reads_values(ctx.mask, ctx.sizes)))
+
+
 def given_tensors(inputs: Mapping[str, Any]) -> bool:
     """Whether every given input is a tensor (copied into a graph unbound)."""
     return all(isinstance(t, Tensor) for t in inputs.values())
@@ -84,6 +99,7 @@ class Captured:
     tensors: tuple[Tensor, ...]
     flat: Tensor | None
     bad: Tensor | None
+    raw: bool = False  # replays copy the caller's tensors in unbound
 
     @property
     def nbytes(self) -> int:
@@ -163,28 +179,33 @@ def capture(ctx: BuildContext, raw: bool, check: bool, run: Run = dispatch.tenso
     dev = ctx.device
     if dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}")
-    static = {k: t.clone() for k, t in ctx.inputs.items()}
+    with torch.inference_mode(False):  # static buffers take in-place copies at any time
+        static = {k: t.clone() for k, t in ctx.inputs.items()}
+
+    def build() -> tuple[dict[str, Tensor], Tensor | None, tuple[Tensor, ...], Tensor | None]:
+        clean = inputs_stage.sanitized(ctx.mask, ctx.sizes, static) if raw else static
+        bad = inputs_stage.value_flag(static, clean) if raw and check else None
+        tensors = run(ctx.with_inputs(clean))
+        return clean, bad, tensors, packed_copy(tensors) if packed else None
+
     side = torch.cuda.Stream(dev)
     side.wait_stream(torch.cuda.current_stream(dev))
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(side):
-        run(ctx.with_inputs(static))
+    with torch.cuda.stream(side), torch.inference_mode(False):
+        build()  # the same calls as captured: what they compile or look up happens here
         # Not torch.cuda.graph, which synchronizes and empties the allocator's cache first:
         # the plain call captures inside training loops, whose cached memory must stay.
         # thread_local: other threads (a data loader, a compile) may use CUDA meanwhile.
         graph.capture_begin(capture_error_mode="thread_local")
         try:  # replays read what the call copies into ``static``
-            clean = inputs_stage.sanitized(ctx.mask, ctx.sizes, static) if raw else static
-            bad = inputs_stage.value_flag(static, clean) if raw and check else None
-            tensors = run(ctx.with_inputs(clean))
-            flat = packed_copy(tensors) if packed else None
+            clean, bad, tensors, flat = build()
         finally:
             graph.capture_end()
     torch.cuda.current_stream(dev).wait_stream(side)
     log.info("%s: captured the build as a CUDA graph at %s", ctx.mask.name,
              inputs_stage.sizes_text(ctx.sizes))
     return Captured(graph, ctx.with_inputs(dict(clean)), static, dict(clean), tensors, flat,
-                    bad)
+                    bad, raw)
 
 
 def replay(cap: Captured, inputs: Mapping[str, Tensor], unchecked: Mapping[str, Tensor],
@@ -245,8 +266,8 @@ class Replays:
         the call has no graph yet."""
         with self.lock:
             cap = self.graphs.get(key)
-            if cap is None or cap.ctx.mask is not mask:
-                return None
+            if cap is None or cap.ctx.mask is not mask or (inputs and not cap.raw):
+                return None  # (not raw: checking reads values on the host; bind first)
             self.graphs.move_to_end(key)
             replay(cap, inputs, inputs, check)
             return _copied(cap, inputs, lead)
@@ -261,7 +282,7 @@ class Replays:
                 if not self.seen.get(key, False) or not _capturable(ctx):
                     self._saw(key, True)
                     return None
-                cap = self._capture(key, ctx, given_tensors(inputs) and bool(inputs), check)
+                cap = self._capture(key, ctx, unbound(ctx, inputs, check), check)
                 if cap is None:
                     return None
             self.graphs.move_to_end(key)
@@ -284,18 +305,18 @@ class Replays:
         whole budget, or one CUDA refuses, is not kept and not tried again)."""
         try:
             cap = capture(ctx, raw, check, packed=True)
-        except RuntimeError as err:
+        except Exception as err:  # any failure: the build goes on without a graph
             log.info("%s: building without a CUDA graph (capture failed: %s)",
                      ctx.mask.name, err)
             cap = None
-        if cap is None or cap.nbytes > BUDGET:
+        if cap is None or _held(cap) > BUDGET:
             self._saw(key, False)
             return None
         self.graphs[key] = cap
-        self.held += cap.nbytes
-        while self.held > BUDGET:
+        self.held += _held(cap)
+        while self.held > BUDGET or len(self.graphs) > MAX_GRAPHS:
             _, old = self.graphs.popitem(last=False)
-            self.held -= old.nbytes
+            self.held -= _held(old)
             if old.ctx.device.type == "cuda":  # its last replay may run on another stream
                 torch.cuda.synchronize(old.ctx.device)
         return cap
@@ -308,6 +329,13 @@ class Replays:
 
 
 Built = tuple[tuple[Tensor, ...], BuildContext]
+MAX_GRAPHS = 64  # graphs the plain call keeps, whatever their size
+SEGMENT = 2 << 20  # bytes: a graph's pool holds at least one allocator segment
+
+
+def _held(cap: Captured) -> int:
+    """What a graph counts against BUDGET: its tensors, at least a segment."""
+    return max(cap.nbytes, SEGMENT)
 
 
 def _capturable(ctx: BuildContext) -> bool:
