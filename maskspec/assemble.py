@@ -261,8 +261,8 @@ def _written(row: Tensor, col: Tensor, rows: tuple[int, ...], n_cols: int,
              ordered: bool = False) -> list[Tensor]:
     """(counts, indices) of entries grouped by row, ascending within each group (and the
     groups in row order where ``ordered``), in create_block_mask's layout: each row's set
-    columns, then its unset ones in order (padding entries are valid blocks, and torch's
-    ``BlockMask._adjust`` crops such rows correctly).
+    columns, then its unset ones in order (padding entries are valid blocks, entry for
+    entry create_block_mask's: torch's ``BlockMask._adjust`` reads them).
 
     A row's entries are ``arange`` plus a step function, written as a difference array:
     the k-th set column s_k sits at position k, and the unset column after the t-th is
