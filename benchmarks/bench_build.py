@@ -7,7 +7,7 @@ Every case is built by each method in the same process: maskspec
 (``CompiledMask.block_mask`` with ``check_inputs=False``: on CUDA the spec's generated
 Triton kernel, from the second call of a configuration replayed as a CUDA graph whose
 outputs are copied out), maskspec checked (the default call, whose value checks run on the
-device), maskspec no graph (the plain call with its graphs off, ``graphs.BUDGET = 0``),
+device), maskspec no graph (the plain call with its graphs off, ``graphs.off()``),
 maskspec in torch.compile (the call inside ``torch.compile(fullgraph=True, dynamic=True)``:
 one custom op), maskspec graph (``fast.Builder(cuda_graph=True)``, the same kernels
 replayed), maskspec with the row stage torch.compile'd instead
@@ -160,11 +160,8 @@ def _methods(mask: maskspec.CompiledMask, case: Case, dev: torch.device) -> dict
         fullgraph=True, dynamic=True)
 
     def no_graph(kv: int) -> BlockMask:  # the plain call as it was before its graphs
-        old, graphs.BUDGET = graphs.BUDGET, 0
-        try:
+        with graphs.off():
             return mask.block_mask(case.B, 1, case.q, kv, dev, check_inputs=False, **inputs)
-        finally:
-            graphs.BUDGET = old
 
     def torch_path(kv: int) -> BlockMask:  # what a build runs while its kernels compile
         tensors = dispatch.torch_path(mask._bind(case.B, 1, case.q, kv, dev, inputs, False))

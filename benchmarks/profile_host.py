@@ -67,11 +67,8 @@ def stages(mask: maskspec.CompiledMask, q: int, kv: int, inputs: dict[str, Any])
 
 def _no_graphs(fn: Callable[[], Any]) -> Callable[[], Any]:
     def run() -> Any:
-        old, graphs.BUDGET = graphs.BUDGET, 0
-        try:
+        with graphs.off():
             return fn()
-        finally:
-            graphs.BUDGET = old
     return run
 
 

@@ -1,43 +1,28 @@
 """The plain call's graph replays on CUDA, call by call: host time per build (the device
-synchronized before and after many builds) of a TTT sequence and of single shapes, checked
-and unchecked, with and without the graphs, and how many graphs each left captured.
+synchronized before and after many builds) and CUDA-event time of single builds, of a TTT
+sequence and of single shapes, checked and unchecked, with and without the graphs, and how
+many graphs each left captured.
 
     python benchmarks/profile_replays.py
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+import contextlib
 from collections.abc import Callable
 
 import torch
+from bench_build import _time_ms  # run as a script: benchmarks/ is on the path
+from profile_host import _us
 
 import maskspec
 from maskspec.cuda import dispatch, graphs
 
 
-def _ms(fn: Callable[[], object], n: int = 200) -> tuple[float, float, float]:
-    """(host ms per call, wall ms per call with the device synchronized at the end, median
-    CUDA-event ms of single calls each synchronized: bench_build's measure)."""
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    host = time.perf_counter() - start
-    torch.cuda.synchronize()
-    wall = time.perf_counter() - start
-    events = []
-    for _ in range(n // 4):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        events.append(a.elapsed_time(b))
-    return host / n * 1e3, wall / n * 1e3, statistics.median(events)
+def _ms(fn: Callable[[], object]) -> tuple[float, float]:
+    """(host ms per call over back-to-back calls, ``profile_host._us``; median CUDA-event ms
+    of single calls, ``bench_build._time_ms``: the BENCHMARKS.md measure)."""
+    return _us(fn, 200) / 1e3, _time_ms(fn, torch.device("cuda"))
 
 
 def main() -> None:
@@ -59,13 +44,12 @@ def main() -> None:
     }
     for name, build in cases.items():
         for check in (False, True):
-            for budget in (graphs.BUDGET, 0):
-                old, graphs.BUDGET = graphs.BUDGET, budget
+            for on in (True, False):
                 graphs.PLAIN.clear()
-                host, wall, event = _ms(lambda b=build, c=check: b(c))
-                graphs.BUDGET = old
-                print(f"{name:26s} check={check!s:5s} graphs={'on' if budget else 'off'}: "
-                      f"host {host:.4f} ms, wall {wall:.4f} ms, event {event:.4f} ms, "
+                with contextlib.nullcontext() if on else graphs.off():
+                    host, event = _ms(lambda b=build, c=check: b(c))
+                print(f"{name:26s} check={check!s:5s} graphs={'on' if on else 'off'}: "
+                      f"host {host:.4f} ms, event {event:.4f} ms, "
                       f"{len(graphs.PLAIN.graphs)} graphs", flush=True)
 
 

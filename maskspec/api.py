@@ -123,10 +123,9 @@ class CompiledMask:
         if graphs.eligible(dev) and graphs.plain_sizes(B, H, Q_LEN, KV_LEN):
             key = graphs.call_key(self.ir, B, H, Q_LEN, KV_LEN, plans.indexed(dev), bs, check,
                                   inputs)
-            if graphs.given_tensors(inputs):
-                hit = graphs.PLAIN.replayed(key, self.ir, inputs, check, lead)
-                if hit is not None:
-                    return hit
+            hit = graphs.PLAIN.replayed(key, self.ir, inputs, check, lead)
+            if hit is not None:
+                return hit
         ctx = self._bind(B, H, Q_LEN, KV_LEN, device, inputs, check, bs)
         hit = None if key is None else graphs.PLAIN.captured(key, ctx, inputs, check, lead)
         return (dispatch.tensors(ctx), ctx) if hit is None else hit

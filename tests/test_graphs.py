@@ -57,7 +57,7 @@ def _stand_in_capture(ctx, raw, check, run=dispatch.tensors, packed=False):
 def stand_in(monkeypatch):
     """The plain call's graphs on the CPU, captured by ``_stand_in_capture``."""
     monkeypatch.setattr(graphs, "PLAIN", graphs.Replays())
-    monkeypatch.setattr(graphs, "eligible", lambda device: True)
+    monkeypatch.setattr(graphs, "eligible", lambda device: graphs.BUDGET > 0)
     monkeypatch.setattr(graphs, "_capturable", lambda ctx: not ctx.mask.fallback)
     monkeypatch.setattr(graphs, "capture", _stand_in_capture)
     return graphs.PLAIN
@@ -69,11 +69,8 @@ def _lens(seed: int, b: int, q: int) -> torch.Tensor:
 
 def _eager(mask, *args, **inputs):
     """The same build without graphs."""
-    old, graphs.eligible = graphs.eligible, lambda device: False
-    try:
+    with graphs.off():
         return mask.block_mask(*args, **inputs)
-    finally:
-        graphs.eligible = old
 
 
 def _replays(plain: graphs.Replays) -> int:
@@ -239,11 +236,8 @@ def test_fa4_replays_see_the_outputs_at_its_leading_shape(stand_in, name, b):
     args = (b, 4, 256, 768, CPU, (128, 128))
     for _ in range(3):
         fwd_bwd = mask.fa4_block_sparse(*args, arch=90, **given)
-    old, graphs.eligible = graphs.eligible, lambda device: False
-    try:
+    with graphs.off():
         want = mask.fa4_block_sparse(*args, arch=90, **given)
-    finally:
-        graphs.eligible = old
     assert stand_in.graphs
     for ours, ref in zip(fwd_bwd, want, strict=True):
         for x, y in zip(_fields(ours), _fields(ref), strict=True):

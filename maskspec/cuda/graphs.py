@@ -19,12 +19,13 @@ recently used dropped first.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +108,8 @@ class Captured:
         held = [*self.tensors, *self.static.values(), *self.clean.values()]
         if self.flat is not None:
             held.append(self.flat)
-        return sum(t.numel() * t.element_size() for t in held)
+        once = {id(t): t for t in held}.values()  # clean is static where not sanitized
+        return sum(t.numel() * t.element_size() for t in once)
 
     def __post_init__(self) -> None:
         self.views: dict[Lead, tuple[View, ...]] = {None: packing(self.tensors)[1]}
@@ -237,6 +239,18 @@ BUDGET = _budget()  # bytes the plain call's graphs may hold together
 SEEN = 1024  # call keys remembered as built once (the second build of one captures it)
 
 
+@contextlib.contextmanager
+def off() -> Iterator[None]:
+    """Plain calls without graphs inside the block (``BUDGET`` 0 there): what a build
+    costs without them, or a reference to compare replays with."""
+    global BUDGET
+    old, BUDGET = BUDGET, 0
+    try:
+        yield
+    finally:
+        BUDGET = old
+
+
 def eligible(device: torch.device) -> bool:
     """Whether the plain call's builds on ``device`` go through ``PLAIN``: CUDA, graphs on,
     and not inside a capture of the caller's (a build there is part of their graph)."""
@@ -258,12 +272,13 @@ class Replays:
         # hold the stream, so no two streams share a graph's buffers)
         self.lock = threading.Lock()
 
-    def replayed(self, key: tuple, mask: ir.MaskIR, inputs: Mapping[str, Tensor],
+    def replayed(self, key: tuple, mask: ir.MaskIR, inputs: Mapping[str, Any],
                  check: bool, lead: Lead = None) -> Built | None:
-        """A call of given tensors (or none) from its graph, unbound: its own copy of the
-        eight tensors (seen at ``lead``, if given: ``Captured.unpacked``) and the context
-        they were built in (whose inputs, the clean values, the mask_mod reads); None when
-        the call has no graph yet."""
+        """A call from its graph, unbound: its own copy of the eight tensors (seen at
+        ``lead``, if given: ``Captured.unpacked``) and the context they were built in
+        (whose inputs, the clean values, the mask_mod reads); None when the call has no
+        graph yet, or has inputs its graph does not take unbound (lists, numbers, values
+        checked on the host: ``unbound``), which ``captured`` takes once they are bound."""
         with self.lock:
             cap = self.graphs.get(key)
             if cap is None or cap.ctx.mask is not mask or (inputs and not cap.raw):
