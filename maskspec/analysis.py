@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -146,7 +146,61 @@ def _solved(cmp: ir.Cmp) -> RowCond | ir.Residual | tuple[tuple, str, ir.Expr | 
 def cond_form(cmp: ir.Cmp) -> CondForm | ir.Residual:
     """Classify a comparison as a row condition, a kv range or a kv-modulo range; or, for
     one with no interval form in kv, say why, located at the node that stops it (an
-    ``ir.Residual``: the condition is left to the element fallback)."""
+    ``ir.Residual``, with its ``separable`` reading where it has one)."""
+    form = _cond_form(cmp)
+    if isinstance(form, ir.Residual) and cmp.reads("q"):
+        return replace(form, separable=separable(cmp))
+    return form
+
+
+def _reads(e: ir.Expr) -> set[str]:
+    return {n.name for n in e.walk() if isinstance(n, ir.Var) and n.name in ("q", "kv")}
+
+
+def separable(cmp: ir.Cmp) -> ir.Separable | None:
+    """``cmp`` as ``key OP query`` (its sum's atoms each reading kv or q, not both), or as
+    a lookup (``_lookup``); None if it is neither."""
+    key: dict[ir.Expr | None, int] = {}
+    query: dict[ir.Expr | None, int] = {}
+    for atom, c in ir.linear(ir.sub(cmp.left, cmp.right)).items():
+        reads = set() if atom is None else _reads(atom)
+        if len(reads) == 2:
+            return _lookup(cmp)
+        (key if reads == {"kv"} else query)[atom] = c
+    if not any(_reads(a) for a in key if a is not None) or \
+            not any(_reads(a) for a in query if a is not None):
+        return None
+    return ir.Separable(cmp.op, ir.from_linear(key),
+                        ir.from_linear({a: -c for a, c in query.items()}))
+
+
+def _lookup(cmp: ir.Cmp) -> ir.Separable | None:
+    """``cmp`` as a condition on one input read at a q index and a kv index (the other
+    indices reading neither, nothing outside the read reading q or kv): ``tab[b, q, kv -
+    P]``, ``sel[b, h, q // T, kv // T] == 1``."""
+    found = None
+    for load in (n for e in cmp.exprs() for n in e.walk() if isinstance(n, ir.Load)):
+        sides = [_reads(a) for a in load.args]
+        if {"q"} in sides and {"kv"} in sides and all(len(r) <= 1 for r in sides) and \
+                sides.count({"q"}) == 1 and sides.count({"kv"}) == 1:
+            if found is not None and found != load:
+                return None
+            found = load
+    if found is None:
+        return None
+    qd, kd = ([_reads(a) for a in found.args].index({v}) for v in ("q", "kv"))
+    args = list(found.args)
+    args[qd], args[kd] = ir.Var("q"), ir.Var("kv")
+    table = ir.Cmp(cmp.op, *(ir.substituted(e, found, replace(found, args=tuple(args)))
+                             for e in cmp.exprs()), pos=cmp.pos)
+    rest = ir.Cmp(cmp.op, *(ir.substituted(e, found, ir.Const(0)) for e in cmp.exprs()))
+    if rest.reads("q") or rest.reads("kv"):
+        return None
+    return ir.Separable("lookup", found.args[kd], found.args[qd], table,
+                        (found.input, qd, kd))
+
+
+def _cond_form(cmp: ir.Cmp) -> CondForm | ir.Residual:
     solved = _solved(cmp)
     if not isinstance(solved, tuple):
         return solved

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from maskspec import elements, ir, lower
+from maskspec import elements, ir, lower, separable
 from maskspec.context import BuildContext
 from maskspec.lower import Rows
 
@@ -318,10 +318,12 @@ def split(ctx: BuildContext, q_positions: torch.Tensor | None, n_rows: int,
           block_size: tuple[int, int]) -> tuple[BlockGrid, torch.Tensor]:
     """A fallback mask classified by parts, and the blocks no part decides alone.
 
-    The analytic terms are classified exactly together, each ``keyed`` term exactly alone
-    (``keyed``), the other terms as the supersets their row programs allow. A block's class
-    is then known unless such a superset touches it, or a keyed term and another part both
-    touch it and no part alone makes it FULL (together they might): those are undecided.
+    The analytic terms are classified exactly together; each ``keyed``, transposed or
+    ``separable`` term alone (a separable term exactly except where two of its own parts
+    cut a block: undecided); the other terms as the supersets their row programs allow. A
+    block's class is then known unless such a superset touches it, or a term classified
+    alone and another part both touch it and no part alone makes it FULL (together they
+    might): those are undecided.
     Returned at the whole mask's (B', H', Q_blocks, KV_blocks)."""
     mask, (q_bs, kv_bs) = ctx.mask, block_size
     per_batch = q_positions is not None and q_positions.dim() > 1 and q_positions.shape[0] > 1
@@ -339,24 +341,40 @@ def split(ctx: BuildContext, q_positions: torch.Tensor | None, n_rows: int,
         g = classify(rows, n_rows, ctx.kv_len, q_bs, kv_bs)
         return (g.partial | g.full).expand(shape), g.full.expand(shape)
 
-    alone = [t for t in mask.terms if t.keyed or (
+    alone = [t for t in mask.terms if t.keyed or t.separable or (
         t.transposed is not None and q_positions is None)]
     touched, full = grid_of(rows_of(lambda t: t.analytic))
     over = grid_of(rows_of(lambda t: not t.analytic and not any(t is a for a in alone)))[0]
     parts, full = touched.to(torch.int32), full.clone()
     exact_touch = torch.zeros(shape, dtype=torch.bool, device=ctx.device)
     for term in alone:
+        own = rows_of(lambda t, term=term: t is term)
         if term.keyed:
-            keys = elements.key_set(term, ctx.sizes, ctx.inputs, lead, ctx.device)
-            tk, fk = keyed(rows_of(lambda t, term=term: t is term), keys, shape, n_rows,
-                           ctx.kv_len, block_size)
-        else:
+            keys = elements.key_set([r.cmp for r in term.residual], ctx.sizes, ctx.inputs,
+                                    lead, ctx.device)
+            tk, fk = keyed(own, keys, shape, n_rows, ctx.kv_len, block_size)
+        elif term.transposed is not None and q_positions is None:
             tk, fk = transposed(ctx, term, shape, block_size)
+        else:
+            tk, fk, uk = _separable(ctx, term, own, q_positions, n_rows, lead, block_size)
+            over = over | uk
         parts += tk
         exact_touch |= tk
         full |= fk
     undecided = ~full & (over | (exact_touch & (parts >= 2)))
     return BlockGrid((touched | exact_touch) & ~full, full), undecided
+
+
+def _separable(ctx: BuildContext, term: ir.Term, rows: Rows, q_positions: torch.Tensor | None,
+               n_rows: int, lead: tuple[int, int], block_size: tuple[int, int]) -> tuple[
+                   torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(touched, full, undecided) of a ``separable`` term alone: its row program's classes
+    and its conditions' (``maskspec.separable``) combined."""
+    sides = separable.Sides(ctx, q_positions, n_rows, lead, block_size)
+    g = classify(rows, n_rows, ctx.kv_len, *block_size)
+    own = [separable.Part(g.partial | g.full, g.full), *separable.parts(term, sides)]
+    shape = (*lead, *counts(n_rows, ctx.kv_len, *block_size))
+    return separable.combine(own, shape, ctx.device)
 
 
 def transposed(ctx: BuildContext, term: ir.Term, shape: tuple[int, ...],

@@ -12,7 +12,7 @@ terms they cut exactly from those per-key sets.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -46,10 +46,11 @@ def _chunks(
         yield w, ir.element_mask(mask, env) & real
 
 
-def key_set(term: ir.Term, sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
+def key_set(conds: Sequence[ir.Cmp], sizes: Mapping[str, int], inputs: Mapping[str, Tensor],
             lead: tuple[int, int], device: torch.device) -> Tensor:
-    """The keys a ``keyed`` term's residual conditions allow, per (b', h'): bool
-    (B', H', KV_LEN), their element meaning on every key (O(B'·H'·KV_LEN), no pair)."""
+    """The keys conditions reading kv but not q allow (a ``keyed`` term's residual), per
+    (b', h'): bool (B', H', KV_LEN), their element meaning on every key (O(B'·H'·KV_LEN),
+    no pair)."""
     def ar(n: int, dim: int) -> Tensor:
         shape = [1, 1, 1]
         shape[dim] = n
@@ -57,8 +58,8 @@ def key_set(term: ir.Term, sizes: Mapping[str, int], inputs: Mapping[str, Tensor
     env = ir.Env(vars={"b": ar(lead[0], 0), "h": ar(lead[1], 1), "kv": ar(sizes["KV_LEN"], 2)},
                  sizes=sizes, inputs=inputs)
     ok = env.vars["kv"] >= 0
-    for r in term.residual:
-        ok = ok & ir.holds(r.cmp, env)
+    for c in conds:
+        ok = ok & ir.holds(c, env)
     return ok.expand(*lead, sizes["KV_LEN"])
 
 

@@ -216,6 +216,17 @@ def difference(a: Expr, b: Expr) -> Expr:
     return from_linear({k: v for k, v in terms.items() if v})
 
 
+def substituted(e: Expr, old: Expr, new: Expr) -> Expr:
+    """``e`` with every node equal to ``old`` replaced by ``new``."""
+    if e == old:
+        return new
+    if isinstance(e, Load):
+        return replace(e, args=tuple(substituted(a, old, new) for a in e.args))
+    if isinstance(e, Bin):
+        return replace(e, a=substituted(e.a, old, new), b=substituted(e.b, old, new))
+    return e
+
+
 def uses(e: Expr, kind: type, name: str | None = None) -> bool:
     """Whether ``e`` contains a node of ``kind`` (with ``name``, for Var/Size/Load)."""
     for n in e.walk():
@@ -472,14 +483,36 @@ class InputDecl:
 
 
 @dataclass(frozen=True)
+class Separable:
+    """A condition that reads q and kv on separate sides: ``key OP query``, ``key`` reading
+    kv (and b, h, inputs) but not q, ``query`` reading q but not kv — ids compared between
+    the two sides (``img[b, kv] == img[b, q]``), two coordinates ordered (a tiled layout's
+    column against the query's window). Or, with ``op == "lookup"``, a condition on one
+    input read at (``query``, ``key``) in its dimensions ``dims`` (an ancestor table, a
+    tile map): ``table`` is the condition with those two indices written as q and kv, so
+    evaluating it over index grids gives the table's truth values.
+
+    Over a block of rows × keys the pairs are every row's value against every key's: its
+    class follows from per-block summaries of each side (``maskspec.separable``)."""
+
+    op: str  # a comparison operator, or "lookup"
+    key: Expr
+    query: Expr
+    table: Cmp | None = None
+    dims: tuple[str, int, int] | None = None  # (input, query's dim, key's dim)
+
+
+@dataclass(frozen=True)
 class Residual:
     """A condition the row program leaves out, and why: one with no interval form in kv
     (an input read at kv, ``kv != ...``, bit operations on kv ...). The term's program then
-    allows a superset of its keys, and the element fallback decides the blocks it touches."""
+    allows a superset of its keys, and the element fallback decides the blocks it touches
+    unless the condition is ``separable`` (or reads no q: a key set)."""
 
     cmp: Cmp
     why: str
     pos: Pos | None = field(default=None, compare=False, repr=False)  # the node that stops it
+    separable: Separable | None = None
 
 
 @dataclass(frozen=True)
@@ -514,6 +547,15 @@ class Term:
         classified exactly from per-key counts, without the element fallback."""
         return bool(self.residual) and self.program.family is None and not any(
             r.cmp.reads("q") for r in self.residual)
+
+    @property
+    def separable(self) -> bool:
+        """Whether every residual condition is ``Separable`` or a key set, some separable:
+        the term is classified exactly per block from summaries of each side, and only the
+        blocks where two of its parts are both PARTIAL go to the element fallback."""
+        res = self.residual
+        return any(r.separable for r in res) and all(
+            r.separable or not r.cmp.reads("q") for r in res)
 
     @property
     def conds(self) -> tuple[Cmp, ...]:

@@ -302,6 +302,8 @@ def condition_meaning(c: ir.Cmp) -> str:
     if isinstance(form, ir.Residual) and not c.reads("q"):
         return (f"key set ({form.why}): the keys it allows, counted per key block "
                 "(exact where its region is plain intervals)")
+    if isinstance(form, ir.Residual) and form.separable is not None:
+        return f"read one side at a time ({form.why}): {_separable_text(form.separable)}"
     if isinstance(form, ir.Residual):
         return f"element fallback: {form.why}; decided on the blocks the rest allows"
     if isinstance(form, analysis.RowCond):
@@ -312,6 +314,15 @@ def condition_meaning(c: ir.Cmp) -> str:
     if form.hi is None:
         return f"key range: {what} >= {fmt(form.lo)}"
     return f"key range: {what} in [{fmt(form.lo)}, {fmt(form.hi)})"
+
+
+def _separable_text(sep: ir.Separable) -> str:
+    """How blocks of a separable condition are classified."""
+    if sep.op == "lookup":
+        return (f"a lookup of `{sep.dims[0]}` at [{fmt(sep.query)}, {fmt(sep.key)}], each "  # type: ignore[index]
+                "block's rectangle of it counted from prefix sums")
+    how = "the blocks' shared values" if sep.op in ("==", "!=") else "the blocks' extremes"
+    return f"{fmt(sep.key)} {sep.op} {fmt(sep.query)} per block, from {how}"
 
 
 def describe(mask: ir.MaskIR) -> Iterator[str]:
@@ -339,7 +350,8 @@ def describe(mask: ir.MaskIR) -> Iterator[str]:
         for c in t.where:
             yield f"  where {source_text(mask.source, c.pos)}  →  {condition_meaning(c)}"
         exact = "" if t.analytic else " (a superset, cut by its key set)" if t.keyed else \
-            " (a superset: the fallback decides its blocks)"
+            " (a superset, cut by its conditions read one side at a time)" if t.separable \
+            else " (a superset: the fallback decides its blocks)"
         yield f"  row program  →  {program_text(t.program)}{exact}"
     if valid:
         yield ""
@@ -356,12 +368,15 @@ def analytic_summary(mask: ir.MaskIR) -> str:
     def names(which: Callable[[ir.Term], bool]) -> str:
         return ", ".join(f"`{t.name}`" for t in mask.terms if which(t)) or "none"
     def alone(t: ir.Term) -> bool:
-        return t.keyed or t.transposed is not None
+        return t.keyed or t.transposed is not None or t.separable
+    def transposed(t: ir.Term) -> bool:
+        return not t.keyed and t.transposed is not None
     return (f"analytic regions: {names(lambda t: t.analytic)}; cut by key sets (exact from "
             f"per-key counts): {names(lambda t: t.keyed)}; read per key (classified "
-            f"transposed): {names(lambda t: alone(t) and not t.keyed)}; element fallback for "
-            f"{names(lambda t: not t.analytic and not alone(t))} (and for the blocks where "
-            "one of those and another part meet, neither making them FULL alone)")
+            f"transposed): {names(transposed)}; read one side at a time (exact from "
+            f"per-block summaries): {names(lambda t: t.separable and not transposed(t))}; "
+            f"element fallback for {names(lambda t: not t.analytic and not alone(t))} (and "
+            "for the blocks where two parts meet, neither making them FULL alone)")
 
 
 def program_text(p: ir.RowProgram) -> str:

@@ -5,12 +5,13 @@ path."""
 import random
 
 import torch
+from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec
 from maskspec import blocks, lower
 from maskspec.api import CompiledMask, shipped_specs
 from maskspec.cuda import dispatch
-from maskspec.verify import random_inputs
+from maskspec.verify import first_difference, random_inputs
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # else the interpreter
 
@@ -55,3 +56,35 @@ def hostile(mask: CompiledMask, b: int, q: int, kv: int, seed: int) -> dict:
         if d.dtype == "int":
             out[d.name] = torch.randint(-2 * kv, 2 * kv + 1, out[d.name].shape, generator=gen)
     return out
+
+
+def assert_rank_masks_equal(mask: CompiledMask, b: int, h: int, q_len: int, ws: int, bs: int,
+                            x: dict[str, torch.Tensor]) -> None:
+    """Context-parallel rank masks (head-tail balancer) equal create_block_mask over the
+    global dense mask re-indexed to each rank's rows and the gathered keys."""
+    from maskspec.targets.cp import head_tail, key_order, local_positions
+    dense = mask.dense(b, h, q_len, q_len, **x)
+    sharding = head_tail(q_len, ws, torch.device("cpu"))
+    keys = key_order(sharding, ws, 1)[0]
+    for rank in range(ws):
+        rows = local_positions(sharding.order, rank, ws)[0]
+        local = dense[:, :, rows][..., keys]
+        bm = mask.cp_block_mask(b, h, q_len, q_len, rank=rank, world_size=ws, BLOCK_SIZE=bs,
+                                load_balancer="head_tail", **x)
+        ref = create_block_mask(lambda b_, h_, q, kv, d=local: d[b_, h_, q, kv], b, h,
+                                q_len // ws, q_len, device="cpu", BLOCK_SIZE=bs)
+        assert first_difference(bm, ref) is None, (mask.ir.source, rank)
+
+
+def union_of(regions: list) -> object:
+    """An independent meaning (b, h, q, kv, inputs) of regions given as (shape's condition,
+    [its other conditions]) pairs: the OR of each region's AND."""
+    def meaning(b, h, q, kv, x):
+        out = kv < 0
+        for fn, conds in regions:
+            ok = fn(b, h, q, kv, x)
+            for c in conds:
+                ok = ok & c(b, h, q, kv, x)
+            out = out | ok
+        return out
+    return meaning

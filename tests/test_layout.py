@@ -18,6 +18,7 @@ STAGES = [
     {"analysis", "compiler"},  # a term analysed once into its row program
     {"inputs", "context"},  # binding sizes and inputs; the build context
     {"lower", "dense", "mask_mod", "elements"},  # evaluation: row slots, the element meaning
+    {"separable"},  # conditions read one side at a time: per-block summaries
     {"rowblocks"},  # row programs over a whole block of rows, as bounds
     {"blocks"},  # exact block classes, ordered indices
     {"assemble"},  # the build's classes: whole row blocks as runs, the rest row by row
