@@ -42,22 +42,37 @@ from maskspec.verify import first_difference, random_inputs
 SIZES = (4096, 16384, 65536, 131072)
 
 
+# Specs whose cost grows as Q·KV whatever the build: timed up to 16K.
+QUADRATIC = {
+    "tree": "its input, the ancestor table, is Q_LEN × Q_LEN",
+    "global_sliding_window": "random flags meet the window in every block, which is evaluated",
+}
+# Masks of ids in any order and tile maps, beside the shipped specs: conditions read one side
+# at a time (images as runs of ids, VSA-style selected tiles).
+IMAGES = ("mask images\ninput img: int[B, Q_LEN]\n"
+          "region same_image = full where img[b, kv] == img[b, q]\n")
+TILES = ("mask tiles\ninput sel: bool[B, H, (Q_LEN + 63) // 64, (KV_LEN + 63) // 64]\n"
+         "region selected = causal where sel[b, h, q // 64, kv // 64]\n")
+
+
 @dataclass(frozen=True)
 class Case:
     label: str
-    spec: str  # a shipped spec's name
+    spec: str  # a shipped spec's name, or a spec's text
     params: dict[str, int] = field(default_factory=dict)
     rounds: int = 1  # KV_LEN = rounds · Q_LEN
     largest: int = SIZES[-1]  # the element fallback's cost is Q·KV: its cases stop earlier
     globals_every: int = 0  # is_global: one global token every this many (else random)
+    run: int = 0  # img: runs of this many positions, the runs' ids shuffled
 
     def load(self) -> maskspec.CompiledMask:
+        if "\n" in self.spec:
+            return maskspec.compile(self.spec, **self.params)
         return maskspec.load(self.spec, **self.params)
 
 
 def cases() -> list[Case]:
-    # the element fallback's cost is Q·KV: specs that need it are timed up to 16K
-    shipped = [Case(n, n, largest=16384 if maskspec.load(n).ir.fallback else SIZES[-1])
+    shipped = [Case(n, n, largest=16384 if n in QUADRATIC else SIZES[-1])
                for n in sorted(shipped_specs())]
     return [
         *shipped,
@@ -71,16 +86,21 @@ def cases() -> list[Case]:
         # the element fallback (conditions with no interval form in kv)
         Case("key set: global_sliding_window (±64), a global token every 1024",
              "global_sliding_window", largest=16384, globals_every=1024),
-        Case("fallback: natten_morton canvas 64×64, 7×7", "natten_morton",
-             {"canvas_w": 64, "canvas_h": 64}, largest=16384),
+        Case("natten_morton canvas 64×64, 7×7", "natten_morton",
+             {"canvas_w": 64, "canvas_h": 64}),
+        Case("ids in any order: images of 1000 tokens", IMAGES, run=1000),
+        Case("tile map: causal ∩ selected 64×64 tiles", TILES),
     ]
 
 
 def _inputs(mask: maskspec.CompiledMask, q: int, kv: int, dev: torch.device,
-            globals_every: int = 0) -> dict:
+            globals_every: int = 0, run: int = 0) -> dict:
     inputs = random_inputs(mask, 1, 1, q, kv, random.Random(0))
     if globals_every:  # Longformer's few global tokens (CLS, task tokens)
         inputs["is_global"] = torch.arange(max(q, kv)) % globals_every == 0
+    if run:
+        ids = torch.randperm(-(-q // run), generator=torch.Generator().manual_seed(0))
+        inputs["img"] = ids[torch.arange(q) // run].view(1, q)
     return {k: v.to(dev) for k, v in inputs.items()}
 
 
@@ -108,7 +128,7 @@ def time_case(case: Case, q: int, dev: torch.device, compiled: bool) -> dict[str
     torch._dynamo.reset()  # a fresh compile of create_block_mask per spec (no recompile limit)
     mask = case.load()
     kv = q * case.rounds
-    inputs = _inputs(mask, q, kv, dev, case.globals_every)
+    inputs = _inputs(mask, q, kv, dev, case.globals_every, case.run)
     if dev.type == "cuda":
         dispatch.compiled(mask._bind(1, 1, q, kv, dev, inputs), wait=True)
     peak, bm = _peak_extra(lambda: _build(mask, q, kv, dev, inputs), dev)
@@ -136,7 +156,7 @@ def memory_child(label: str, q: int) -> None:
     case = next(c for c in cases() if c.label == label)
     mask, dev = case.load(), torch.device("cpu")
     kv = q * case.rounds
-    inputs = _inputs(mask, q, kv, dev, case.globals_every)
+    inputs = _inputs(mask, q, kv, dev, case.globals_every, case.run)
     # A warm-up build two blocks long loads what a first build imports lazily (torch._dynamo
     # alone is ~70 MB resident), and frees next to nothing that could stay resident.
     _build(mask, 256, 256 * case.rounds, dev, _inputs(mask, 256, 256 * case.rounds, dev))
@@ -168,7 +188,7 @@ def cpu_memory(case: Case, q: int) -> dict[str, Any]:
 def gpu_memory(case: Case, q: int, dev: torch.device) -> dict[str, Any]:
     mask = case.load()
     kv = q * case.rounds
-    inputs = _inputs(mask, q, kv, dev, case.globals_every)
+    inputs = _inputs(mask, q, kv, dev, case.globals_every, case.run)
     _build(mask, q, kv, dev, inputs)
     peak, bm = _peak_extra(lambda: _build(mask, q, kv, dev, inputs), dev)
     own = _own_bytes(bm)

@@ -36,6 +36,7 @@ from maskspec import elements, ir
 from maskspec.context import BuildContext
 
 JOIN_BUDGET = 1 << 22  # (row block, key block) pairs a join expands at a time
+SUM_BUDGET = 1 << 22  # table entries a prefix sum reads at a time
 _CMP = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
@@ -197,24 +198,29 @@ def _prefix_at(t: Tensor, edges: Tensor, dim: int, step: int, dtype: torch.dtype
     """Prefix sums of ``t`` along ``dim`` at the sorted positions ``edges`` (in [0, n]),
     without scanning it entry by entry: sums over runs of d entries (d the edges' greatest
     common divisor, else ``step``, the block size), a scan of those, and each edge off the
-    runs' grid completed from its own run."""
+    runs' grid completed from its own run. ``SUM_BUDGET`` entries at a time (a reduction
+    widens what it reads)."""
     t = t.movedim(dim, -1)
-    n = t.shape[-1]
+    lead, n = t.shape[:-1], t.shape[-1]
     d = math.gcd(*edges.tolist())
     d = d if d > 1 else step
     whole = n // d
-    runs = t[..., :whole * d].unflatten(-1, (whole, d)).sum(-1, dtype=dtype)
-    if n % d:
-        runs = torch.cat([runs, t[..., whole * d:].sum(-1, keepdim=True, dtype=dtype)], -1)
-    prefix = torch.cat([torch.zeros_like(runs[..., :1]), runs.cumsum(-1, dtype=dtype)], -1)
-    out = prefix[..., edges // d]
+    flat = t.reshape(-1, n)
     off = (edges % d).nonzero().flatten()
-    if off.numel():
-        e = edges[off]
-        at = (e // d * d)[:, None] + torch.arange(d, device=t.device)
-        inside = at < e[:, None]
-        out[..., off] += torch.where(inside, t[..., at.clamp(max=n - 1)], 0).sum(-1, dtype=dtype)
-    return out.movedim(-1, dim)
+    at = (edges[off] // d * d)[:, None] + torch.arange(d, device=t.device)
+    inside = at < edges[off][:, None]
+    out = []
+    for rows in flat.split(max(1, SUM_BUDGET // n)):
+        runs = rows[:, :whole * d].unflatten(-1, (whole, d)).sum(-1, dtype=dtype)
+        if n % d:
+            runs = torch.cat([runs, rows[:, whole * d:].sum(-1, keepdim=True, dtype=dtype)], -1)
+        prefix = torch.cat([torch.zeros_like(runs[:, :1]), runs.cumsum(-1, dtype=dtype)], -1)
+        part = prefix[:, edges // d]
+        if off.numel():
+            part[:, off] += torch.where(inside, rows[:, at.clamp(max=n - 1)], 0).sum(
+                -1, dtype=dtype)
+        out.append(part)
+    return torch.cat(out).view(*lead, -1).movedim(-1, dim)
 
 
 _AXES = {"b": 0, "h": 1, "q": 2, "kv": 3}

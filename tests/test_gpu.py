@@ -438,3 +438,32 @@ def test_shipped_fallback_specs_on_the_device_equal_create_block_mask(name, dens
     mm = mask.mask_mod(B=2, H=2, Q_LEN=q, KV_LEN=kv, **x)
     ref = create_block_mask(mm, 2, 2, q, kv, device=DEV, BLOCK_SIZE=(128, 64))
     _assert_same(ours, ref)
+
+
+SEPARABLE = (
+    "mask m\ninput img: int[B, KV_LEN] in [0, 7]\ninput sel: bool[B, H, KV_LEN // 64, "
+    "KV_LEN // 64]\ninput anc: bool[B, Q_LEN, Q_LEN]\n"
+    "region images = window(left = 700, right = 90) where img[b, kv] == img[b, q]\n"
+    "region tiles = causal where sel[b, h, q // 64, kv // 64] and img[b, kv] != 3\n"
+    "region tree = full where kv >= KV_LEN - Q_LEN and anc[b, q, max(kv - KV_LEN + Q_LEN, 0)]\n"
+    "region digits = full where (kv // 7) % 5 + kv % 7 <= (q // 3) % 4 + q % 3\n")
+
+
+@pytest.mark.parametrize(("q", "bs"), [(2048, 128), (1536, (128, 64)), (1000, 64)])
+def test_conditions_read_one_side_at_a_time_on_the_device(q, bs, monkeypatch):
+    """Ids in any order, a tile map, an ancestor table and ordered digit sums, classified by
+    parts on CUDA (past ``DENSE_PAIRS``): equal to create_block_mask and to the CPU build."""
+    monkeypatch.setattr(decide, "DENSE_PAIRS", 0)
+    mask, kv = maskspec.compile(SEPARABLE), 2 * 2048
+    assert all(t.separable for t in mask.ir.terms)
+    gen = torch.Generator().manual_seed(q)
+    img = torch.randperm(8, generator=gen)[torch.arange(kv) * 8 // kv].repeat(2, 1)
+    x = {"img": img, "sel": torch.rand(2, 2, kv // 64, kv // 64, generator=gen) < 0.3,
+         "anc": torch.rand(2, q, q, generator=gen) < 0.5}
+    x = {k: v.to(DEV) for k, v in x.items()}
+    ours = mask.block_mask(2, 2, q, kv, DEV, bs, **x)
+    ref = create_block_mask(mask.mask_mod(B=2, H=2, Q_LEN=q, KV_LEN=kv, **x), 2, 2, q, kv,
+                            device=DEV, BLOCK_SIZE=bs)
+    _assert_same(ours, ref)
+    cpu = mask.block_mask(2, 2, q, kv, "cpu", bs, **{k: v.cpu() for k, v in x.items()})
+    assert first_difference(ours.to("cpu"), cpu) is None

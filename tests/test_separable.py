@@ -180,6 +180,7 @@ def test_joins_and_edges_in_small_pieces_give_the_same_blocks(monkeypatch):
          "anc": torch.rand(2, 300, 300, generator=gen) < 0.05}
     whole = mask.grid(2, 1, 300, 300, BLOCK_SIZE=(16, 24), **x)
     monkeypatch.setattr(separable, "JOIN_BUDGET", 3)
+    monkeypatch.setattr(separable, "SUM_BUDGET", 500)
     small = mask.grid(2, 1, 300, 300, BLOCK_SIZE=(16, 24), **x)
     assert torch.equal(whole.full, small.full) and torch.equal(whole.partial, small.partial)
     ref = create_block_mask(mask.mask_mod(B=2, H=1, Q_LEN=300, KV_LEN=300, **x), 2, 1, 300,
