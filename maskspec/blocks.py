@@ -372,7 +372,7 @@ def _separable(ctx: BuildContext, term: ir.Term, rows: Rows, q_positions: torch.
     and its conditions' (``maskspec.separable``) combined."""
     sides = separable.Sides(ctx, q_positions, n_rows, lead, block_size)
     g = classify(rows, n_rows, ctx.kv_len, *block_size)
-    own = [separable.Part(g.partial | g.full, g.full), *separable.parts(term, sides)]
+    own = [separable.Cut(g.partial | g.full, g.full), *separable.parts(term, sides)]
     shape = (*lead, *counts(n_rows, ctx.kv_len, *block_size))
     return separable.combine(own, shape, ctx.device)
 

@@ -41,8 +41,8 @@ _CMP = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge
 
 
 @dataclass(frozen=True)
-class Part:
-    """One part of a term over the (B', H', Q_blocks, KV_blocks) grid (broadcastable):
+class Cut:
+    """One part of a term (a cut of its pairs) over the (B', H', Q_blocks, KV_blocks) grid (broadcastable):
     ``touched`` a superset of its touched blocks, ``full`` a subset of the blocks it allows
     whole (over their real pairs), both exact where ``exact``."""
 
@@ -89,7 +89,7 @@ class Sides:
         return v.reshape(*v.shape[:-1], -1, bs)
 
 
-def parts(term: ir.Term, sides: Sides) -> list[Part]:
+def parts(term: ir.Term, sides: Sides) -> list[Cut]:
     """The parts of a ``separable`` term beside its row program: one per separable
     condition, and its key set (the residual conditions reading no q) if it has one."""
     out = [_part(r.separable, sides) for r in term.residual if r.separable is not None]
@@ -99,9 +99,9 @@ def parts(term: ir.Term, sides: Sides) -> list[Part]:
     return out
 
 
-def _part(sep: ir.Separable, sides: Sides) -> Part:
+def _part(sep: ir.Separable, sides: Sides) -> Cut:
     if sep.op == "lookup":
-        return _lookup(sep, sides)
+        return _looked_up(sep, sides)
     k = sides.blocked(sides.values(sep.key, "kv"), "kv")
     q = sides.blocked(sides.values(sep.query, "q"), "q")
     if sep.op in _CMP:
@@ -110,17 +110,17 @@ def _part(sep: ir.Separable, sides: Sides) -> Part:
     same = (kmin == kmax)[..., None, :] & (qmin == qmax)[..., :, None] \
         & (kmin[..., None, :] == qmin[..., :, None])
     shared = _shared(q, k)
-    return Part(shared, same) if sep.op == "==" else Part(~same, ~shared)
+    return Cut(shared, same) if sep.op == "==" else Cut(~same, ~shared)
 
 
-def _ordered(op: str, k: Tensor, q: Tensor) -> Part:
+def _ordered(op: str, k: Tensor, q: Tensor) -> Cut:
     """``key OP query`` over blocks of key values ``k`` and row values ``q``."""
     kmin, kmax = k.amin(-1)[..., None, :], k.amax(-1)[..., None, :]
     qmin, qmax = q.amin(-1)[..., :, None], q.amax(-1)[..., :, None]
     f = _CMP[op]
     if op in ("<", "<="):
-        return Part(f(kmin, qmax), f(kmax, qmin))
-    return Part(f(kmax, qmin), f(kmin, qmax))
+        return Cut(f(kmin, qmax), f(kmax, qmin))
+    return Cut(f(kmax, qmin), f(kmin, qmax))
 
 
 def _distinct(v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -163,7 +163,7 @@ def _shared(q: Tensor, k: Tensor) -> Tensor:
     return out.view(*lead, n_q, n_kv)
 
 
-def _lookup(sep: ir.Separable, sides: Sides) -> Part:
+def _looked_up(sep: ir.Separable, sides: Sides) -> Cut:
     """``table[query, key]``: each block's rectangle of the table, counted from prefix sums
     taken only at the rectangles' edges; exact where both sides' values over the block are
     a range (as ``q // T``, ``q - P``), FULL and EMPTY sound everywhere."""
@@ -190,7 +190,7 @@ def _lookup(sep: ir.Separable, sides: Sides) -> Part:
                                                                  c.shape[-1])
         return s.gather(-1, i.flatten(-2)).view_as(i)
     rect = at(fmax, gmax) - at(fmin, gmax) - at(fmax, gmin) + at(fmin, gmin)
-    return Part(rect > 0, rect == (fmax - fmin) * (gmax - gmin),
+    return Cut(rect > 0, rect == (fmax - fmin) * (gmax - gmin),
                 _ranged(f)[..., :, None] & _ranged(g)[..., None, :])
 
 
@@ -266,7 +266,7 @@ def _ranged(v: Tensor) -> Tensor:
     return distinct == s[..., -1] - s[..., 0] + 1
 
 
-def _key_set(conds: Sequence[ir.Cmp], sides: Sides) -> Part:
+def _key_set(conds: Sequence[ir.Cmp], sides: Sides) -> Cut:
     """Conditions reading kv but no q: each key block's count of the keys they allow."""
     kv_bs = sides.block_size[1]
     keys = elements.key_set(conds, sides.ctx.sizes, sides.ctx.inputs, sides.lead,
@@ -274,10 +274,10 @@ def _key_set(conds: Sequence[ir.Cmp], sides: Sides) -> Part:
     pad = -keys.shape[-1] % kv_bs
     count = torch.nn.functional.pad(keys, (0, pad)).view(*keys.shape[:-1], -1, kv_bs).sum(
         -1, dtype=torch.int32)[..., None, :]
-    return Part(count > 0, count == kv_bs)
+    return Cut(count > 0, count == kv_bs)
 
 
-def combine(parts: Sequence[Part], shape: tuple[int, ...], device: torch.device) -> tuple[
+def combine(parts: Sequence[Cut], shape: tuple[int, ...], device: torch.device) -> tuple[
         Tensor, Tensor, Tensor]:
     """A term, the AND of its parts: (touched, full, undecided) at ``shape``. Touched is
     exact where decided: some part leaves the block EMPTY, all make it FULL, or all but one

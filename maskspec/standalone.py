@@ -15,8 +15,8 @@ from importlib import import_module
 from maskspec import ir
 
 # Dependency order: each module only uses names defined above it.
-RUNTIME = ("errors", "caches", "ir", "analysis", "context", "lower", "elements", "rowblocks",
-           "blocks", "assemble", "mask_mod", "inputs", "targets.flex")
+RUNTIME = ("errors", "caches", "ir", "analysis", "context", "lower", "elements", "separable",
+           "rowblocks", "blocks", "assemble", "mask_mod", "inputs", "targets.flex")
 
 API = '''
 

@@ -13,7 +13,8 @@ from conftest import SPECS, spec
 from maskspec.standalone import python_module
 from maskspec.verify import PAIRS, random_inputs
 
-CASES = ["eagle3", "document_causal", "dflash", "per_head_window", "sliding_window_with_sinks"]
+CASES = ["eagle3", "document_causal", "dflash", "per_head_window", "sliding_window_with_sinks",
+         "tree", "natten_tiled"]  # the last two read conditions one side at a time
 
 
 def _module(name: str, tmp_path):
