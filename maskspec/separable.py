@@ -42,9 +42,9 @@ _CMP = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge
 
 @dataclass(frozen=True)
 class Cut:
-    """One part of a term (a cut of its pairs) over the (B', H', Q_blocks, KV_blocks) grid (broadcastable):
-    ``touched`` a superset of its touched blocks, ``full`` a subset of the blocks it allows
-    whole (over their real pairs), both exact where ``exact``."""
+    """One part of a term (a cut of its pairs) over the (B', H', Q_blocks, KV_blocks) grid
+    (broadcastable): ``touched`` a superset of its touched blocks, ``full`` a subset of the
+    blocks it allows whole (over their real pairs), both exact where ``exact``."""
 
     touched: Tensor
     full: Tensor
