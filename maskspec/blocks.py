@@ -320,10 +320,10 @@ def split(ctx: BuildContext, q_positions: torch.Tensor | None, n_rows: int,
 
     The analytic terms are classified exactly together; each ``keyed``, transposed or
     ``separable`` term alone (a separable term exactly except where two of its own parts
-    cut a block: undecided); the other terms as the supersets their row programs allow. A
-    block's class is then known unless such a superset touches it, or a term classified
-    alone and another part both touch it and no part alone makes it FULL (together they
-    might): those are undecided.
+    cut a block, or a lookup's indices over a block are no range: undecided); the other
+    terms as the supersets their row programs allow. A block's class is then known unless
+    such a superset touches it, or a term classified alone and another part both touch it
+    and no part alone makes it FULL (together they might): those are undecided.
     Returned at the whole mask's (B', H', Q_blocks, KV_blocks)."""
     mask, (q_bs, kv_bs) = ctx.mask, block_size
     per_batch = q_positions is not None and q_positions.dim() > 1 and q_positions.shape[0] > 1
@@ -348,15 +348,16 @@ def split(ctx: BuildContext, q_positions: torch.Tensor | None, n_rows: int,
     parts, full = touched.to(torch.int32), full.clone()
     exact_touch = torch.zeros(shape, dtype=torch.bool, device=ctx.device)
     for term in alone:
-        own = rows_of(lambda t, term=term: t is term)
-        if term.keyed:
+        if term.transposed is not None and q_positions is None and not term.keyed:
+            tk, fk = transposed(ctx, term, shape, block_size)
+        elif term.keyed:
             keys = elements.key_set([r.cmp for r in term.residual], ctx.sizes, ctx.inputs,
                                     lead, ctx.device)
-            tk, fk = keyed(own, keys, shape, n_rows, ctx.kv_len, block_size)
-        elif term.transposed is not None and q_positions is None:
-            tk, fk = transposed(ctx, term, shape, block_size)
+            tk, fk = keyed(rows_of(lambda t, term=term: t is term), keys, shape, n_rows,
+                           ctx.kv_len, block_size)
         else:
-            tk, fk, uk = _separable(ctx, term, own, q_positions, n_rows, lead, block_size)
+            tk, fk, uk = _separable(ctx, term, rows_of(lambda t, term=term: t is term),
+                                    q_positions, n_rows, lead, block_size)
             over = over | uk
         parts += tk
         exact_touch |= tk

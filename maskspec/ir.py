@@ -552,7 +552,8 @@ class Term:
     def separable(self) -> bool:
         """Whether every residual condition is ``Separable`` or a key set, some separable:
         the term is classified exactly per block from summaries of each side, and only the
-        blocks where two of its parts are both PARTIAL go to the element fallback."""
+        blocks where two of its parts are both PARTIAL (or a lookup's indices over the block
+        are no range) go to the element fallback."""
         res = self.residual
         return any(r.separable for r in res) and all(
             r.separable or not r.cmp.reads("q") for r in res)

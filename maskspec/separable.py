@@ -228,22 +228,27 @@ _AXES = {"b": 0, "h": 1, "q": 2, "kv": 3}
 
 def _table(sep: ir.Separable, sides: Sides, n_i: int, n_j: int) -> Tensor:
     """The lookup condition at every (query index, key index) of its input: bool
-    (B'|1, H'|1, n_i, n_j). Where the input's other indices are b, h or constants, the
-    input is read by slicing rather than gathered entry by entry."""
+    (B'|1, H'|1, n_i, n_j). Where the input's other indices are b, h (over dimensions of
+    B' or H' entries) or constants, the input is read by slicing rather than
+    gathered entry by entry."""
     assert sep.table is not None and sep.dims is not None
     dev, (b, h) = sides.ctx.device, sides.lead
-    load = next(n for e in sep.table.exprs() for n in e.walk()
-                if isinstance(n, ir.Load) and n.input == sep.dims[0])
+    name, qd, kd = sep.dims
+    load = next(n for e in sep.table.exprs() for n in e.walk() if isinstance(n, ir.Load)
+                and n.input == name and n.args[qd] == ir.Var("q") and n.args[kd] == ir.Var("kv"))
+    t = sides.ctx.inputs[name]
     names = [a.name if isinstance(a, ir.Var) else a.value if isinstance(a, ir.Const) else None
              for a in load.args]
+    # a dimension read at b or h must hold B' (H') entries to be sliced whole
+    lengths_fit = all(t.shape[d] == sides.lead[_AXES[n]] for d, n in enumerate(names)
+                      if n in ("b", "h"))
     env = ir.Env(vars={"b": torch.arange(b, device=dev).view(-1, 1, 1, 1),
                        "h": torch.arange(h, device=dev).view(1, -1, 1, 1),
                        "q": torch.arange(n_i, device=dev).view(1, 1, -1, 1),
                        "kv": torch.arange(n_j, device=dev).view(1, 1, 1, -1)},
                  sizes=sides.ctx.sizes, inputs=sides.ctx.inputs)
     cmp = sep.table
-    if None not in names and len(set(names)) == len(names):
-        t = sides.ctx.inputs[load.input]
+    if None not in names and len(set(names)) == len(names) and lengths_fit:
         t = t[tuple(slice(None) if isinstance(n, str) else min(max(n, 0), t.shape[d] - 1)
                     for d, n in enumerate(names))]
         axes = [_AXES[n] for n in names if isinstance(n, str)]

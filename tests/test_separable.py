@@ -188,6 +188,27 @@ def test_joins_and_edges_in_small_pieces_give_the_same_blocks(monkeypatch):
     assert first_difference(mask.block_mask(2, 1, 300, 300, "cpu", (16, 24), **x), ref) is None
 
 
+@pytest.mark.parametrize(("decl", "cond", "b", "h"), [
+    ("bool[B, Q_LEN, KV_LEN]", "tab[h, q, kv]", 3, 2),  # a B-long dimension read at h
+    ("bool[3, Q_LEN, KV_LEN]", "tab[b, q, kv]", 2, 1),  # 3 entries read at b < B = 2
+    ("int[2, Q_LEN, KV_LEN] in [0, 3]", "tab[b, 1, 0] + tab[b, q, kv] == 3", 2, 1),
+])
+def test_lookups_read_at_b_or_h_over_any_length(decl, cond, b, h):
+    """A table dimension read at b or h need not hold B (or H) entries: the lookup reads
+    it as the element meaning does (clamped)."""
+    n = 40
+    mask = maskspec.compile(f"mask m\ninput tab: {decl}\nregion r = causal where {cond}\n")
+    assert mask.ir.terms[0].separable
+    lead = decl.split("[")[1].split(",")[0]
+    shape = (b if lead == "B" else int(lead), n, n)
+    gen = torch.Generator().manual_seed(0)
+    tab = torch.randint(0, 2 if decl.startswith("bool") else 4, shape, generator=gen)
+    tab = tab.bool() if decl.startswith("bool") else tab
+    ref = create_block_mask(mask.mask_mod(B=b, H=h, Q_LEN=n, KV_LEN=n, tab=tab), b, h, n, n,
+                            device="cpu", BLOCK_SIZE=16)
+    assert first_difference(mask.block_mask(b, h, n, n, "cpu", 16, tab=tab), ref) is None
+
+
 def _undecided(monkeypatch) -> list[int]:
     """The number of blocks each build hands to the element evaluation."""
     seen: list[int] = []
