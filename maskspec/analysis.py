@@ -378,9 +378,14 @@ def program(guards: Sequence[ir.Cmp], parts: Sequence[Part], keep_family: bool) 
     """A term's row program: its guards, clip and levels; the finest level kept whole as
     the family when ``keep_family`` (at most one term of a mask keeps one, so strided
     families of one row never overlap), the others enumerated."""
-    lows = tuple(p.lo for p in parts if isinstance(p, ir.Clip) and p.lo is not None)
-    highs = tuple(p.hi for p in parts if isinstance(p, ir.Clip) and p.hi is not None)
-    lvs = sorted(levels(parts), key=stride_rank)
+    lows = tuple(ir.simplified(p.lo) for p in parts if isinstance(p, ir.Clip)
+                 and p.lo is not None)
+    highs = tuple(ir.simplified(p.hi) for p in parts if isinstance(p, ir.Clip)
+                  and p.hi is not None)
+    lvs = sorted((ir.Level(lv.stride, ir.simplified(lv.phase), ir.simplified(lv.length))
+                  for lv in levels(parts)), key=stride_rank)
+    guards = [replace(c, left=ir.simplified(c.left), right=ir.simplified(c.right))
+              for c in guards]
     family = lvs[0] if keep_family and lvs else None
     loops = tuple(lvs[1:] if family is not None else lvs)
     widths = tuple(w for lo in (ir.Const(0), *lows) for hi in highs

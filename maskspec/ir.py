@@ -227,6 +227,47 @@ def substituted(e: Expr, old: Expr, new: Expr) -> Expr:
     return e
 
 
+def _nodes(e: Expr) -> int:
+    return sum(1 for _ in e.walk())
+
+
+def _nonnegative(e: Expr) -> bool:
+    """Provably ≥ 0 for every value of its atoms: a constant, a size, or a remainder by
+    one of those (Python's ``%`` by a positive divisor)."""
+    if isinstance(e, Const):
+        return e.value >= 0
+    if isinstance(e, Size):
+        return True
+    return isinstance(e, Bin) and e.op == "%" and _nonnegative(e.b)
+
+
+def simplified(e: Expr) -> Expr:
+    """``e`` with constants folded, sums rewritten in their linear form where that has
+    fewer nodes (``-1 * (0 - Q_LEN)`` is ``Q_LEN``), ``max(x, 0)`` dropped where x is never
+    negative and ``min(x, x)`` / ``max(x, x)`` taken as x. Equal to ``e`` for every value of
+    its atoms (integer identities only: no input's declared range is assumed), so every
+    evaluator of a row program reads fewer operations."""
+    if isinstance(e, Load):
+        return replace(e, args=tuple(simplified(a) for a in e.args))
+    if not isinstance(e, Bin):
+        return e
+    a, b = simplified(e.a), simplified(e.b)
+    if isinstance(a, Const) and isinstance(b, Const) and e.op not in BIT_OPS \
+            and not (e.op in ("//", "%") and b.value == 0):
+        return Const(BIN_OPS[e.op](a.value, b.value), pos=e.pos)
+    out = replace(e, a=a, b=b)
+    if e.op in ("+", "-", "*"):
+        flat = from_linear(linear(out))
+        return flat if _nodes(flat) < _nodes(out) else out
+    if e.op in ("min", "max") and a == b:
+        return a
+    if e.op == "max":
+        for x, y in ((a, b), (b, a)):
+            if y == Const(0) and _nonnegative(x):
+                return x
+    return out
+
+
 def uses(e: Expr, kind: type, name: str | None = None) -> bool:
     """Whether ``e`` contains a node of ``kind`` (with ``name``, for Var/Size/Load)."""
     for n in e.walk():

@@ -36,29 +36,46 @@ BIG = 1 << 40  # beyond every key, size and input value: bounds are clamped to �
 class Span:
     """An expression over a block of rows: bounds ``lo`` ≤ value ≤ ``hi`` on every row;
     where ``exact``, the value is affine in q over the block, ``v0`` at its first row and
-    ``v1`` at its last (then lo and hi are the smaller and larger of them)."""
+    ``v1`` at its last (then lo and hi are the smaller and larger of them). ``point``: the
+    one build-time number it is on every block, where it is one (sizes and constants,
+    folded in Python: no tensor operation for them)."""
 
     lo: Tensor
     hi: Tensor
     v0: Tensor
     v1: Tensor
     exact: Tensor
+    point: int | None = None
 
     @classmethod
     def affine(cls, v0: Tensor, v1: Tensor) -> Span:
         return cls(torch.minimum(v0, v1), torch.maximum(v0, v1), v0, v1,
-                   torch.ones((), dtype=torch.bool, device=v0.device))
+                   _true(v0.device))
 
     @classmethod
     def of(cls, lo: Tensor, hi: Tensor, v0: Tensor, v1: Tensor, exact: Tensor) -> Span:
         """Bounds where not exact, the ends' order where exact; clamped to ±BIG."""
-        lo = torch.where(exact, torch.minimum(v0, v1), lo).clamp(-BIG, BIG)
-        hi = torch.where(exact, torch.maximum(v0, v1), hi).clamp(-BIG, BIG)
+        if exact is not _true(v0.device):  # (else exact everywhere: no bounds to pick)
+            lo, hi = torch.where(exact, torch.minimum(v0, v1), lo), \
+                torch.where(exact, torch.maximum(v0, v1), hi)
+        else:
+            lo, hi = torch.minimum(v0, v1), torch.maximum(v0, v1)
+        lo, hi = lo.clamp(-BIG, BIG), hi.clamp(-BIG, BIG)
         return cls(lo, hi, v0, v1, exact)
 
     def constant(self) -> Tensor:
         """Where the value is one number on every row of the block."""
         return self.exact & (self.v0 == self.v1)
+
+
+_TRUES: dict[torch.device, Tensor] = {}
+
+
+def _true(device: torch.device) -> Tensor:
+    """A 0-dim True on the device, made once (spans only read it)."""
+    if device not in _TRUES:
+        _TRUES[device] = torch.ones((), dtype=torch.bool, device=device)
+    return _TRUES[device]
 
 
 @dataclass
@@ -72,9 +89,15 @@ class _Env:
     ranges: Mapping[str, tuple[int, int]]
 
 
+def _both(x: Tensor, y: Tensor) -> Tensor:
+    """x & y, keeping the shared True (``_true``) where both are it."""
+    return x if y is _TRUES.get(y.device) else y if x is _TRUES.get(x.device) else x & y
+
+
 def _point(v: ir.Value, like: Tensor) -> Span:
+    """A value the same on every block: ``Span.point`` where it is a Python int."""
     t = torch.as_tensor(v, dtype=torch.long, device=like.device)
-    return Span.affine(t, t)
+    return Span(t, t, t, t, _true(like.device), v if isinstance(v, int) else None)
 
 
 def _loose(lo: Tensor, hi: Tensor) -> Span:
@@ -101,7 +124,10 @@ def span(e: ir.Expr, env: _Env) -> Span:
 
 
 def _bin(op: str, a: Span, b: Span) -> Span:
-    both = a.exact & b.exact
+    if a.point is not None and b.point is not None \
+            and not (op in ("//", "%") and b.point == 0):
+        return _point(ir.BIN_OPS[op](a.point, b.point), a.v0)
+    both = _both(a.exact, b.exact)
     if op in ("+", "-"):
         f = torch.add if op == "+" else torch.sub
         lo = f(a.lo, b.lo if op == "+" else b.hi)
@@ -127,7 +153,7 @@ def _mul(a: Span, b: Span) -> Span:
     """A product with one factor constant over the block stays affine; else bounds from
     the four corner products (in float64: exact below 2⁵³, clamped to ±BIG above)."""
     for x, c in ((a, b), (b, a)):
-        if bool(c.constant().all()):
+        if c.point is not None or bool(c.constant().all()):
             k = c.v0
             lo, hi = x.lo * k, x.hi * k
             return Span.of(torch.minimum(lo, hi), torch.maximum(lo, hi), x.v0 * k, x.v1 * k,
@@ -143,7 +169,7 @@ def _mul(a: Span, b: Span) -> Span:
 def _div(op: str, a: Span, b: Span) -> Span:
     """``a // d`` and ``a % d`` for a divisor constant and positive over the block: affine
     where a's quotient is one number on the block (then ``%`` is a minus a constant)."""
-    if not bool((b.constant() & (b.v0 >= 1)).all()):
+    if not (b.point >= 1 if b.point is not None else bool((b.constant() & (b.v0 >= 1)).all())):
         return _folded(op, a, b)
     d = b.v0
     k0, k1 = torch.div(a.v0, d, rounding_mode="floor"), torch.div(a.v1, d, rounding_mode="floor")

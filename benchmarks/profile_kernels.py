@@ -1,0 +1,83 @@
+"""Where each GPU build of the build table spends its device time, kernel by kernel.
+
+    python benchmarks/profile_kernels.py [--only 128K] [--rows 12]
+
+For every case of ``bench_build.cases("cuda")`` (and FA4's tensors of causal and
+document_causal at Q=8192, H=8), profiles five plain calls with their graphs off
+(``graphs.off()``: the kernels a graph replays, launched one by one) and prints the kernels
+by CUDA time, then the CUDA-event time of a graph replay (``fast.Builder``) for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from bench_build import Case, cases  # run as a script: benchmarks/ is on the path
+from torch.profiler import ProfilerActivity, profile
+
+import maskspec
+from maskspec.cuda import dispatch, graphs
+
+
+def _fa4_cases() -> list[tuple[str, Case]]:
+    """FA4's block-sparse tensors at B=1, H=8, Q=KV=8192."""
+    doc = (torch.arange(8192) // 1000).view(1, -1)  # bench_fa4_tensors' documents
+    return [("fa4 causal 8192", Case("", "causal", 1, 8192, [8192])),
+            ("fa4 document_causal 8192",
+             Case("", "document_causal", 1, 8192, [8192], lambda d: {"doc": doc.to(d)}))]
+
+
+def _build(case: Case, fa4: bool, dev: torch.device) -> Callable[[], Any]:
+    """One plain call of the case (all its KV_LENs), unchecked."""
+    mask, inputs = maskspec.load(case.spec), case.inputs(dev)
+    if fa4:
+        return lambda: mask.fa4_block_sparse(case.B, 8, case.q, case.kvs[0], dev, arch=90,
+                                             check_inputs=False, **inputs)
+    return lambda: [mask.block_mask(case.B, 1, case.q, kv, dev, check_inputs=False, **inputs)
+                    for kv in case.kvs]
+
+
+def _event_ms(fn: Callable[[], Any], n: int = 50) -> float:
+    """Mean CUDA-event ms of fn over n back-to-back calls."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=None, help="substring of the case labels to run")
+    ap.add_argument("--rows", type=int, default=12)
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    dispatch.BACKGROUND_JIT = False
+    picked = [(c.label, c, False) for c in cases("cuda")]
+    picked += [(label, c, True) for label, c in _fa4_cases()]
+    for label, case, fa4 in picked:
+        if args.only is not None and args.only not in label:
+            continue
+        build = _build(case, fa4, dev)
+        for _ in range(3):
+            build()
+        with graphs.off():
+            build()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    build()
+                torch.cuda.synchronize()
+            no_graph = _event_ms(build)
+        print(f"== {label}: plain call {_event_ms(build):.3f} ms, graphs off "
+              f"{no_graph:.3f} ms (events, back to back); kernels of 5 builds, graphs off:")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
