@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from maskspec import deferred, ir
+from maskspec import deferred, ir, scan
 from maskspec.caches import MISSING, PerMask
 from maskspec.errors import SizesError, did_you_mean
 
@@ -315,32 +315,9 @@ def sanitized(
             continue
         t = t.clamp(*_value_range(d, sizes, mask))
         if name in mask.document_inputs():
-            t = running_max(t)
+            t = scan.running_max(t)
         out[name] = t
     return out
-
-
-SCAN_CHUNK = 256  # a row's chunk in ``running_max``'s two-level scan
-LONG_ROW = 32768  # rows from this long take it on CUDA: below, its ~10 launches cost more
-
-
-def running_max(t: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-    """``t.cummax(-1).values``, fast on CUDA for long rows: there torch scans each row in
-    one thread block (about 0.3 ms for a row of 128K ids). Cut into chunks of ``chunk``
-    (default SCAN_CHUNK), the chunks are scanned down the columns of their transpose (one
-    thread per chunk), then each raised to the largest value of the chunks before it.
-    Exact for any values; off CUDA or below LONG_ROW (unless ``chunk`` is given) the plain
-    scan."""
-    n = t.shape[-1]
-    if chunk is None and (t.device.type != "cuda" or n < LONG_ROW):
-        return t.cummax(-1).values
-    c = chunk or SCAN_CHUNK
-    m = -(-n // c)
-    rows = torch.nn.functional.pad(t, (0, m * c - n)).view(*t.shape[:-1], m, c)
-    local = rows.mT.contiguous().cummax(-2).values.mT  # each chunk's own running max
-    before = local[..., :-1, -1].cummax(-1).values  # largest value of the chunks so far
-    local[..., 1:, :] = torch.maximum(local[..., 1:, :], before.unsqueeze(-1))
-    return local.flatten(-2)[..., :n]
 
 
 def reads_values(mask: ir.MaskIR, sizes: Mapping[str, int]) -> bool:

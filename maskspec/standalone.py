@@ -43,6 +43,12 @@ def make_mask_mod(*, B=None, H=None, Q_LEN=None, KV_LEN=None, device=None, **inp
     return mask_mod(MASK, sizes, bind_inputs(MASK, sizes, inputs, device))
 '''
 
+SCAN = '''
+def running_max(t):
+    """Running maxima along the last dim (maskspec.scan's, by torch alone)."""
+    return t.cummax(-1).values
+'''
+
 
 class _Flatten(ast.NodeTransformer):
     """Rewrites ``ir.evaluate`` (a maskspec module attribute) as plain ``evaluate``."""
@@ -119,4 +125,4 @@ def python_module(mask: ir.MaskIR) -> str:
     api = API.format(name=mask.name, ir_literal=repr(mask))
     positions = "Pos = Any  # spec source positions: annotations only, none are carried\n"
     return "\n".join([header, "from __future__ import annotations\n",
-                      *_merged_imports(imports), "", positions, *sections, api])
+                      *_merged_imports(imports), "", positions, SCAN, *sections, api])

@@ -10,8 +10,7 @@ from torch._dynamo.utils import counters
 from torch.nn.attention.flex_attention import create_block_mask
 
 import maskspec
-from maskspec import blocks, elements, lower
-from maskspec import inputs as inputs_stage
+from maskspec import blocks, elements, lower, scan
 from maskspec.api import shipped_specs
 from maskspec.cuda import decide, dispatch, plans
 from maskspec.fast import Builder
@@ -386,13 +385,15 @@ def test_plan_launches_follow_input_alignment_and_strides():
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
-def test_running_max_on_long_rows_is_cummax():
-    """Document ids are sanitized on CUDA by a chunked scan (torch's cummax scans a row in
-    one thread block): equal to cummax on rows past the chunking threshold."""
+def test_running_max_on_cuda_is_cummax():
+    """Document ids are raised on CUDA by a two-pass Triton scan (torch's cummax scans a row
+    in one thread block): equal to cummax for either dtype, one chunk or many, and rows
+    whose chunk maxima take several reads."""
     g = torch.Generator(device=DEV).manual_seed(0)
-    for n in (1025, 32768, 131072, 131072 + 77):
-        t = torch.randint(0, 1000, (2, n), device=DEV, generator=g)
-        assert torch.equal(inputs_stage.running_max(t), t.cummax(-1).values), n
+    for n in (1, 1025, 2048, 32768, 131072 + 77, scan.CHUNK * scan.TOPS * 2 + 5):
+        for dtype in (torch.int32, torch.int64):
+            t = torch.randint(-1000, 1000, (3, n), device=DEV, generator=g, dtype=dtype)
+            assert torch.equal(scan.running_max(t), t.cummax(-1).values), (n, dtype)
 
 
 FALLBACK = ("mask m\ninput g: bool[B, KV_LEN]\ninput kimg: int[B, KV_LEN] in [0, 3]\n"
