@@ -54,7 +54,7 @@ def _event_ms(fn: Callable[[], Any], n: int = 50) -> float:
 def _print_kernels(prof: Any, builds: int, rows: int) -> None:
     """The kernels taking most device time: µs and launches per build, name."""
     def device_us(e: Any) -> float:
-        return getattr(e, "self_device_time_total", None) or e.self_cuda_time_total
+        return e.self_device_time_total
 
     events = sorted((e for e in prof.key_averages() if device_us(e) > 0), key=device_us,
                     reverse=True)

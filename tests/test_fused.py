@@ -199,3 +199,30 @@ def test_specs_without_loops_hold_few_slots():
     g = plans.generated(spec("causal").ir)
     sizes = {"B": 1, "H": 1, "Q_LEN": 64, "KV_LEN": 640}
     assert g.slots(sizes) == plans.MIN_SLOTS and g.plan(sizes)[1] == 1
+
+
+
+@settings(max_examples=examples(12), deadline=None)
+@given(st.integers(1, 2), st.integers(1, 300), st.integers(1, 60), st.booleans(),
+       st.integers(0, 10**6))
+def test_document_run_edges_are_searchsorted(rows, n, n_ids, strided, seed):
+    """The run edges generated kernels read for document edges (two kernels over chunks)
+    equal torch.searchsorted of each id in its row, left and right: any run lengths (one
+    id, runs crossing chunks, runs of one), strided ids, more chunks than a completing
+    program reads at once."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, n_ids, (rows, n), generator=g).sort(-1).values
+    if strided:  # every other column of a wider tensor
+        ids = torch.stack([ids, ids], -1).flatten(-2)[:, ::2]
+    ids = ids.to(DEV)
+    chunk, tops = plans.EDGE_CHUNK, plans.EDGE_TOPS
+    try:  # small chunks: many per row under the interpreter too
+        plans.EDGE_CHUNK, plans.EDGE_TOPS = 8, 4
+        plans._edge_kernels.cache_clear()
+        starts, ends = plans.doc_edges(ids)
+    finally:
+        plans.EDGE_CHUNK, plans.EDGE_TOPS = chunk, tops
+        plans._edge_kernels.cache_clear()
+    flat = ids.contiguous()
+    assert torch.equal(starts.long(), torch.searchsorted(flat, flat, right=False))
+    assert torch.equal(ends.long(), torch.searchsorted(flat, flat, right=True))

@@ -75,9 +75,10 @@ def build(ctx: BuildContext) -> tuple[Tensor, ...] | None:
 
 
 def _compile(ctx: BuildContext) -> None:
-    """Compile the build's three kernels as ``build`` will launch them, and their launchers,
-    without a CUDA call that a concurrent graph capture forbids (no launch, no allocation,
-    no sync): the first launch then only loads them."""
+    """Compile the build's kernels (three, and the two run-edge ones for documents) as
+    ``build`` will launch them, and their launchers, without a CUDA call that a concurrent
+    graph capture forbids (no launch, no allocation, no sync): the first launch then only
+    loads them."""
     start = time.perf_counter()
     name = ctx.mask.name
     log.info("%s: compiling the build kernels (block size %s, %d slots, %s)", name,
@@ -87,7 +88,8 @@ def _compile(ctx: BuildContext) -> None:
     bh = math.prod(lower.lead_shape(ctx.mask, ctx.sizes))
     launches = [plans.count_launch(ctx, (i32, i32)),
                 plans.finish_launch((i32, i32, i32, i32, i8), bh, n_q, n_kv),
-                plans.column_launch((i8, i32, i32, i32, i32), bh, n_q, n_kv)]
+                plans.column_launch((i8, i32, i32, i32, i32), bh, n_q, n_kv),
+                *plans.edge_warm_launches(ctx)]
     plans.warm(launches, ctx.device)
     log.info("%s: build kernels compiled in %.1f s", name, time.perf_counter() - start)
 

@@ -17,7 +17,7 @@ iteration fills one slot of every row. A strided family is no loop: its slot hol
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from typing import Any, ClassVar
 
 from maskspec import codegen, ir, lower
@@ -31,7 +31,7 @@ SLOT_FIELDS = ("lo", "hi", "ph", "st", "ln")  # a slot: keys in [lo, hi) in the 
 _PRELUDE = """import triton
 import triton.language as tl
 
-from maskspec.cuda.kernels import clamp, count_rows, floordiv, mod, search
+from maskspec.cuda.kernels import clamp, count_rows, floordiv, mod
 """
 
 
@@ -55,18 +55,22 @@ class TritonEmitter(codegen.Emitter):
         return f"tl.load({arg(e.input)} + {offs}).to(tl.int64)"
 
     def other(self, e: ir.Expr) -> str:
+        """A document edge: read from the input's run edges (``plans.doc_edges``, laid out
+        (d0, d1) contiguous), at its clamped indices."""
         if not isinstance(e, ir.DocEdge):
             return super().other(e)
-        ids = e.ids
-        row = self.index(ids.input, 0, ids.args[0])
-        right = e.side == "end"
-        return (f"search({arg(ids.input)} + {row}, {arg(ids.input, 's', 1)}, "
-                f"{arg(ids.input, 'd', 1)}, {arg(ids.input, 'bits')}, {self.load(ids)}, {right})")
+        name, (row, at) = e.ids.input, e.ids.args
+        where = arg(name, "st" if e.side == "start" else "en")
+        texts = [self.expr(a) if ir.uses(a, ir.Var) else f"zero + {self.expr(a, 1)}"
+                 for a in (row, at)]
+        return (f"tl.load({where} + clamp({texts[0]}, {arg(name, 'd', 0)}) * "
+                f"{arg(name, 'd', 1)} + clamp({texts[1]}, {arg(name, 'd', 1)})).to(tl.int64)")
 
 
 def arg(name: str, what: str = "", dim: int | None = None) -> str:
     """The kernel argument of an input: its pointer (``in_x``), a dim's size or stride
-    (``d0_x``, ``s0_x``), search steps (``bits_x``); prefixes keep two inputs' apart."""
+    (``d0_x``, ``s0_x``), its run edges (``st_x``, ``en_x``); prefixes keep two inputs'
+    apart."""
     return f"{what or 'in'}{'' if dim is None else dim}_{name}"
 
 
@@ -87,14 +91,15 @@ def input_names(mask: ir.MaskIR, searched: Set[str] | None = None
     searched = searched_inputs(mask) if searched is None else searched
     for d in mask.inputs:
         dims = [arg(d.name, "d", k) for k in range(len(d.shape))]
-        bits = [arg(d.name, "bits")] if d.name in searched else []
-        out += [arg(d.name), *dims, *(arg(d.name, "s", k) for k in range(len(d.shape))), *bits]
-        sizes += dims + bits
+        edges = [arg(d.name, "st"), arg(d.name, "en")] if d.name in searched else []
+        out += [arg(d.name), *dims, *(arg(d.name, "s", k) for k in range(len(d.shape))),
+                *edges]
+        sizes += dims
     return out, sizes
 
 
 def searched_inputs(mask: ir.MaskIR) -> set[str]:
-    """Inputs a row program binary-searches (document edges)."""
+    """Inputs whose document edges a row program reads (their run edges are passed)."""
     return {n.ids.input for t in mask.terms for e in t.program.exprs() for n in e.walk()
             if isinstance(n, ir.DocEdge)}
 
@@ -204,16 +209,18 @@ def plan(mask: ir.MaskIR, sizes: Mapping[str, int]) -> tuple[list[int], int]:
 
 
 def input_args(
-    mask: ir.MaskIR, inputs: Mapping[str, Any], searched: Set[str] | None = None
+    mask: ir.MaskIR, inputs: Mapping[str, Any], searched: Set[str] | None = None,
+    edges: Callable[[Any], tuple[Any, Any]] | None = None,
 ) -> list[Any]:
     """The bound input tensors as ``source``'s arguments: each with its dims and strides
-    (and, for the ``searched`` ones, document ids, the steps of a binary search over a
-    row; found from the IR unless given)."""
+    (and, for the ``searched`` ones, document ids, ``edges`` of them: their run edges;
+    ``searched`` found from the IR unless given)."""
     out: list[Any] = []
     searched = searched_inputs(mask) if searched is None else searched
     for d in mask.inputs:
         t = inputs[d.name]
         out += [t, *t.shape, *t.stride()]
         if d.name in searched:
-            out.append(t.shape[1].bit_length())
+            assert edges is not None, "document ids need their run edges"
+            out += edges(t)
     return out

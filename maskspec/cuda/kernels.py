@@ -3,9 +3,11 @@
 ``count_rows`` turns a chunk of rows' slots into difference arrays (the spec's generated
 count kernel, ``generator``, calls it; ``rows_count_kernel`` does for slots given
 as tensors); ``finish_kernel`` classifies each row block's key blocks and writes the ordered
-kv-direction indices; ``column_strip_kernel`` writes the q-direction ones. ``floordiv``,
-``mod``, ``clamp`` and ``search`` give generated code the spec's arithmetic (Python's floor
-division, clamped input reads, ``torch.searchsorted``). ``plans`` launches them.
+kv-direction indices; ``column_strip_kernel`` writes the q-direction ones;
+``edges_chunk_kernel`` and ``edges_fix_kernel`` find where each document's run of ids starts
+and ends (what generated code reads for document edges). ``floordiv``, ``mod`` and ``clamp``
+give generated code the spec's arithmetic (Python's floor division, clamped input reads).
+``plans`` launches them.
 """
 
 from __future__ import annotations
@@ -239,6 +241,62 @@ if triton is not None:
         tl.store(q_num_ptr + bh * n_kv + kb, n_partial, mask=kb < n_kv)
         tl.store(full_q_num_ptr + bh * n_kv + kb, n_full, mask=kb < n_kv)
 
+    @triton.jit
+    def _larger(a, b):
+        return tl.maximum(a, b)
+
+    @triton.jit
+    def _smaller(a, b):
+        return tl.minimum(a, b)
+
+    @triton.jit
+    def edges_chunk_kernel(ids_ptr, s0, s1, starts_ptr, ends_ptr, lows_ptr, highs_ptr, n,
+                           n_chunks, CHUNK: tl.constexpr):
+        """Chunk ``program_id(0)`` of row ``program_id(1)`` of non-decreasing ids: for each
+        position, where its run of equal ids starts and ends (one past), as far as the
+        chunk shows (-1 / n past its ends: ``edges_fix_kernel`` completes them); the
+        chunk's last run start and first run end."""
+        c, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
+        at = c * CHUNK + tl.arange(0, CHUNK)
+        live = at < n
+        base = ids_ptr + row * s0
+        v = tl.load(base + at * s1, mask=live)
+        before = tl.load(base + (at - 1) * s1, mask=live & (at > 0))
+        after = tl.load(base + (at + 1) * s1, mask=at + 1 < n)
+        first = live & ((at == 0) | (v != before))
+        last = live & ((at + 1 == n) | (v != after))
+        start = tl.where(first, at, -1)
+        end = tl.where(last, at + 1, n)
+        out = row * n + at
+        tl.store(starts_ptr + out, tl.associative_scan(start, 0, _larger), mask=live)
+        tl.store(ends_ptr + out, tl.associative_scan(end, 0, _smaller, reverse=True),
+                 mask=live)
+        tl.store(lows_ptr + row * n_chunks + c, tl.max(start, 0))
+        tl.store(highs_ptr + row * n_chunks + c, tl.min(end, 0))
+
+    @triton.jit
+    def edges_fix_kernel(starts_ptr, ends_ptr, lows_ptr, highs_ptr, n, n_chunks,
+                         CHUNK: tl.constexpr, TOPS: tl.constexpr):
+        """Chunk ``program_id(0)``'s run edges completed from the other chunks': a start
+        not in the chunk is the last before it, an end not in it the first after it (the
+        chunks' summaries read TOPS at a time: one compiled kernel for every length)."""
+        c, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
+        lo = tl.full((TOPS,), -1, dtype=tl.int32)
+        hi = tl.full((TOPS,), n, dtype=tl.int32)
+        for k0 in range(0, n_chunks, TOPS):
+            k = k0 + tl.arange(0, TOPS)
+            at = row * n_chunks + k
+            lo = tl.maximum(lo, tl.load(lows_ptr + at, mask=k < c, other=-1))
+            hi = tl.minimum(hi, tl.load(highs_ptr + at, mask=(k > c) & (k < n_chunks),
+                                        other=n))
+        at = c * CHUNK + tl.arange(0, CHUNK)
+        live = at < n
+        out = row * n + at
+        start = tl.load(starts_ptr + out, mask=live)
+        end = tl.load(ends_ptr + out, mask=live)
+        tl.store(starts_ptr + out, tl.maximum(start, tl.max(lo, 0)), mask=live)
+        tl.store(ends_ptr + out, tl.minimum(end, tl.min(hi, 0)), mask=live)
+
     # Helpers of the generated build kernels (``generator``): the spec's arithmetic
     # with Python's meaning (floor division; divisors are positive, the compiler checks).
 
@@ -254,17 +312,3 @@ if triton is not None:
     def clamp(i, n):
         """An index kept inside [0, n), as ``ir.evaluate`` reads inputs."""
         return tl.minimum(tl.maximum(i, 0), n - 1)
-
-    @triton.jit
-    def search(row_ptr, stride, n, steps, target, RIGHT: tl.constexpr):
-        """``torch.searchsorted`` over a non-decreasing row of n ids, for each target."""
-        lo = tl.zeros_like(target)
-        hi = lo + n
-        for _ in range(steps):
-            mid = (lo + hi) // 2
-            v = tl.load(row_ptr + tl.minimum(mid, n - 1) * stride).to(tl.int64)
-            go = (v <= target) if RIGHT else (v < target)
-            live = lo < hi
-            lo = tl.where(live & go, mid + 1, lo)
-            hi = tl.where(live & ~go, mid, hi)
-        return lo

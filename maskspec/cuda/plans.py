@@ -172,6 +172,47 @@ def finish(scratch: Tensor, n_q: int, n_kv: int, stream: Any = None,
     return (*kv, *q)
 
 
+EDGE_CHUNK = 2048  # ids one program of the run-edge kernels reads
+EDGE_TOPS = 256  # chunk summaries a completing program reads at a time
+
+
+def edges_launches(bufs: tuple[Any, ...], rows: int, n: int) -> list[Launch]:
+    """The two run-edge kernels over (ids, starts, ends, lows, highs): tensors, or dtypes
+    (to compile only); the ids' strides come from them when given, else are placeholders."""
+    ids, starts, ends, lows, highs = bufs
+    strides = ids.stride() if isinstance(ids, Tensor) else (n, 1)
+    chunks, grid = -(-n // EDGE_CHUNK), (-(-n // EDGE_CHUNK), rows)
+    return [(kernels.edges_chunk_kernel, grid,
+             (ids, *strides, starts, ends, lows, highs, n, chunks), {"CHUNK": EDGE_CHUNK}),
+            (kernels.edges_fix_kernel, grid, (starts, ends, lows, highs, n, chunks),
+             {"CHUNK": EDGE_CHUNK, "TOPS": EDGE_TOPS})]
+
+
+@functools.lru_cache(maxsize=1024)
+def _edge_kernels(rows: int, n: int) -> tuple[_Kernel, _Kernel]:
+    """The run-edge kernels at this grid (keyed by the ids' alignment, strides, dtype)."""
+    return tuple(_Kernel(k, grid, kw) for k, grid, _, kw in  # type: ignore[return-value]
+                 edges_launches((None,) * 5, rows, n))
+
+
+def doc_edges(ids: Tensor, stream: Any = None) -> tuple[Tensor, Tensor]:
+    """Where each position's run of equal ids starts and ends (one past), (rows, n) int32
+    for (rows, n) non-decreasing ids: what the generated kernels read for document edges
+    (``torch.searchsorted`` of each id, left and right, in its row), two launches."""
+    rows, n = ids.shape
+    starts = torch.empty(rows, n, dtype=torch.int32, device=ids.device)
+    ends = torch.empty_like(starts)
+    if starts.numel() == 0:
+        return starts, ends
+    chunks = -(-n // EDGE_CHUNK)
+    lows, highs = (starts.new_empty(rows, chunks) for _ in range(2))
+    scan, fix = _edge_kernels(rows, n)
+    key = (ids.data_ptr() % 16, ids.stride(), ids.dtype)
+    scan((ids, *ids.stride(), starts, ends, lows, highs, n, chunks), key, stream)
+    fix((starts, ends, lows, highs, n, chunks), (), stream)
+    return starts, ends
+
+
 @functools.lru_cache(maxsize=1024)
 def _fixed_kernels(bh: int, n_q: int, n_kv: int, from_cls: bool = False
                    ) -> tuple[_Kernel, _Kernel]:
@@ -241,7 +282,20 @@ def _count_parts(ctx: BuildContext) -> Launch:
 def count_launch(ctx: BuildContext, scratch: tuple[Any, Any]) -> Launch:
     """The spec's generated count kernel into scratch (tensors, or dtypes to compile only)."""
     kernel, grid, tail, kw = _count_parts(ctx)
-    return kernel, grid, (*generator.input_args(ctx.mask, ctx.inputs), *scratch, *tail), kw
+    args = generator.input_args(ctx.mask, ctx.inputs, edges=_edge_dtypes)
+    return kernel, grid, (*args, *scratch, *tail), kw
+
+
+def _edge_dtypes(ids: Any) -> tuple[torch.dtype, torch.dtype]:
+    return (torch.int32, torch.int32)
+
+
+def edge_warm_launches(ctx: BuildContext) -> list[Launch]:
+    """The run-edge kernels as the build's documents launch them (to compile only)."""
+    i32 = torch.int32
+    return [launch for name in sorted(generator.searched_inputs(ctx.mask))
+            for launch in edges_launches((ctx.inputs[name], i32, i32, i32, i32),
+                                         *ctx.inputs[name].shape)]
 
 
 def fits_build(ctx: BuildContext) -> bool:
@@ -265,17 +319,18 @@ class Plan:
     n_kv: int
     count: _Kernel
     tail: tuple[Any, ...]  # the count kernel's arguments after the inputs and scratch
-    searched: frozenset[str]  # inputs the kernel binary-searches (``generator``)
+    searched: frozenset[str]  # inputs whose run edges the kernel reads (``generator``)
 
     def run(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, ...]:
         """The eight tensors from these bound inputs (on the plan's device)."""
         scratch = zeroed_scratch(self.lead, self.n_q, self.n_kv, self.device)
-        args = generator.input_args(self.mask, inputs, self.searched)
+        stream = (torch.cuda.current_stream(self.device).cuda_stream
+                  if self.device.type == "cuda" else None)
+        args = generator.input_args(self.mask, inputs, self.searched,
+                                    lambda ids: doc_edges(ids, stream))
         # What Triton specializes on and may differ between calls: the inputs' alignment
         # and strides (their shapes and dtypes are fixed by the sizes and the spec).
         key = tuple((t.data_ptr() % 16, t.stride()) for t in inputs.values())
-        stream = (torch.cuda.current_stream(self.device).cuda_stream
-                  if self.device.type == "cuda" else None)
         self.count((*args, scratch[0], scratch[1], *self.tail), key, stream)
         return finish(scratch, self.n_q, self.n_kv, stream)
 
