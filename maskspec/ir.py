@@ -93,7 +93,8 @@ class Bin(Expr):
 
 @dataclass(frozen=True)
 class DocEdge(Expr):
-    """Start (or end) of the run of positions holding ``ids[b, q]``: binary search.
+    """Start (or end) of the run of positions holding ``ids[b, q]`` (torch: a binary search;
+    generated kernels: the runs' edges, computed once per build).
 
     Only the row-interval lowering of ``document`` uses it; ids are non-decreasing.
     """

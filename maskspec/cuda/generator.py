@@ -37,7 +37,8 @@ from maskspec.cuda.kernels import clamp, count_rows, floordiv, mod
 
 class TritonEmitter(codegen.Emitter):
     """Triton's spelling: floor ``//`` and ``%`` through helpers, inputs read with clamped
-    indices (as ``ir.evaluate`` reads them), document edges by binary search."""
+    indices (as ``ir.evaluate`` reads them), document edges from their runs' edges
+    (``plans.doc_edges``)."""
 
     CALLS: ClassVar[Mapping[str, str]] = {
         "min": "tl.minimum", "max": "tl.maximum", "%": "mod", "//": "floordiv"

@@ -39,7 +39,7 @@ class Document(PrimitiveKind):
         return (ir.Cmp("<", KV, a["n"]), ir.Cmp("==", ir.Load(ids.input, (ids.args[0], KV)), ids))
 
     def lower(self, a: Args) -> tuple[ir.Clip | ir.Level, ...]:
-        """The run of positions holding q's id: two binary searches over the row."""
+        """The run of positions holding q's id: its two edges (``ir.DocEdge``)."""
         ids = a["ids"]
         assert isinstance(ids, ir.Load)
         return (ir.Clip(ir.DocEdge(ids, "start"), ir.DocEdge(ids, "end")),)
