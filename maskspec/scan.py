@@ -10,6 +10,8 @@ capturable in a CUDA graph (no sync).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 try:
@@ -78,8 +80,9 @@ def chunked_max(t: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
     out = torch.empty_like(x)
     tops = torch.empty(rows, chunks, dtype=x.dtype, device=x.device)
     lowest = torch.iinfo(x.dtype).min
-    _chunk_kernel[(chunks, rows)](x, out, tops, n, chunks, LOWEST=lowest, CHUNK=chunk)
-    if chunks > 1:
-        _raise_kernel[(chunks, rows)](out, tops, n, chunks, LOWEST=lowest, CHUNK=chunk,
-                                      TOPS=TOPS)
+    with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
+        _chunk_kernel[(chunks, rows)](x, out, tops, n, chunks, LOWEST=lowest, CHUNK=chunk)
+        if chunks > 1:
+            _raise_kernel[(chunks, rows)](out, tops, n, chunks, LOWEST=lowest, CHUNK=chunk,
+                                          TOPS=TOPS)
     return out

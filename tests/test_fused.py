@@ -226,3 +226,15 @@ def test_document_run_edges_are_searchsorted(rows, n, n_ids, strided, seed):
     flat = ids.contiguous()
     assert torch.equal(starts.long(), torch.searchsorted(flat, flat, right=False))
     assert torch.equal(ends.long(), torch.searchsorted(flat, flat, right=True))
+
+
+def test_run_edges_of_more_rows_than_a_grid_holds(monkeypatch):
+    """Past CUDA's grid limit on rows (B > 65535) the run edges come from torch's search:
+    the same tensors (the limit lowered here to reach it)."""
+    ids = torch.tensor([[0, 0, 1, 1, 1, 4], [2, 2, 2, 2, 3, 3], [0, 1, 2, 3, 4, 5]]).to(DEV)
+    want = plans.doc_edges(ids)
+    monkeypatch.setattr(plans.scan, "MAX_GRID", 2)
+    got = plans.doc_edges(ids)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert torch.equal(got[0][0].cpu(), torch.tensor([0, 0, 2, 2, 2, 5], dtype=torch.int32))
+    assert torch.equal(got[1][1].cpu(), torch.tensor([4, 4, 4, 4, 6, 6], dtype=torch.int32))

@@ -260,9 +260,10 @@ if triton is not None:
         at = c * CHUNK + tl.arange(0, CHUNK)
         live = at < n
         base = ids_ptr + row * s0
-        v = tl.load(base + at * s1, mask=live)
-        before = tl.load(base + (at - 1) * s1, mask=live & (at > 0))
-        after = tl.load(base + (at + 1) * s1, mask=at + 1 < n)
+        far = at.to(tl.int64) * s1  # (int64: strided ids may lie 2³¹ entries apart)
+        v = tl.load(base + far, mask=live)
+        before = tl.load(base + far - s1, mask=live & (at > 0))
+        after = tl.load(base + far + s1, mask=at + 1 < n)
         first = live & ((at == 0) | (v != before))
         last = live & ((at + 1 == n) | (v != after))
         start = tl.where(first, at, -1)

@@ -13,6 +13,7 @@ and no array in a program grows with the sequence: one compiled kernel serves ev
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from maskspec import blocks, codegen, ir, lower
+from maskspec import blocks, codegen, ir, lower, scan
 from maskspec.caches import MISSING, PerMask
 from maskspec.context import BuildContext
 from maskspec.cuda import generator, kernels
@@ -189,8 +190,9 @@ def edges_launches(bufs: tuple[Any, ...], rows: int, n: int) -> list[Launch]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _edge_kernels(rows: int, n: int) -> tuple[_Kernel, _Kernel]:
-    """The run-edge kernels at this grid (keyed by the ids' alignment, strides, dtype)."""
+def _edge_kernels(rows: int, n: int, device: torch.device) -> tuple[_Kernel, _Kernel]:
+    """The run-edge kernels at this grid on this device (a launcher is bound to the device
+    it was loaded on; keyed by the ids' alignment, strides, dtype)."""
     return tuple(_Kernel(k, grid, kw) for k, grid, _, kw in  # type: ignore[return-value]
                  edges_launches((None,) * 5, rows, n))
 
@@ -204,13 +206,23 @@ def doc_edges(ids: Tensor, stream: Any = None) -> tuple[Tensor, Tensor]:
     ends = torch.empty_like(starts)
     if starts.numel() == 0:
         return starts, ends
+    if rows > scan.MAX_GRID:  # the kernels' rows are a grid dim CUDA caps: torch's search
+        flat = ids.contiguous()
+        return tuple(torch.searchsorted(flat, flat, right=right).to(torch.int32)
+                     for right in (False, True))  # type: ignore[return-value]
     chunks = -(-n // EDGE_CHUNK)
     lows, highs = (starts.new_empty(rows, chunks) for _ in range(2))
-    scan, fix = _edge_kernels(rows, n)
+    runs, fix = _edge_kernels(rows, n, ids.device)
     key = (ids.data_ptr() % 16, ids.stride(), ids.dtype)
-    scan((ids, *ids.stride(), starts, ends, lows, highs, n, chunks), key, stream)
-    fix((starts, ends, lows, highs, n, chunks), (), stream)
+    with _on(ids.device):
+        runs((ids, *ids.stride(), starts, ends, lows, highs, n, chunks), key, stream)
+        fix((starts, ends, lows, highs, n, chunks), (), stream)
     return starts, ends
+
+
+def _on(device: torch.device) -> Any:
+    """The device made current for a first (JIT) launch on it; nothing off CUDA."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=1024)
