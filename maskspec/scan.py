@@ -26,7 +26,8 @@ _DTYPES = (torch.int32, torch.int64)
 
 if triton is not None:
     @triton.jit
-    def _larger(a, b):
+    def larger(a, b):
+        """The combine of a running maximum (``tl.associative_scan``)."""
         return tl.maximum(a, b)
 
     @triton.jit
@@ -37,7 +38,7 @@ if triton is not None:
         at = c * CHUNK + tl.arange(0, CHUNK)
         live = at < n
         x = tl.load(x_ptr + row * n + at, mask=live, other=LOWEST)
-        tl.store(out_ptr + row * n + at, tl.associative_scan(x, 0, _larger), mask=live)
+        tl.store(out_ptr + row * n + at, tl.associative_scan(x, 0, larger), mask=live)
         tl.store(tops_ptr + row * n_chunks + c, tl.max(x, 0))
 
     @triton.jit
@@ -60,6 +61,12 @@ if triton is not None:
 MAX_GRID = 65535  # CUDA's limit on a grid's second dim: more rows take torch's scan
 
 
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """The device made current for launches on it (Triton launches on the current one);
+    nothing off CUDA."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def running_max(t: torch.Tensor) -> torch.Tensor:
     """``t.cummax(-1).values``: by the two Triton kernels for int32/int64 CUDA tensors,
     by torch elsewhere."""
@@ -80,7 +87,7 @@ def chunked_max(t: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
     out = torch.empty_like(x)
     tops = torch.empty(rows, chunks, dtype=x.dtype, device=x.device)
     lowest = torch.iinfo(x.dtype).min
-    with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
+    with on_device(x.device):
         _chunk_kernel[(chunks, rows)](x, out, tops, n, chunks, LOWEST=lowest, CHUNK=chunk)
         if chunks > 1:
             _raise_kernel[(chunks, rows)](out, tops, n, chunks, LOWEST=lowest, CHUNK=chunk,

@@ -44,12 +44,14 @@ class TritonEmitter(codegen.Emitter):
         "min": "tl.minimum", "max": "tl.maximum", "%": "mod", "//": "floordiv"
     }
 
+    def clamped(self, name: str, dim: int, a: ir.Expr) -> str:
+        """One input index, clamped into the dim (a constant given a tensor's type)."""
+        text = self.expr(a) if ir.uses(a, ir.Var) else f"zero + {self.expr(a, 1)}"
+        return f"clamp({text}, {arg(name, 'd', dim)})"
+
     def index(self, name: str, dim: int, a: ir.Expr) -> str:
         """One input index, clamped into the dim, times its stride."""
-        text = self.expr(a)
-        if not ir.uses(a, ir.Var):  # a constant: give it a tensor's type
-            text = f"zero + {self.expr(a, 1)}"
-        return f"clamp({text}, {arg(name, 'd', dim)}) * {arg(name, 's', dim)}"
+        return f"{self.clamped(name, dim, a)} * {arg(name, 's', dim)}"
 
     def load(self, e: ir.Load) -> str:
         offs = " + ".join(self.index(e.input, i, a) for i, a in enumerate(e.args))
@@ -62,10 +64,8 @@ class TritonEmitter(codegen.Emitter):
             return super().other(e)
         name, (row, at) = e.ids.input, e.ids.args
         where = arg(name, "st" if e.side == "start" else "en")
-        texts = [self.expr(a) if ir.uses(a, ir.Var) else f"zero + {self.expr(a, 1)}"
-                 for a in (row, at)]
-        return (f"tl.load({where} + clamp({texts[0]}, {arg(name, 'd', 0)}) * "
-                f"{arg(name, 'd', 1)} + clamp({texts[1]}, {arg(name, 'd', 1)})).to(tl.int64)")
+        return (f"tl.load({where} + {self.clamped(name, 0, row)} * {arg(name, 'd', 1)} + "
+                f"{self.clamped(name, 1, at)}).to(tl.int64)")
 
 
 def arg(name: str, what: str = "", dim: int | None = None) -> str:

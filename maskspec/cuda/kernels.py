@@ -19,6 +19,8 @@ except ImportError:  # CPU-only installs: the torch path serves every build
     triton = None
 
 if triton is not None:
+    from maskspec.scan import larger
+
     _PARTIAL, _FULL = tl.constexpr(1), tl.constexpr(2)  # block classes in the byte grid
 
     @triton.jit
@@ -242,10 +244,6 @@ if triton is not None:
         tl.store(full_q_num_ptr + bh * n_kv + kb, n_full, mask=kb < n_kv)
 
     @triton.jit
-    def _larger(a, b):
-        return tl.maximum(a, b)
-
-    @triton.jit
     def _smaller(a, b):
         return tl.minimum(a, b)
 
@@ -269,7 +267,7 @@ if triton is not None:
         start = tl.where(first, at, -1)
         end = tl.where(last, at + 1, n)
         out = row * n + at
-        tl.store(starts_ptr + out, tl.associative_scan(start, 0, _larger), mask=live)
+        tl.store(starts_ptr + out, tl.associative_scan(start, 0, larger), mask=live)
         tl.store(ends_ptr + out, tl.associative_scan(end, 0, _smaller, reverse=True),
                  mask=live)
         tl.store(lows_ptr + row * n_chunks + c, tl.max(start, 0))

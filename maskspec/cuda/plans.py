@@ -13,7 +13,6 @@ and no array in a program grows with the sequence: one compiled kernel serves ev
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from collections.abc import Mapping
@@ -214,15 +213,10 @@ def doc_edges(ids: Tensor, stream: Any = None) -> tuple[Tensor, Tensor]:
     lows, highs = (starts.new_empty(rows, chunks) for _ in range(2))
     runs, fix = _edge_kernels(rows, n, ids.device)
     key = (ids.data_ptr() % 16, ids.stride(), ids.dtype)
-    with _on(ids.device):
+    with scan.on_device(ids.device):
         runs((ids, *ids.stride(), starts, ends, lows, highs, n, chunks), key, stream)
         fix((starts, ends, lows, highs, n, chunks), (), stream)
     return starts, ends
-
-
-def _on(device: torch.device) -> Any:
-    """The device made current for a first (JIT) launch on it; nothing off CUDA."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=1024)
