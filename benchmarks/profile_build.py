@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from profile_kernels import event_ms, profiled  # run as a script: benchmarks/ is on the path
 
 import maskspec
 from maskspec.fast import Builder
@@ -37,26 +37,14 @@ def main() -> None:
             lambda: compiled_builder(1, 1, q, kv, dev),
     }
     for label, build in builds.items():
-        for _ in range(3):
-            build()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                build()
-            torch.cuda.synchronize()
+        prof = profiled(build)
         print(f"{label}, 5 builds:")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows))
     for compiled in (False, True):
         graph = Builder(mask, 128, cuda_graph=True, compiled=compiled)
-        graph(1, 1, q, kv, dev)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(20):
-            graph(1, 1, q, kv, dev)
-        end.record()
-        torch.cuda.synchronize()
+        ms = event_ms(lambda g=graph: g(1, 1, q, kv, dev), 20)
         label = "compiled row stage" if compiled else "generated kernel"
-        print(f"graph replay, {label}: {start.elapsed_time(end) / 20:.3f} ms per build")
+        print(f"graph replay, {label}: {ms:.3f} ms per build")
 
 
 if __name__ == "__main__":

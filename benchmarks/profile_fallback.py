@@ -9,24 +9,13 @@ import argparse
 import random
 
 import torch
+from profile_kernels import event_ms  # run as a script: benchmarks/ is on the path
 from torch.profiler import ProfilerActivity, profile
 
 import maskspec
 from maskspec import lower
 from maskspec.cuda import decide, dispatch
 from maskspec.verify import random_inputs
-
-
-def _ms(fn, n: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(n):
-        fn()
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) / n
 
 
 def main() -> None:
@@ -43,8 +32,8 @@ def main() -> None:
         def build(m=m, x=x):
             return m.block_mask(1, 1, q, q, dev, 128, check_inputs=False, **x)
         ctx = m._bind(1, 1, q, q, dev, x, check=False)
-        print(f"== {name}: build {_ms(build):.3f} ms, by parts "
-              f"{_ms(lambda ctx=ctx: dispatch.torch_path(ctx)):.3f} ms", flush=True)
+        print(f"== {name}: build {event_ms(build, 20):.3f} ms, by parts "
+              f"{event_ms(lambda ctx=ctx: dispatch.torch_path(ctx), 20):.3f} ms", flush=True)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
             build()
             torch.cuda.synchronize()
@@ -54,8 +43,8 @@ def main() -> None:
         for tile in (512, 1024, 2048):
             for warps in (2, 4, 8):
                 decide.TILE, decide.WARPS = tile, warps
-                ms = _ms(lambda ctx=ctx, lead=lead: decide.classes(
-                    ctx.mask, ctx.sizes, ctx.inputs, lead, (128, 128), dev))
+                ms = event_ms(lambda ctx=ctx, lead=lead: decide.classes(
+                    ctx.mask, ctx.sizes, ctx.inputs, lead, (128, 128), dev), 20)
                 print(f"   every block decided: tile {tile} warps {warps}: {ms:.3f} ms",
                       flush=True)
         decide.TILE, decide.WARPS = kept

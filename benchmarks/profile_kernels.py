@@ -40,8 +40,10 @@ def _build(case: Case, fa4: bool, dev: torch.device) -> Callable[[], Any]:
                     for kv in case.kvs]
 
 
-def _event_ms(fn: Callable[[], Any], n: int = 50) -> float:
-    """Mean CUDA-event ms of fn over n back-to-back calls."""
+def event_ms(fn: Callable[[], Any], n: int = 50) -> float:
+    """Mean CUDA-event ms of fn over n back-to-back calls, after one warm-up call."""
+    fn()
+    torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(n):
@@ -51,15 +53,25 @@ def _event_ms(fn: Callable[[], Any], n: int = 50) -> float:
     return start.elapsed_time(end) / n
 
 
+def profiled(fn: Callable[[], Any], builds: int = 5) -> Any:
+    """torch.profiler's CUDA record of ``builds`` calls of fn, after three warm-up calls."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(builds):
+            fn()
+        torch.cuda.synchronize()
+    return prof
+
+
 def _print_kernels(prof: Any, builds: int, rows: int) -> None:
     """The kernels taking most device time: µs and launches per build, name."""
-    def device_us(e: Any) -> float:
-        return e.self_device_time_total
-
-    events = sorted((e for e in prof.key_averages() if device_us(e) > 0), key=device_us,
-                    reverse=True)
+    events = sorted((e for e in prof.key_averages() if e.self_device_time_total > 0),
+                    key=lambda e: e.self_device_time_total, reverse=True)
     for e in events[:rows]:
-        print(f"  {device_us(e) / builds:8.1f} us {e.count / builds:5.1f}x  {e.key[:100]}")
+        print(f"  {e.self_device_time_total / builds:8.1f} us {e.count / builds:5.1f}x  "
+              f"{e.key[:100]}")
 
 
 def main() -> None:
@@ -75,17 +87,10 @@ def main() -> None:
         if args.only is not None and args.only not in label:
             continue
         build = _build(case, fa4, dev)
-        for _ in range(3):
-            build()
         with graphs.off():
-            build()
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
-                    build()
-                torch.cuda.synchronize()
-            no_graph = _event_ms(build)
-        print(f"== {label}: plain call {_event_ms(build):.3f} ms, graphs off "
+            prof = profiled(build)
+            no_graph = event_ms(build)
+        print(f"== {label}: plain call {event_ms(build):.3f} ms, graphs off "
               f"{no_graph:.3f} ms (events, back to back); per build, graphs off:")
         _print_kernels(prof, 5, args.rows)
 

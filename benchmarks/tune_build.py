@@ -29,7 +29,7 @@ from typing import Any
 
 import bench_build  # run as a script: benchmarks/ is on the path
 import torch
-from torch.profiler import ProfilerActivity, profile
+from profile_kernels import profiled
 
 import maskspec
 from maskspec.cuda import dispatch, plans
@@ -66,12 +66,7 @@ def variants() -> dict[str, plans.Tiles]:
 
 def kernel_times(build: Callable[[], Any], n: int = 20) -> dict[str, float]:
     """Mean device µs per build of each kernel (by name) over n builds."""
-    build()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            build()
-        torch.cuda.synchronize()
+    prof = profiled(build, n)
     out: dict[str, float] = {}
     for e in prof.key_averages():
         t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
