@@ -58,7 +58,7 @@ if triton is not None:
         tl.store(out_ptr + row * n + at, tl.maximum(y, tl.max(before, 0)), mask=live)
 
 
-MAX_GRID = 65535  # CUDA's limit on a grid's second dim: more rows take torch's scan
+MAX_GRID = 65535  # CUDA's limit on a grid's second and third dims: more rows, torch's scan
 
 
 def on_device(device: torch.device) -> contextlib.AbstractContextManager:

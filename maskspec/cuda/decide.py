@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from maskspec import background, blocks, codegen, elements, ir, lower
+from maskspec import background, blocks, codegen, elements, ir, lower, scan
 from maskspec.caches import MISSING, PerMask
 from maskspec.context import BuildContext
 from maskspec.cuda import generator, plans
@@ -41,7 +41,6 @@ WARPS = 2
 # A build whose blocks hold at most this many pairs (B'·H'·Q_LEN·KV_LEN) decides every block
 # by the kernel (``dense``): below it the split's host work costs more than its pairs.
 DENSE_PAIRS = 1 << 30
-MAX_GRID = 65535  # CUDA's limit on a grid's second and third dims
 
 _PRELUDE = """import triton
 import triton.language as tl
@@ -194,7 +193,7 @@ def dense_fits(ctx: BuildContext) -> bool:
     lead = lower.lead_shape(ctx.mask, ctx.sizes)
     n_q, n_kv = blocks.counts(ctx.q_len, ctx.kv_len, *ctx.block_size)
     return (lead[0] * lead[1] * ctx.q_len * ctx.kv_len <= DENSE_PAIRS
-            and max(n_q, n_kv) <= MAX_GRID and fits(ctx.block_size))
+            and max(n_q, n_kv) <= scan.MAX_GRID and fits(ctx.block_size))
 
 
 def fits(block_size: tuple[int, int]) -> bool:
