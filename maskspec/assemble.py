@@ -5,12 +5,13 @@ row; as a dense grid, or written straight into BlockMask's eight tensors.
 whole (``coarse``) keeps each sum as sorted events instead: its classes change only where
 one of its ranges starts or ends, so they are read per run of key blocks between events,
 O(B'·H'·Q_blocks·E log E) for E range ends per row block however many key blocks there are.
-From runs, ``tensors`` writes the index tensors from the set blocks: two steps of a
-difference array per set block in each direction (the q direction sorted by key block
-first) and one cumulative sum per tensor give create_block_mask's layout, set blocks then
-the unset ones, with no pass over a boolean grid. Builds with many set blocks, or few whole
-row blocks, take the dense grid and ``blocks.index_tensors``, whose temporaries stay
-bounded by their chunks.
+From runs, ``tensors`` writes the index tensors from spans of set blocks (``Spans``): a
+difference array over each row's spans and one cumulative sum per tensor give
+create_block_mask's layout, set blocks then the unset ones; the q direction's spans come
+from the symmetric differences of adjacent rows' spans (``_transposed``). Both cost the
+spans, not the blocks, and never pass over a boolean grid. Builds with many set blocks, or
+few whole row blocks, take the dense grid and ``blocks.index_tensors``, whose temporaries
+stay bounded by their chunks.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from maskspec import blocks, elements, lower, rowblocks
 from maskspec.blocks import BlockGrid, Decide, Ranges
 from maskspec.caches import PerMask
 from maskspec.context import BuildContext
+from maskspec.sorting import sorted_values, sorted_with_order
 
 FIELD = 16  # bits per sum packed into an event's int64 weight (signed: |sum| < 2**15)
 SPARSE = 8  # set blocks written one by one up to grid cells / SPARSE (else the dense grid)
@@ -59,14 +61,14 @@ def _runs(sums: list[Ranges], n_kv: int) -> tuple[Tensor, Tensor, list[Tensor]] 
         w = w.to(torch.long).expand(*shape, w.shape[-1]) * (1 << (FIELD * k))
         pos += [first.expand(*shape, first.shape[-1]), last.expand(*shape, last.shape[-1])]
         weight += [w, -w]
-    pos, order = torch.cat(pos, -1).sort(-1)
+    pos, order = sorted_with_order(torch.cat(pos, -1))
     packed = torch.cat(weight, -1).gather(-1, order).cumsum(-1)
     length = torch.cat([pos[..., 1:], torch.full_like(pos[..., :1], n_kv)], -1) - pos
     half, values = 1 << (FIELD - 1), []
-    for _ in sums:
-        v = (packed + half) % (1 << FIELD) - half  # the lowest field, signed
+    for _ in sums:  # (bit operations: int64 ``%`` and ``//`` cost several times more)
+        v = ((packed + half) & ((1 << FIELD) - 1)) - half  # the lowest field, signed
         values.append(v)
-        packed = (packed - v) // (1 << FIELD)
+        packed = (packed - v) >> FIELD
     return pos, length, values
 
 
@@ -214,27 +216,43 @@ def tensors(ctx: BuildContext, decide: Decide = elements.decide) -> tuple[Tensor
     return blocks.index_tensors(_grid(ctx, decide, fast))
 
 
-Entries = tuple[Tensor, Tensor]  # (row, col) of set blocks: row = flat (b, h, row block)
+@dataclass
+class Spans:
+    """Set blocks as spans [start, start + length) of columns, per row of a flat (lead dims,
+    rows) index: sorted by row, then start; disjoint; none empty. A row of a strided mask
+    holds a few spans however many blocks they cover, so writers over spans cost the
+    spans, not the blocks."""
+
+    row: Tensor
+    start: Tensor
+    length: Tensor
 
 
-def _of_runs(runs: Runs, which: Tensor, n_q: int) -> Entries:
-    """The blocks of the runs marked ``which``, row by row, ascending in each row."""
-    n = runs.start.shape[-2]
-    length = torch.where(which, runs.length, 0).flatten()
-    total = int(length.sum())
-    run = torch.repeat_interleave(torch.arange(length.numel(), device=length.device), length,
-                                  output_size=total)
-    offset = length.cumsum(0) - length
-    col = runs.start.flatten()[run] + torch.arange(total, device=run.device) - offset[run]
-    per_row = runs.start.shape[-1]
-    flat_row = run // per_row  # (b, h, row block) in the runs' layout
-    return flat_row // n * n_q + flat_row % n, col
+def _of_runs(runs: Runs, which: Tensor, n_q: int) -> Spans:
+    """The runs marked ``which`` (each already ascending in its row) as spans."""
+    n, per_row = runs.start.shape[-2:]
+    keep = (which & (runs.length > 0)).flatten()
+    flat = torch.arange(keep.numel(), device=keep.device)[keep] // per_row
+    return Spans(flat // n * n_q + flat % n, runs.start.flatten()[keep],
+                 runs.length.flatten()[keep])
 
 
-def _of_grid(grid: Tensor, at: Tensor, n_q: int) -> Entries:
-    """The set blocks of a (B', H', len(at), KV_blocks) grid of row blocks ``at``."""
+def _of_grid(grid: Tensor, at: Tensor, n_q: int) -> Spans:
+    """The set blocks of a (B', H', len(at), KV_blocks) grid of row blocks ``at``, a span
+    each (rows in ``at``'s order)."""
     b, h, r, col = grid.nonzero(as_tuple=True)
-    return (b * grid.shape[1] + h) * n_q + at[r], col
+    return Spans((b * grid.shape[1] + h) * n_q + at[r], col, torch.ones_like(col))
+
+
+def _in_order(parts: list[Spans], n_cols: int) -> Spans:
+    """Spans of disjoint sets of blocks as one, sorted by row then start."""
+    parts = [p for p in parts if p.row.numel()] or parts[:1]
+    row, start, length = (torch.cat(x) for x in zip(*((p.row, p.start, p.length)
+                                                       for p in parts), strict=True))
+    if len(parts) > 1:
+        order = sorted_with_order(row * (n_cols + 1) + start)[1]
+        row, start, length = row[order], start[order], length[order]
+    return Spans(row, start, length)
 
 
 def _from_entries(ctx: BuildContext, runs: Runs, exact: Tensor, whole: Tensor,
@@ -249,41 +267,77 @@ def _from_entries(ctx: BuildContext, runs: Runs, exact: Tensor, whole: Tensor,
             into.append(_of_grid(g.expand(*lead, *g.shape[-2:]), at, n_q))
     kv_side: list[Tensor] = []
     q_side: list[Tensor] = []
-    for entries in found:  # PARTIAL, then FULL
-        row, col = (torch.cat(x) for x in zip(*entries, strict=True))
-        kv_side += _written(row, col, (*lead, n_q), n_kv)
-        key = ((row // n_q * n_kv + col) * n_q + row % n_q).sort().values
-        q_side += _written(key // n_q, key % n_q, (*lead, n_kv), n_q, ordered=True)
+    for parts in found:  # PARTIAL, then FULL
+        spans = _in_order(parts, n_kv)
+        kv_side += _written(spans, (*lead, n_q), n_kv)
+        q_side += _written(_transposed(spans, n_q, n_kv), (*lead, n_kv), n_q)
     return (*kv_side, *q_side)
 
 
-def _written(row: Tensor, col: Tensor, rows: tuple[int, ...], n_cols: int,
-             ordered: bool = False) -> list[Tensor]:
-    """(counts, indices) of entries grouped by row, ascending within each group (and the
-    groups in row order where ``ordered``), in create_block_mask's layout: each row's set
-    columns, then its unset ones in order (padding entries are valid blocks, entry for
-    entry create_block_mask's: torch's ``BlockMask._adjust`` reads them).
+def _enumerated(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """(interval, value) for every value of each interval [lo, hi), in order."""
+    width = hi - lo
+    total = int(width.sum())
+    which = torch.repeat_interleave(torch.arange(width.numel(), device=lo.device), width,
+                                    output_size=total)
+    value = lo[which] + torch.arange(total, device=lo.device) - (width.cumsum(0) - width)[which]
+    return which, value
 
-    A row's entries are ``arange`` plus a step function, written as a difference array:
-    the k-th set column s_k sits at position k, and the unset column after the t-th is
-    t + #{k : s_k - k ≤ t}, so each entry adds one step at k and one at num + s_k - k."""
+
+def _transposed(spans: Spans, n_q: int, n_kv: int) -> Spans:
+    """Spans of rows per column: the same blocks, read down the columns.
+
+    Column c's set rows change only at a boundary between rows i-1 and i (rows -1 and n_q
+    empty) where c is set in exactly one of them: the columns flipping there are the
+    symmetric difference of two unions of intervals, the ends of both rows' spans that
+    occur an odd number of times, paired in order. Expanding those intervals gives each
+    column's flips, and sorting them by column pairs each run's first row with its end.
+    Costs the spans of both directions, never the blocks."""
+    lead, i = spans.row // n_q, spans.row % n_q
+    at = (lead * (n_q + 1) + i).repeat(2)
+    x = torch.cat([spans.start, spans.start + spans.length])
+    ends = sorted_values(torch.cat([at * (n_kv + 1) + x, (at + 1) * (n_kv + 1) + x]))
+    ends, times = torch.unique_consecutive(ends, return_counts=True)
+    ends = ends[times % 2 == 1]
+    which, col = _enumerated(ends[0::2] % (n_kv + 1), ends[1::2] % (n_kv + 1))
+    at = ends[0::2][which] // (n_kv + 1)
+    flips = sorted_values((at // (n_q + 1) * n_kv + col) * (n_q + 1) + at % (n_q + 1))
+    on, off = flips[0::2], flips[1::2]
+    return Spans(on // (n_q + 1), on % (n_q + 1), off - on)
+
+
+def _written(spans: Spans, rows: tuple[int, ...], n_cols: int) -> list[Tensor]:
+    """(counts, indices) of the spans' blocks in create_block_mask's layout: each row's set
+    columns ascending, then its unset ones ascending (padding entries are valid blocks,
+    entry for entry create_block_mask's: torch's ``BlockMask._adjust`` reads them).
+
+    A row's entries are ``arange`` plus an offset constant between events, written as a
+    difference array over the spans: span j, at position P_j among the row's set columns,
+    holds offset start_j - P_j from P_j; the unset columns start at position num with
+    offset -num, and the gap after span j starts at num + start_j - P_j with offset
+    P_j + length_j - num. Events come in ascending position within a row, so each delta
+    against the previous event's offset, summed per position and accumulated, leaves the
+    latest event's offset everywhere (an empty gap's event shares its position with the
+    next one's)."""
     n_rows = math.prod(rows)
-    num = torch.bincount(row, minlength=n_rows)
-    i = torch.arange(row.numel(), device=row.device)
-    if ordered:
-        first = num.cumsum(0) - num
-    else:  # each group's first entry
-        first = torch.zeros_like(num).scatter_reduce_(0, row, i, "amin", include_self=False)
-    rank = i - first[row]
+    row, start, length = spans.row, spans.start, spans.length
+    num = torch.zeros(n_rows, dtype=length.dtype, device=row.device).index_add_(0, row, length)
+    pos = length.cumsum(0) - length - (num.cumsum(0) - num)[row]  # P_j
+    first = torch.ones_like(row, dtype=torch.bool)
+    first[1:] = row[1:] != row[:-1]
+    last = torch.roll(first, -1)
     m = num[row]
-    prev = torch.cat([col.new_full((1,), -1), col[:-1]])
-    prev = torch.where(rank == 0, -1, prev)
-    base = row * (n_cols + 1)
-    steps = torch.zeros(n_rows * (n_cols + 1), dtype=torch.int32, device=row.device)
-    steps.index_add_(0, base + rank, (col - prev - 1).to(torch.int32))
-    steps.index_add_(0, base + m + col - rank, torch.ones_like(col, dtype=torch.int32))
-    last = rank == m - 1  # the row's last set column: the step into its unset ones
-    steps.index_add_(0, (base + m)[last], -(col[last] + 1).to(torch.int32))
-    idx = steps.view(n_rows, n_cols + 1).cumsum(-1, dtype=torch.int32)[:, :n_cols]
+    on_set, on_gap = start - pos, pos + length - m
+
+    def delta(offset: Tensor, initial: Tensor) -> Tensor:
+        return offset - torch.where(first, initial, offset.roll(1))
+
+    at = torch.cat([pos, m[last], m + on_set])  # (events at n_cols hold no entry)
+    step = torch.cat([delta(on_set, torch.zeros_like(m)), (-m - on_set)[last], delta(on_gap, -m)])
+    inside = at < n_cols
+    at = (torch.cat([row, row[last], row]) * n_cols + at)[inside]
+    idx = torch.zeros(n_rows, n_cols, dtype=torch.int32, device=row.device)
+    idx.view(-1).index_add_(0, at, step[inside].to(torch.int32))
+    idx.cumsum_(-1)
     idx += torch.arange(n_cols, dtype=torch.int32, device=row.device)
     return [num.to(torch.int32).view(rows), idx.view(*rows, n_cols)]

@@ -28,6 +28,7 @@ from torch import Tensor
 from maskspec import elements, ir, lower, separable
 from maskspec.context import BuildContext
 from maskspec.lower import Rows
+from maskspec.sorting import sorted_with_order
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _merged(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """
     if lo.shape[-1] == 1:
         return lo, hi, torch.ones_like(lo, dtype=torch.bool)
-    lo, order = lo.sort(-1)
+    lo, order = sorted_with_order(lo)
     hi = hi.gather(-1, order)
     reach = _running_max(hi)
     before = torch.cat([torch.full_like(reach[..., :1], -1), reach[..., :-1]], -1)
@@ -150,7 +151,7 @@ def _open_gaps(rows: Rows, live: torch.Tensor, lo: torch.Tensor, hi: torch.Tenso
     else:
         il = torch.cat([sentinel, torch.where(plain, lo, 0)], -1)
         ih = torch.cat([sentinel, torch.where(plain, hi, 0)], -1)
-    il, order = il.sort(-1)
+    il, order = sorted_with_order(il)
     reach = _running_max(ih.gather(-1, order))
     nxt = torch.cat([il[..., 1:], torch.full_like(il[..., :1], kv_len)], -1)
     u, v = reach.unsqueeze(-2), nxt.unsqueeze(-2)

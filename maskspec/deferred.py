@@ -57,19 +57,22 @@ def watch(bad: torch.Tensor, report: Callable[[], None]) -> None:
 
 
 def _read(ring: _Ring) -> None:
-    """Retire the landed slots, oldest first; the first failed one's report raises (called
-    outside the lock: it re-runs the host checks)."""
-    failed = None
-    with _LOCK:
-        while ring.reports and failed is None:
-            slot, report = ring.reports[0]
-            value = int(ring.bytes[slot])
-            if value == _PENDING:
-                break
-            ring.reports.popleft()
-            if value:
-                failed = report
-    if failed is not None:
+    """Retire the landed slots, oldest first, calling each failed one's report (outside the
+    lock: it re-runs the host checks, and normally raises, leaving later slots for the next
+    read)."""
+    while True:
+        failed = None
+        with _LOCK:
+            while ring.reports and failed is None:
+                slot, report = ring.reports[0]
+                value = int(ring.bytes[slot])
+                if value == _PENDING:
+                    break
+                ring.reports.popleft()
+                if value:
+                    failed = report
+        if failed is None:
+            return
         failed()
 
 

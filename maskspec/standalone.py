@@ -47,6 +47,16 @@ SCAN = '''
 def running_max(t):
     """Running maxima along the last dim (maskspec.scan's, by torch alone)."""
     return t.cummax(-1).values
+
+
+def sorted_values(x):
+    """x sorted along the last dim (maskspec.sorting's, by torch alone)."""
+    return x.sort(-1).values
+
+
+def sorted_with_order(x):
+    """x sorted along the last dim, and the order (maskspec.sorting's, by torch alone)."""
+    return x.sort(-1)
 '''
 
 

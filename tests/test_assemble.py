@@ -5,6 +5,7 @@ takes."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import warnings
 from unittest import mock
@@ -153,14 +154,64 @@ def test_dense_route_equals_the_rows_entry_for_entry(name):
         assert_tensors_equal(assemble.tensors(ctx), _row_by_row(ctx))
 
 
+def _random_spans(grid: torch.Tensor, seed: int) -> assemble.Spans:
+    """A (rows, cols) grid's set blocks as spans: each maximal run cut at random points, so
+    spans touch as those of adjacent runs of key blocks do."""
+    rng, row, start, length = random.Random(seed), [], [], []
+    for r, line in enumerate(grid.tolist()):
+        c = 0
+        while c < len(line):
+            if not line[c]:
+                c += 1
+                continue
+            end = c
+            while end < len(line) and line[end]:
+                end += 1
+            cuts = sorted({c, end, *(rng.randrange(c, end) for _ in range(rng.randrange(3)))})
+            for a, b in itertools.pairwise(cuts):
+                row.append(r)
+                start.append(a)
+                length.append(b - a)
+            c = end
+    return assemble.Spans(*(torch.tensor(x, dtype=torch.long) for x in (row, start, length)))
+
+
+def _grid_of(spans: assemble.Spans, n_rows: int, n_cols: int) -> torch.Tensor:
+    grid = torch.zeros(n_rows, n_cols, dtype=torch.bool)
+    for r, a, n in zip(spans.row.tolist(), spans.start.tolist(), spans.length.tolist(),
+                       strict=True):
+        assert n > 0 and not grid[r, a:a + n].any()
+        grid[r, a:a + n] = True
+    return grid
+
+
+_grids = st.tuples(st.integers(1, 6), st.integers(1, 40), st.floats(0, 1), st.integers(0, 2**31))
+
+
 @settings(max_examples=examples(200), deadline=None)
-@given(st.integers(1, 6), st.integers(1, 40), st.floats(0, 1), st.integers(0, 2**31))
-def test_set_blocks_are_written_in_create_block_masks_layout(n_rows, n_cols, density, seed):
-    """``_written`` from a random grid's set blocks: ``blocks.ordered``'s tensors (set columns
-    ascending, then the unset ones ascending), empty and full rows included."""
+@given(_grids)
+def test_set_blocks_are_written_in_create_block_masks_layout(grid_args):
+    """``_written`` from a random grid's set blocks as touching spans: ``blocks.ordered``'s
+    tensors (set columns ascending, then the unset ones ascending), empty and full rows
+    included."""
+    n_rows, n_cols, density, seed = grid_args
     g = torch.Generator().manual_seed(seed)
     grid = torch.rand(1, 1, n_rows, n_cols, generator=g) < density
-    row, col = grid[0, 0].nonzero(as_tuple=True)
-    got = assemble._written(row, col, (1, 1, n_rows), n_cols)
+    got = assemble._written(_random_spans(grid[0, 0], seed), (1, 1, n_rows), n_cols)
     want = blocks.ordered(grid)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(_grids, st.integers(1, 3))
+def test_spans_read_down_the_columns_are_the_transposed_grid(grid_args, n_lead):
+    """``_transposed`` of a random grid's spans (several lead rows, touching spans): sorted,
+    disjoint, non-empty spans of exactly the transposed grid's blocks."""
+    n_rows, n_cols, density, seed = grid_args
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.rand(n_lead * n_rows, n_cols, generator=g) < density
+    got = assemble._transposed(_random_spans(grid, seed), n_rows, n_cols)
+    key = got.row * (n_rows + 1) + got.start
+    assert torch.equal(key, key.sort().values)
+    want = grid.view(n_lead, n_rows, n_cols).transpose(1, 2).reshape(-1, n_rows)
+    assert torch.equal(_grid_of(got, n_lead * n_cols, n_rows), want)

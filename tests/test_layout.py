@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "maskspec"
 # Stage by stage, first to last: a module (or a package, for all its modules) per entry.
 STAGES = [
     {"model", "errors", "parse", "documents", "trees", "background", "deferred",
-     "caches", "scan"},  # leaves
+     "caches", "scan", "sorting"},  # leaves
     {"ir"},
     {"primitives", "codegen"},  # primitive classes; IR expressions as source
     {"analysis", "compiler"},  # a term analysed once into its row program
