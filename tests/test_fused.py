@@ -5,6 +5,7 @@ Without a GPU the kernels run on Triton's CPU interpreter (conftest sets it), so
 the same kernel source that runs on CUDA; tests/test_gpu.py repeats this at large sizes.
 """
 
+import itertools
 import random
 
 import pytest
@@ -238,3 +239,25 @@ def test_run_edges_of_more_rows_than_a_grid_holds(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     assert torch.equal(got[0][0].cpu(), torch.tensor([0, 0, 2, 2, 2, 5], dtype=torch.int32))
     assert torch.equal(got[1][1].cpu(), torch.tensor([4, 4, 4, 4, 6, 6], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("name,n_b", [("eagle3", 1), ("document_causal", 3)])
+def test_fused_outputs_share_one_buffer_that_a_graph_copies_whole(name, n_b):
+    """The fused build's eight tensors are views of one int32 buffer, each 128-byte aligned
+    and none overlapping another; a graph's packed copy is that buffer itself, and a
+    copy of it seen through the graph's views holds the same eight tensors."""
+    from maskspec.cuda import graphs
+
+    mask, q, kv, bs = spec(name), 200, 328, (16, 16)
+    inputs = on_dev(random_inputs(mask, n_b, 1, q, kv, random.Random(1)))
+    rows = lower.row_slots(mask._bind(n_b, 1, q, kv, DEV, inputs, True, bs))
+    out = dispatch.classify_rows(rows, q, kv, bs)
+    flat = graphs.packed_copy(out)
+    spans = sorted((t.storage_offset(), t.storage_offset() + t.numel()) for t in out)
+    assert all(t.untyped_storage().data_ptr() == flat.data_ptr() for t in out)
+    assert all(t.storage_offset() % plans.ALIGN == 0 and t.is_contiguous() for t in out)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    assert spans[-1][1] <= flat.numel()
+    views = graphs._places(out, flat)
+    copy = flat.clone()
+    assert_tensors_equal(tuple(copy.as_strided(*v) for v in views), out)

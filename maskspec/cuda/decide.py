@@ -207,7 +207,8 @@ def build(ctx: BuildContext) -> tuple[Tensor, ...]:
     block (``dense_fits`` says when this beats classifying by parts)."""
     lead = lower.lead_shape(ctx.mask, ctx.sizes)
     cls = classes(ctx.mask, ctx.sizes, ctx.inputs, lead, ctx.block_size, ctx.device)
-    scratch = torch.empty(2, *cls.shape, dtype=torch.int32, device=ctx.device)
+    scratch = plans.output_buffer(tuple(cls.shape[:-2]), *cls.shape[-2:], ctx.device,
+                                 zeroed=False)
     return plans.finish(scratch, *cls.shape[-2:], cls=cls)
 
 

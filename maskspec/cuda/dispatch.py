@@ -40,7 +40,7 @@ def classify_rows(
     n_q, n_kv = blocks.counts(q_len, kv_len, q_bs, kv_bs)
     lead, k = tuple(rows.lo.shape[:-2]), rows.lo.shape[-1]
     fields = [x.expand(rows.lo.shape).contiguous() for x in rows.tensors()]
-    scratch = plans.zeroed_scratch(lead, n_q, n_kv, rows.lo.device)
+    scratch = plans.output_buffer(lead, n_q, n_kv, rows.lo.device)
     slots = plans.slots_held(k)
     kernels.rows_count_kernel[plans.count_grid(lead, n_q, q_bs, slots)](
         *fields, *scratch, q_len, n_q, n_kv, *rows.family.enumerated(kv_bs), K=k, KP=slots,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -90,8 +91,9 @@ def given_tensors(inputs: Mapping[str, Any]) -> bool:
 class Captured:
     """One call shape's graph. ``static``: what replays copy the call's inputs into;
     ``clean``: what the build read (``static`` sanitized, or ``static``); ``tensors``: the
-    eight outputs in the graph's memory; ``flat``: the same in one int32 buffer (``packing``)
-    (``packed`` captures only); ``bad``: the value check's flag (None: nothing checked)."""
+    eight outputs in the graph's memory; ``flat``: the same in one int32 buffer (the one the
+    fused kernels wrote them in, else a copy laid out by ``packing``) (``packed`` captures
+    only); ``bad``: the value check's flag (None: nothing checked)."""
 
     graph: torch.cuda.CUDAGraph
     ctx: BuildContext
@@ -104,18 +106,20 @@ class Captured:
 
     @property
     def nbytes(self) -> int:
-        """The graph's memory, about: its outputs, their packed copy, its inputs."""
-        held = [*self.tensors, *self.static.values(), *self.clean.values()]
+        """The graph's memory, about: its outputs (and their packed copy), its inputs."""
+        held = [*self.static.values(), *self.clean.values()]
+        if not _views_of(self.flat, self.tensors):
+            held += self.tensors
         if self.flat is not None:
             held.append(self.flat)
         once = {id(t): t for t in held}.values()  # clean is static where not sanitized
         return sum(t.numel() * t.element_size() for t in once)
 
     def __post_init__(self) -> None:
-        self.views: dict[Lead, tuple[View, ...]] = {None: packing(self.tensors)[1]}
+        self.views: dict[Lead, tuple[View, ...]] = {None: _places(self.tensors, self.flat)}
 
     def unpacked(self, flat: Tensor, lead: Lead = None) -> tuple[Tensor, ...]:
-        """The eight tensors as views of a copy of ``flat`` (``packing``'s layout); with
+        """The eight tensors as views of a copy of ``flat`` (``_places``); with
         ``lead`` (B, H), seen at that leading shape, broadcast where theirs is 1 (as
         ``expand`` would: one call per tensor instead of two)."""
         views = self.views.get(lead)
@@ -137,24 +141,19 @@ def _broadcast(view: View, lead: Lead) -> View:
 
 
 Lead = tuple[int, int] | None  # (B, H) to see the outputs at, or None: as built
-ALIGN = 32  # int32 entries: each packed tensor starts 128 bytes in (as allocations do)
 View = tuple[tuple[int, ...], tuple[int, ...], int]  # shape, strides, offset
 
 
 def packing(tensors: tuple[Tensor, ...]) -> tuple[int, tuple[View, ...]]:
-    """One buffer's length for these tensors, each contiguous at an ALIGN-aligned offset,
+    """One buffer's length for these tensors, each contiguous at a ``plans.ALIGN`` offset,
     and their places in it (as ``as_strided`` arguments: one cheap call per tensor)."""
     key = tuple(tuple(t.shape) for t in tensors)
     found = _PACKINGS.get(key)
     if found is None:
         views, at = [], 0
         for shape in key:
-            strides, step = [], 1
-            for n in reversed(shape):
-                strides.append(step)
-                step *= n
-            views.append((shape, tuple(reversed(strides)), at))
-            at += -(-step // ALIGN) * ALIGN
+            views.append((shape, plans.contiguous_strides(shape), at))
+            at += plans.aligned(math.prod(shape))
         found = _PACKINGS[key] = (at, tuple(views))
     return found
 
@@ -162,8 +161,36 @@ def packing(tensors: tuple[Tensor, ...]) -> tuple[int, tuple[View, ...]]:
 _PACKINGS: dict[tuple, tuple[int, tuple[View, ...]]] = {}
 
 
+def _shared(tensors: tuple[Tensor, ...]) -> Tensor | None:
+    """The one int32 buffer all the tensors are views of, from its start (the fused
+    kernels' outputs: ``plans.output_buffer``), or None."""
+    storage = tensors[0].untyped_storage()
+    if any(t.dtype != torch.int32 or t.untyped_storage().data_ptr() != storage.data_ptr()
+           for t in tensors):
+        return None
+    return tensors[0].new_empty(0).set_(storage)
+
+
+def _views_of(flat: Tensor | None, tensors: tuple[Tensor, ...]) -> bool:
+    """Whether the tensors are views of ``flat`` (a buffer from its start)."""
+    return flat is not None and all(t.untyped_storage().data_ptr() == flat.data_ptr()
+                                    for t in tensors)
+
+
+def _places(tensors: tuple[Tensor, ...], flat: Tensor | None) -> tuple[View, ...]:
+    """Where the tensors lie in ``flat``: their own places where they are its views
+    (``_shared``), else ``packing``'s (``packed_copy``)."""
+    if _views_of(flat, tensors):
+        return tuple((tuple(t.shape), t.stride(), t.storage_offset()) for t in tensors)
+    return packing(tensors)[1]
+
+
 def packed_copy(tensors: tuple[Tensor, ...]) -> Tensor:
-    """The tensors copied into one int32 buffer, laid out by ``packing``."""
+    """The tensors as one int32 buffer: the buffer they already share (no copy), else a
+    copy laid out by ``packing``."""
+    shared = _shared(tensors)
+    if shared is not None:
+        return shared
     length, views = packing(tensors)
     flat = tensors[0].new_empty(length)
     for t, view in zip(tensors, views, strict=True):

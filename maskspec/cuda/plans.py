@@ -69,9 +69,54 @@ def count_grid(lead: tuple[int, ...], n_q: int, q_bs: int, slots: int) -> tuple[
     return math.prod(lead), n_q, -(-q_bs // row_chunk(q_bs, slots))
 
 
-def zeroed_scratch(lead: tuple[int, ...], n_q: int, n_kv: int, device: torch.device) -> Tensor:
-    """kv_idx and full_kv_idx, zeroed: the count kernels' difference arrays, in place."""
-    return torch.zeros(2, *lead, n_q, n_kv, dtype=torch.int32, device=device)
+ALIGN = 32  # int32 entries: each output starts 128 bytes in, as its own allocation would
+
+
+def aligned(n: int) -> int:
+    """n entries rounded up to the next output's start."""
+    return -(-n // ALIGN) * ALIGN
+
+
+def _rest_shapes(lead: tuple[int, ...], n_q: int, n_kv: int) -> tuple[tuple[int, ...], ...]:
+    """kv_num, full_kv_num, q_num, full_q_num, q_idx, full_q_idx: ``finish``'s outputs after
+    the scratch pair, in their order in the buffer."""
+    return ((*lead, n_q), (*lead, n_q), (*lead, n_kv), (*lead, n_kv), (*lead, n_kv, n_q),
+            (*lead, n_kv, n_q))
+
+
+def output_buffer(lead: tuple[int, ...], n_q: int, n_kv: int, device: torch.device,
+                  zeroed: bool = True) -> Tensor:
+    """kv_idx and full_kv_idx as (2, *lead, n_q, n_kv), ``zeroed`` (the count kernels'
+    difference arrays, in place): the front of one int32 buffer that ``finish`` lays the
+    other six outputs in, so a build's eight tensors are one allocation (a CUDA graph's
+    replay copies them out in one copy, with no packing copy inside the graph)."""
+    one = aligned(math.prod(lead) * n_q * n_kv)
+    total = 2 * one + sum(aligned(math.prod(s)) for s in _rest_shapes(lead, n_q, n_kv))
+    flat = torch.empty(total, dtype=torch.int32, device=device)
+    if zeroed:
+        flat[:2 * one].zero_()
+    return flat.as_strided((2, *lead, n_q, n_kv), (one, *contiguous_strides((*lead, n_q, n_kv))))
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A contiguous tensor's strides at this shape."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
+
+
+def _rest(scratch: Tensor, n_q: int, n_kv: int) -> list[Tensor]:
+    """``_rest_shapes``' tensors as views of the buffer behind ``output_buffer``'s scratch."""
+    flat = scratch.new_empty(0).set_(scratch.untyped_storage())
+    at, out = 2 * scratch.stride(0), []
+    for shape in _rest_shapes(tuple(scratch.shape[1:-2]), n_q, n_kv):
+        n = math.prod(shape)
+        out.append(flat[at:at + n].view(shape))
+        at += aligned(n)
+    assert scratch.storage_offset() == 0 and at <= flat.numel(), "not an output_buffer"
+    return out
 
 
 @dataclass(frozen=True)
@@ -150,23 +195,21 @@ def column_launch(bufs: tuple[Any, ...], bh: int, n_q: int, n_kv: int) -> Launch
 
 def finish(scratch: Tensor, n_q: int, n_kv: int, stream: Any = None,
            cls: Tensor | None = None) -> tuple[Tensor, ...]:
-    """All eight tensors from the counted difference arrays: classes and kv_* per row
+    """All eight tensors from the counted difference arrays (``scratch``, an
+    ``output_buffer``, whose buffer holds them all): classes and kv_* per row
     block (kv_idx and full_kv_idx in scratch's place), then the q-direction ones read down
     the class bytes' columns (launched on ``stream``, a raw CUDA stream; None: the current
     one). Given ``cls``, a written byte grid (1 PARTIAL, 2 FULL), the classes are those and
     scratch is only the kv_idx pair's room."""
     kv_idx, full_kv_idx = scratch[0], scratch[1]
     lead = kv_idx.shape[:-2]
-    kv_num, full_kv_num = (kv_idx.new_empty(*lead, n_q) for _ in range(2))
+    kv_num, full_kv_num, q_num, full_q_num, q_idx, full_q_idx = _rest(scratch, n_q, n_kv)
     from_cls = cls is not None
     if cls is None:
         cls = kv_idx.new_empty(*lead, n_q, n_kv, dtype=torch.int8)
     kv = (kv_num, kv_idx, full_kv_num, full_kv_idx)
     finish, column = _fixed_kernels(lead.numel(), n_q, n_kv, from_cls)
     finish((*kv, cls, n_q, n_kv), cls.device, stream)
-    q_num, full_q_num = (cls.new_empty(*lead, n_kv, dtype=torch.int32) for _ in range(2))
-    q_idx = cls.new_empty(*lead, n_kv, n_q, dtype=torch.int32)
-    full_q_idx = torch.empty_like(q_idx)
     q = (q_num, q_idx, full_q_num, full_q_idx)
     column((cls, *q, n_q, n_kv), cls.device, stream)
     return (*kv, *q)
@@ -329,7 +372,7 @@ class Plan:
 
     def run(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, ...]:
         """The eight tensors from these bound inputs (on the plan's device)."""
-        scratch = zeroed_scratch(self.lead, self.n_q, self.n_kv, self.device)
+        scratch = output_buffer(self.lead, self.n_q, self.n_kv, self.device)
         stream = (torch.cuda.current_stream(self.device).cuda_stream
                   if self.device.type == "cuda" else None)
         args = generator.input_args(self.mask, inputs, self.searched,
