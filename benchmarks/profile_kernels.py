@@ -1,11 +1,13 @@
 """Where each GPU build of the build table spends its device time, kernel by kernel.
 
-    python benchmarks/profile_kernels.py [--only 128K] [--rows 12]
+    python benchmarks/profile_kernels.py [--only 128K] [--rows 12] [--timeline]
 
 For every case of ``bench_build.cases("cuda")`` (and FA4's tensors of causal and
 document_causal at Q=8192, H=8), profiles five plain calls with their graphs off
 (``graphs.off()``: the kernels a graph replays, launched one by one) and prints the kernels
 by CUDA time, then the CUDA-event time of a graph replay (``fast.Builder``) for comparison.
+``--timeline``: instead, one plain call with its graph on, unchecked and checked, each
+device activity (kernels, copies) at its start and with its length, µs from the first.
 """
 
 from __future__ import annotations
@@ -30,14 +32,28 @@ def _fa4_cases() -> list[tuple[str, Case]]:
              Case("", "document_causal", 1, 8192, [8192], lambda d: {"doc": doc.to(d)}))]
 
 
-def _build(case: Case, fa4: bool, dev: torch.device) -> Callable[[], Any]:
-    """One plain call of the case (all its KV_LENs), unchecked."""
+def _build(case: Case, fa4: bool, dev: torch.device, check: bool = False
+           ) -> Callable[[], Any]:
+    """One plain call of the case (all its KV_LENs)."""
     mask, inputs = maskspec.load(case.spec), case.inputs(dev)
     if fa4:
         return lambda: mask.fa4_block_sparse(case.B, 8, case.q, case.kvs[0], dev, arch=90,
-                                             check_inputs=False, **inputs)
-    return lambda: [mask.block_mask(case.B, 1, case.q, kv, dev, check_inputs=False, **inputs)
+                                             check_inputs=check, **inputs)
+    return lambda: [mask.block_mask(case.B, 1, case.q, kv, dev, check_inputs=check, **inputs)
                     for kv in case.kvs]
+
+
+def _print_timeline(prof: Any) -> None:
+    """Each device activity of one profiled call: start and length (µs), name."""
+    acts = sorted((e for e in prof.events() if e.device_type.name == "CUDA"),
+                  key=lambda e: e.time_range.start)
+    if not acts:
+        return
+    t0 = acts[0].time_range.start
+    for e in acts:
+        print(f"  at {e.time_range.start - t0:7.1f} us  {e.time_range.elapsed_us():6.1f} us  "
+              f"{e.name[:90]}")
+    print(f"  span {acts[-1].time_range.end - t0:.1f} us")
 
 
 def event_ms(fn: Callable[[], Any], n: int = 50) -> float:
@@ -78,6 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=None, help="substring of the case labels to run")
     ap.add_argument("--rows", type=int, default=12)
+    ap.add_argument("--timeline", action="store_true")
     args = ap.parse_args()
     dev = torch.device("cuda")
     dispatch.BACKGROUND_JIT = False
@@ -85,6 +102,13 @@ def main() -> None:
     picked += [(label, c, True) for label, c in _fa4_cases()]
     for label, case, fa4 in picked:
         if args.only is not None and args.only not in label:
+            continue
+        if args.timeline:
+            for check in (False, True):
+                build = _build(case, fa4, dev, check)
+                print(f"== {label}, graph on, check_inputs={check}: "
+                      f"{event_ms(build):.3f} ms (events, back to back)")
+                _print_timeline(profiled(build, 1))
             continue
         build = _build(case, fa4, dev)
         with graphs.off():

@@ -26,7 +26,7 @@ from maskspec import blocks, elements, lower, rowblocks
 from maskspec.blocks import BlockGrid, Decide, Ranges
 from maskspec.caches import PerMask
 from maskspec.context import BuildContext
-from maskspec.sorting import sorted_values, sorted_with_order
+from maskspec.sorting import repeated, sorted_values, sorted_with_order
 
 FIELD = 16  # bits per sum packed into an event's int64 weight (signed: |sum| < 2**15)
 SPARSE = 8  # set blocks written one by one up to grid cells / SPARSE (else the dense grid)
@@ -311,33 +311,34 @@ def _written(spans: Spans, rows: tuple[int, ...], n_cols: int) -> list[Tensor]:
     columns ascending, then its unset ones ascending (padding entries are valid blocks,
     entry for entry create_block_mask's: torch's ``BlockMask._adjust`` reads them).
 
-    A row's entries are ``arange`` plus an offset constant between events, written as a
-    difference array over the spans: span j, at position P_j among the row's set columns,
-    holds offset start_j - P_j from P_j; the unset columns start at position num with
-    offset -num, and the gap after span j starts at num + start_j - P_j with offset
-    P_j + length_j - num. Events come in ascending position within a row, so each delta
-    against the previous event's offset, summed per position and accumulated, leaves the
-    latest event's offset everywhere (an empty gap's event shares its position with the
-    next one's)."""
+    A row's entries are ``arange`` plus an offset constant between events, so the indices
+    are the offsets repeated over their runs (``sorting.repeated``: one pass over the
+    output) plus ``arange``. A row of k spans has 2k + 1 events in ascending position: span
+    j, at position P_j among the row's set columns, holds offset start_j - P_j from P_j; the
+    unset columns start at position num with offset -num; the gap after span j starts at
+    num + start_j - P_j with offset P_j + length_j - num. Laid out per row as [the k span
+    events, the first gap, the k later gaps], the events of all rows are in order, and each
+    runs to the next (an empty gap's run has length 0)."""
     n_rows = math.prod(rows)
     row, start, length = spans.row, spans.start, spans.length
-    num = torch.zeros(n_rows, dtype=length.dtype, device=row.device).index_add_(0, row, length)
+    k = torch.zeros(n_rows, dtype=torch.long, device=row.device).index_add_(
+        0, row, torch.ones_like(row))
+    num = torch.zeros(n_rows, dtype=torch.long, device=row.device).index_add_(0, row, length)
+    base = (2 * k + 1).cumsum(0) - (2 * k + 1)  # each row's first event
+    first_span = k.cumsum(0) - k
+    w = torch.arange(row.numel(), device=row.device) - first_span[row]  # rank in its row
     pos = length.cumsum(0) - length - (num.cumsum(0) - num)[row]  # P_j
-    first = torch.ones_like(row, dtype=torch.bool)
-    first[1:] = row[1:] != row[:-1]
-    last = torch.roll(first, -1)
     m = num[row]
-    on_set, on_gap = start - pos, pos + length - m
-
-    def delta(offset: Tensor, initial: Tensor) -> Tensor:
-        return offset - torch.where(first, initial, offset.roll(1))
-
-    at = torch.cat([pos, m[last], m + on_set])  # (events at n_cols hold no entry)
-    step = torch.cat([delta(on_set, torch.zeros_like(m)), (-m - on_set)[last], delta(on_gap, -m)])
-    inside = at < n_cols
-    at = (torch.cat([row, row[last], row]) * n_cols + at)[inside]
-    idx = torch.zeros(n_rows, n_cols, dtype=torch.int32, device=row.device)
-    idx.view(-1).index_add_(0, at, step[inside].to(torch.int32))
-    idx.cumsum_(-1)
+    total = 2 * row.numel() + n_rows
+    at = torch.empty(total, dtype=torch.long, device=row.device)
+    offset = torch.empty_like(at)
+    span_at, gap_at, rest = base[row] + w, base[row] + k[row] + 1 + w, base + k
+    at[span_at], offset[span_at] = pos, start - pos
+    at[gap_at], offset[gap_at] = m + start - pos, pos + length - m
+    at[rest], offset[rest] = num, -num  # a row's first gap (alone, at 0, in a row of none)
+    at += torch.repeat_interleave(torch.arange(n_rows, device=row.device) * n_cols, 2 * k + 1,
+                                  output_size=total)
+    runs = torch.diff(at, append=at.new_full((1,), n_rows * n_cols))
+    idx = repeated(offset.to(torch.int32), runs, n_rows * n_cols).view(n_rows, n_cols)
     idx += torch.arange(n_cols, dtype=torch.int32, device=row.device)
     return [num.to(torch.int32).view(rows), idx.view(*rows, n_cols)]

@@ -18,7 +18,7 @@ rows, and keeps a row block's classes only where those bounds meet. O(B·H·Q/Q_
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -32,36 +32,58 @@ from maskspec.lower import FamilyPlan, Rows
 BIG = 1 << 40  # beyond every key, size and input value: bounds are clamped to ±BIG
 
 
-@dataclass
 class Span:
     """An expression over a block of rows: bounds ``lo`` ≤ value ≤ ``hi`` on every row;
     where ``exact``, the value is affine in q over the block, ``v0`` at its first row and
     ``v1`` at its last (then lo and hi are the smaller and larger of them). ``point``: the
     one build-time number it is on every block, where it is one (sizes and constants,
-    folded in Python: no tensor operation for them)."""
+    folded in Python: no tensor operation for them). A span exact on every block (the
+    shared True of ``_true``) takes its bounds from its ends when they are first read: most
+    such spans are sums feeding other sums, whose bounds nobody reads."""
 
-    lo: Tensor
-    hi: Tensor
-    v0: Tensor
-    v1: Tensor
-    exact: Tensor
-    point: int | None = None
+    __slots__ = ("_hi", "_lo", "exact", "point", "v0", "v1")
+
+    def __init__(self, lo: Tensor | None, hi: Tensor | None, v0: Tensor, v1: Tensor,
+                 exact: Tensor, point: int | None = None) -> None:
+        self._lo, self._hi, self.v0, self.v1, self.exact, self.point = lo, hi, v0, v1, exact, \
+            point
+
+    @property
+    def lo(self) -> Tensor:
+        if self._lo is None:
+            self._lo = torch.minimum(self.v0, self.v1)
+        return self._lo
+
+    @property
+    def hi(self) -> Tensor:
+        if self._hi is None:
+            self._hi = torch.maximum(self.v0, self.v1)
+        return self._hi
 
     @classmethod
     def affine(cls, v0: Tensor, v1: Tensor) -> Span:
-        return cls(torch.minimum(v0, v1), torch.maximum(v0, v1), v0, v1,
-                   _true(v0.device))
+        return cls(None, None, v0, v1, _true(v0.device))
 
     @classmethod
-    def of(cls, lo: Tensor, hi: Tensor, v0: Tensor, v1: Tensor, exact: Tensor) -> Span:
-        """Bounds where not exact, the ends' order where exact; clamped to ±BIG."""
-        if exact is not _true(v0.device):  # (else exact everywhere: no bounds to pick)
-            lo, hi = torch.where(exact, torch.minimum(v0, v1), lo), \
-                torch.where(exact, torch.maximum(v0, v1), hi)
-        else:
-            lo, hi = torch.minimum(v0, v1), torch.maximum(v0, v1)
-        lo, hi = lo.clamp(-BIG, BIG), hi.clamp(-BIG, BIG)
-        return cls(lo, hi, v0, v1, exact)
+    def of(cls, lo: Tensor | None, hi: Tensor | None, v0: Tensor, v1: Tensor,
+           exact: Tensor) -> Span:
+        """Bounds where not exact, the ends' order where exact; clamped to ±BIG. Exact on
+        every block: the ends' order, taken when read (``lo`` and ``hi`` may be None); no
+        clamp, the ends being the expression's own values, as the element meaning's."""
+        if exact is _TRUES.get(v0.device):
+            return cls(None, None, v0, v1, exact)
+        assert lo is not None and hi is not None
+        lo, hi = torch.where(exact, torch.minimum(v0, v1), lo), \
+            torch.where(exact, torch.maximum(v0, v1), hi)
+        return cls(lo.clamp(-BIG, BIG), hi.clamp(-BIG, BIG), v0, v1, exact)
+
+    def map(self, f: Callable[[Tensor], Tensor]) -> Span:
+        """The span with ``f`` (a view: unsqueeze, expand ...) applied to every tensor, no
+        longer a point; bounds not yet taken stay so, the shared True stays itself."""
+        return Span(*(None if t is None else f(t) for t in (self._lo, self._hi)),
+                    f(self.v0), f(self.v1),
+                    self.exact if self.exact is _TRUES.get(self.exact.device)
+                    else f(self.exact))
 
     def constant(self) -> Tensor:
         """Where the value is one number on every row of the block."""
@@ -130,9 +152,12 @@ def _bin(op: str, a: Span, b: Span) -> Span:
     both = _both(a.exact, b.exact)
     if op in ("+", "-"):
         f = torch.add if op == "+" else torch.sub
+        v0, v1 = f(a.v0, b.v0), f(a.v1, b.v1)
+        if both is _TRUES.get(v0.device):
+            return Span.affine(v0, v1)
         lo = f(a.lo, b.lo if op == "+" else b.hi)
         hi = f(a.hi, b.hi if op == "+" else b.lo)
-        return Span.of(lo, hi, f(a.v0, b.v0), f(a.v1, b.v1), both)
+        return Span.of(lo, hi, v0, v1, both)
     if op in ("min", "max"):
         f = torch.minimum if op == "min" else torch.maximum
         first = (a.v0 <= b.v0) & (a.v1 <= b.v1) if op == "min" else \
@@ -265,17 +290,15 @@ def _holds(c: ir.Cmp, env: _Env) -> tuple[Tensor, Tensor]:
 
 
 def _unsqueezed(x: Span) -> Span:
-    return Span(*(t.unsqueeze(-1) for t in (x.lo, x.hi, x.v0, x.v1)), x.exact.unsqueeze(-1)
-                if x.exact.dim() else x.exact)
+    return x.map(lambda t: t.unsqueeze(-1) if t.dim() else t)
 
 
 def _expanded(x: Span, shape: torch.Size) -> Span:
-    return Span(*(t.expand(shape) for t in (x.lo, x.hi, x.v0, x.v1)), x.exact.expand(shape))
+    return x.map(lambda t: t.expand(shape))
 
 
 def _flattened(x: Span, shape: torch.Size) -> Span:
-    return Span(*(t.expand(shape).flatten(-2) for t in (x.lo, x.hi, x.v0, x.v1)),
-                x.exact.expand(shape).flatten(-2))
+    return x.map(lambda t: t.expand(shape).flatten(-2))
 
 
 def _term(prog: ir.RowProgram, env: _Env, counts: list[int]) -> tuple[tuple[Tensor, ...], ...]:

@@ -1,5 +1,5 @@
-"""Sorts along the last dim for the build's small sorts of range ends: numpy's vectorised
-sort on the CPU, torch's elsewhere.
+"""Sorts along the last dim for the build's small sorts of range ends, and the repeat that
+writes index tensors from runs: numpy's on the CPU, torch's elsewhere.
 
 A build sorts rows of a few to a few thousand range ends. On the CPU torch's sort costs
 several times numpy's on such rows (a 2-core x86 machine, torch 2.13, numpy 2.4: 360 µs
@@ -43,3 +43,11 @@ def sorted_with_order(x: Tensor) -> tuple[Tensor, Tensor]:
         return x.gather(-1, order), order
     values, order = x.sort(-1)
     return values, order
+
+
+def repeated(values: Tensor, counts: Tensor, total: int) -> Tensor:
+    """``values.repeat_interleave(counts)``, ``total`` entries: numpy's repeat on the CPU
+    (for 737K int32 entries from 1.5K runs, 2-core x86: 0.09 ms against torch's 0.75)."""
+    if _on_numpy(values):
+        return torch.from_numpy(np.repeat(values.numpy(), counts.numpy()))
+    return values.repeat_interleave(counts, output_size=total)

@@ -57,6 +57,11 @@ def sorted_values(x):
 def sorted_with_order(x):
     """x sorted along the last dim, and the order (maskspec.sorting's, by torch alone)."""
     return x.sort(-1)
+
+
+def repeated(values, counts, total):
+    """values repeated counts times each (maskspec.sorting's, by torch alone)."""
+    return values.repeat_interleave(counts, output_size=total)
 '''
 
 
