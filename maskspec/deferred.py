@@ -1,7 +1,7 @@
 """Checks that run on a CUDA device and are read later, so a checked build never syncs.
 
-A checked CUDA build computes on the device one byte saying whether its inputs failed a
-check, and ``watch`` copies it asynchronously into a slot of a pinned host ring, marked
+A checked CUDA build computes on the device one int32 flag saying whether its inputs failed
+a check, and ``watch`` copies it asynchronously into a slot of a pinned host ring, marked
 pending until the copy lands. Every later checked build first ``poll``s: slots that have
 landed are read oldest first, and a failed one calls its ``report``, which raises the error
 the host checks would have raised. ``wait`` syncs and reads them all. The ring is per
@@ -17,16 +17,16 @@ from collections.abc import Callable
 import torch
 
 RING = 256  # pending checks per device
-_PENDING = 255  # a slot's byte until the device's copy lands (the checks write 0 or 1)
+_PENDING = -1  # a slot's value until the device's copy lands (the checks write 0 or 1)
 
 
 class _Ring:
-    """A device's pinned byte slots and the reports waiting on them, oldest first."""
+    """A device's pinned int32 slots and the reports waiting on them, oldest first."""
 
     def __init__(self, device: torch.device) -> None:
         pinned = device.type == "cuda"  # what an asynchronous copy lands in
-        self.host = torch.full((RING,), 0, dtype=torch.uint8, pin_memory=pinned)
-        self.bytes = self.host.numpy()  # reads and writes without torch's dispatch
+        self.host = torch.full((RING,), 0, dtype=torch.int32, pin_memory=pinned)
+        self.values = self.host.numpy()  # reads and writes without torch's dispatch
         self.slots = self.host.unbind()
         self.reports: deque[tuple[int, Callable[[], None]]] = deque()
         self.next = 0
@@ -37,7 +37,7 @@ _LOCK = threading.Lock()  # builds on several threads share the rings
 
 
 def watch(bad: torch.Tensor, report: Callable[[], None]) -> None:
-    """Read ``bad`` (a 0-dim uint8 tensor, nonzero when a check failed) once its device has
+    """Read ``bad`` (a 0-dim int32 tensor, nonzero when a check failed) once its device has
     computed it, and then call ``report`` if it is nonzero (``poll``). Off CUDA the copy
     lands at once. A full ring is waited for first (no pending slot is ever reused)."""
     while True:
@@ -48,7 +48,7 @@ def watch(bad: torch.Tensor, report: Callable[[], None]) -> None:
             if len(ring.reports) < RING:
                 slot = ring.next
                 ring.next = (slot + 1) % RING
-                ring.bytes[slot] = _PENDING
+                ring.values[slot] = _PENDING
                 ring.slots[slot].copy_(bad, non_blocking=True)
                 ring.reports.append((slot, report))
                 return
@@ -65,7 +65,7 @@ def _read(ring: _Ring) -> None:
         with _LOCK:
             while ring.reports and failed is None:
                 slot, report = ring.reports[0]
-                value = int(ring.bytes[slot])
+                value = int(ring.values[slot])
                 if value == _PENDING:
                     break
                 ring.reports.popleft()

@@ -249,34 +249,35 @@ def _checked_later(
     mask: ir.MaskIR, sizes: Mapping[str, int], inputs: dict[str, torch.Tensor],
     part: dict[str, torch.Tensor], device: torch.device, reads_values: bool,
 ) -> dict[str, torch.Tensor]:
-    """The value checks on the device (``value_flag``), watched by ``deferred``: first the
+    """The value checks on the device (``flagged``), watched by ``deferred``: first the
     earlier builds' checks that have landed are read (one that failed raises here), then
     this build's sanitized values are returned. Lookups indexed by input values still
     check their bounds on the host (a sync). Inside a CUDA graph capture nothing can be
     read back: the values are only sanitized there."""
     deferred.poll(device)
-    fixed = sanitized(mask, sizes, part)
+    fixed, bad = flagged(mask, sizes, part)
     clean = {**inputs, **fixed}
     if reads_values:
         check_index_bounds(mask, sizes, clean, True, static=False)
-    bad = value_flag(part, fixed)
     if bad is not None and not (device.type == "cuda"
                                 and torch.cuda.is_current_stream_capturing()):
         deferred.watch(bad, functools.partial(report_failed, mask, dict(sizes), dict(part)))
     return clean
 
 
-def value_flag(
-    given: Mapping[str, torch.Tensor], clean: Mapping[str, torch.Tensor]
-) -> torch.Tensor | None:
-    """On the inputs' device, a 0-dim uint8 that is 1 when some given value fails the value
-    checks: exactly where ``sanitized`` changed it (it leaves passing values alone). None
-    when nothing was sanitized (no integer inputs)."""
-    flags = [(clean[n] != t).view(torch.uint8).amax() for n, t in given.items()
-             if clean[n] is not t]
-    if not flags:
-        return None
-    return flags[0] if len(flags) == 1 else torch.stack(flags).amax()
+def flagged(
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """``sanitized``, and on the inputs' device a 0-dim int32 that is 1 when some value
+    fails the value checks: exactly where sanitizing changed it (passing values are left
+    alone), found as they are sanitized (``scan.cleaned``). None when nothing is sanitized
+    (no integer inputs)."""
+    decls = {d.name: d for d in mask.inputs}
+    ints = [t for name, t in inputs.items() if decls[name].dtype == "int"]
+    if not ints:
+        return dict(inputs), None
+    flag = torch.zeros((), dtype=torch.int32, device=ints[0].device)
+    return sanitized(mask, sizes, inputs, flag), flag
 
 
 def report_failed(
@@ -299,24 +300,23 @@ def report_failed(
 
 
 def sanitized(
-    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor]
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor],
+    flag: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """What an unchecked build reads in place of its inputs: integer inputs clamped into
     their declared ranges (undeclared: ±MAX_NUMBER), document ids made non-decreasing
     along each sequence (each id raised to the largest one before it). Values that would
     pass the checks are unchanged. The BlockMask and the mask_mod it carries read the same
     values, so an unchecked build never disagrees with its own mask_mod, whatever it is
-    given; tensor ops only (no sync: graph-capturable)."""
+    given; tensor ops only (no sync: graph-capturable). ``flag``: set to 1 where a value
+    changed (``flagged``)."""
     decls = {d.name: d for d in mask.inputs}
     out = dict(inputs)
+    docs = mask.document_inputs()
     for name, t in inputs.items():
         d = decls[name]
-        if d.dtype != "int":
-            continue
-        t = t.clamp(*_value_range(d, sizes, mask))
-        if name in mask.document_inputs():
-            t = scan.running_max(t)
-        out[name] = t
+        if d.dtype == "int":
+            out[name] = scan.cleaned(t, *_value_range(d, sizes, mask), name in docs, flag)
     return out
 
 

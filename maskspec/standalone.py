@@ -44,9 +44,14 @@ def make_mask_mod(*, B=None, H=None, Q_LEN=None, KV_LEN=None, device=None, **inp
 '''
 
 SCAN = '''
-def running_max(t):
-    """Running maxima along the last dim (maskspec.scan's, by torch alone)."""
-    return t.cummax(-1).values
+def cleaned(t, lo, hi, running, flag=None):
+    """t clamped, and raised to its running maxima (maskspec.scan's, by torch alone)."""
+    out = t.clamp(lo, hi)
+    if running:
+        out = out.cummax(-1).values
+    if flag is not None:
+        flag.bitwise_or_((out != t).any())
+    return out
 
 
 def sorted_values(x):

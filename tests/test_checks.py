@@ -89,7 +89,7 @@ def test_a_full_ring_waits_for_its_oldest_slot(later, monkeypatch):
     monkeypatch.setattr(deferred, "RING", 3)
     seen = []
     for i in range(7):
-        deferred.watch(torch.tensor(i % 2, dtype=torch.uint8), lambda i=i: seen.append(i))
+        deferred.watch(torch.tensor(i % 2, dtype=torch.int32), lambda i=i: seen.append(i))
     maskspec.wait_checks()
     assert seen == [1, 3, 5]
 
@@ -103,7 +103,7 @@ def test_checks_watched_from_many_threads_are_all_reported(later, monkeypatch):
     def work(t: int) -> None:
         for i in range(200):
             n = t * 1000 + i
-            deferred.watch(torch.tensor(n % 3 == 0, dtype=torch.uint8),
+            deferred.watch(torch.tensor(int(n % 3 == 0), dtype=torch.int32),
                            lambda n=n: seen.append(n))
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]

@@ -385,15 +385,23 @@ def test_plan_launches_follow_input_alignment_and_strides():
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
-def test_running_max_on_cuda_is_cummax():
-    """Document ids are raised on CUDA by a two-pass Triton scan (torch's cummax scans a row
-    in one thread block): equal to cummax for either dtype, one chunk or many, and rows
-    whose chunk maxima take several reads."""
+def test_cleaned_on_cuda_is_clamp_then_cummax():
+    """Inputs are sanitized on CUDA by Triton kernels (a clamp, and for document ids a
+    two-pass scan; torch's cummax scans a row in one thread block): equal to clamp then
+    cummax for either dtype, one chunk or many, rows whose chunk maxima take several
+    reads, with or without a running max; the flag set exactly where a value changed."""
     g = torch.Generator(device=DEV).manual_seed(0)
     for n in (1, 1025, 2048, 32768, 131072 + 77, scan.CHUNK * scan.TOPS * 2 + 5):
         for dtype in (torch.int32, torch.int64):
-            t = torch.randint(-1000, 1000, (3, n), device=DEV, generator=g, dtype=dtype)
-            assert torch.equal(scan.running_max(t), t.cummax(-1).values), (n, dtype)
+            for running in (False, True):
+                t = torch.randint(-1000, 1000, (3, n), device=DEV, generator=g, dtype=dtype)
+                for x in (t, t.cummax(-1).values.clamp(-900, 900)):
+                    flag = torch.zeros((), dtype=torch.int32, device=DEV)
+                    got = scan.cleaned(x, -900, 900, running, flag)
+                    want = x.clamp(-900, 900)
+                    want = want.cummax(-1).values if running else want
+                    assert torch.equal(got, want), (n, dtype, running)
+                    assert int(flag) == int(not torch.equal(want, x)), (n, dtype, running)
 
 
 FALLBACK = ("mask m\ninput g: bool[B, KV_LEN]\ninput kimg: int[B, KV_LEN] in [0, 3]\n"

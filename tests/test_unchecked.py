@@ -87,16 +87,36 @@ def test_builder_sanitizes_like_the_plain_call(spec, b, q, kv, seed):
         _agrees(Builder(mask, 16)(b, 1, q, kv, "cpu", **inputs), b, q, kv, 16)
 
 
-@settings(max_examples=examples(30), deadline=None)
+def _cleaned_by_torch(t, lo, hi, running):
+    """What an unchecked build reads, by its definition: clamped, then running maxima."""
+    out = t.clamp(lo, hi)
+    return out.cummax(-1).values if running else out
+
+
+@settings(max_examples=examples(40), deadline=None)
 @given(st.integers(1, 3), st.integers(1, 3000), st.integers(3, 8), st.integers(0, 10**6),
-       st.sampled_from([torch.int32, torch.int64]))
-def test_chunked_running_max_is_cummax(rows, n, log_chunk, seed, dtype):
-    """The two-pass scan CUDA builds raise document ids with (run here by Triton's
-    interpreter) equals cummax, for any values, row lengths and chunks (a chunk that does
-    not divide the row, more chunks than a raising program reads at once)."""
+       st.sampled_from([torch.int32, torch.int64]), st.booleans(), st.booleans(),
+       st.sampled_from(["wide", "inside", "narrow", "past"]))
+def test_chunked_clean_is_clamp_then_cummax(rows, n, log_chunk, seed, dtype, running,
+                                            flagged, bounds):
+    """The kernels CUDA builds sanitize inputs with (run here by Triton's interpreter): equal
+    to clamp then cummax for any values, bounds (past the dtype's, inside it, narrower than
+    the values), row lengths and chunks (a chunk that does not divide the row, more chunks
+    than a raising program reads at once); the flag is set exactly where a value changed."""
     g = torch.Generator().manual_seed(seed)
     info = torch.iinfo(dtype)
     t = torch.randint(info.min, info.max, (rows, n), generator=g, dtype=dtype)
     if seed % 2:  # mostly sorted runs with a few drops, as careless ids are
         t = t.sort(-1).values.roll(seed % n, -1)
-    assert torch.equal(scan.chunked_max(t, 1 << log_chunk), t.cummax(-1).values)
+    if seed % 3 == 0:  # already clean: nothing to flag
+        t = t.cummax(-1).values
+    lo, hi = {"wide": (-(1 << 62), 1 << 62), "inside": (info.min // 2, info.max // 2),
+              "narrow": (-5, 5), "past": (info.min, info.max)}[bounds]
+    if bounds == "narrow":
+        t = t % 13 - 6
+    flag = torch.zeros((), dtype=torch.int32) if flagged else None
+    got = scan.chunked(t, lo, hi, running, flag, 1 << log_chunk)
+    want = _cleaned_by_torch(t, max(lo, info.min), min(hi, info.max), running)
+    assert torch.equal(got, want)
+    if flagged:
+        assert int(flag) == int(not torch.equal(want, t))

@@ -212,8 +212,11 @@ def capture(ctx: BuildContext, raw: bool, check: bool, run: Run = dispatch.tenso
         static = {k: t.clone() for k, t in ctx.inputs.items()}
 
     def build() -> tuple[dict[str, Tensor], Tensor | None, tuple[Tensor, ...], Tensor | None]:
-        clean = inputs_stage.sanitized(ctx.mask, ctx.sizes, static) if raw else static
-        bad = inputs_stage.value_flag(static, clean) if raw and check else None
+        if raw and check:
+            clean, bad = inputs_stage.flagged(ctx.mask, ctx.sizes, static)
+        else:
+            clean = inputs_stage.sanitized(ctx.mask, ctx.sizes, static) if raw else static
+            bad = None
         tensors = run(ctx.with_inputs(clean))
         return clean, bad, tensors, packed_copy(tensors) if packed else None
 
