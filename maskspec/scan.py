@@ -93,13 +93,19 @@ def cleaned(t: torch.Tensor, lo: int, hi: int, running: bool,
     rows = t.numel() // n if n else 0
     if triton is None or t.device.type != "cuda" or t.dtype not in _DTYPES or n == 0 \
             or rows == 0 or rows > MAX_GRID or torch.compiler.is_compiling():
-        out = t.clamp(lo, hi)
-        if running:
-            out = out.cummax(-1).values
-        if flag is not None:
-            flag.bitwise_or_((out != t).any())
-        return out
+        return cleaned_by_torch(t, lo, hi, running, flag)
     return chunked(t, lo, hi, running, flag)
+
+
+def cleaned_by_torch(t: torch.Tensor, lo: int, hi: int, running: bool,
+                     flag: torch.Tensor | None = None) -> torch.Tensor:
+    """``cleaned`` by torch's ops (what the standalone module runs, too)."""
+    out = t.clamp(lo, hi)
+    if running:
+        out = out.cummax(-1).values
+    if flag is not None:
+        flag.bitwise_or_((out != t).any())
+    return out
 
 
 def chunked(t: torch.Tensor, lo: int, hi: int, running: bool,

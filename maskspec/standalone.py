@@ -12,7 +12,7 @@ import ast
 import inspect
 from importlib import import_module
 
-from maskspec import ir
+from maskspec import ir, scan
 
 # Dependency order: each module only uses names defined above it.
 RUNTIME = ("errors", "caches", "ir", "analysis", "context", "lower", "elements", "separable",
@@ -44,16 +44,6 @@ def make_mask_mod(*, B=None, H=None, Q_LEN=None, KV_LEN=None, device=None, **inp
 '''
 
 SCAN = '''
-def cleaned(t, lo, hi, running, flag=None):
-    """t clamped, and raised to its running maxima (maskspec.scan's, by torch alone)."""
-    out = t.clamp(lo, hi)
-    if running:
-        out = out.cummax(-1).values
-    if flag is not None:
-        flag.bitwise_or_((out != t).any())
-    return out
-
-
 def sorted_values(x):
     """x sorted along the last dim (maskspec.sorting's, by torch alone)."""
     return x.sort(-1).values
@@ -67,6 +57,9 @@ def sorted_with_order(x):
 def repeated(values, counts, total):
     """values repeated counts times each (maskspec.sorting's, by torch alone)."""
     return values.repeat_interleave(counts, output_size=total)
+
+
+cleaned = cleaned_by_torch  # maskspec.scan's, by torch alone
 '''
 
 
@@ -145,4 +138,5 @@ def python_module(mask: ir.MaskIR) -> str:
     api = API.format(name=mask.name, ir_literal=repr(mask))
     positions = "Pos = Any  # spec source positions: annotations only, none are carried\n"
     return "\n".join([header, "from __future__ import annotations\n",
-                      *_merged_imports(imports), "", positions, SCAN, *sections, api])
+                      *_merged_imports(imports), "", positions,
+                      inspect.getsource(scan.cleaned_by_torch), SCAN, *sections, api])
