@@ -5,9 +5,9 @@ row; as a dense grid, or written straight into BlockMask's eight tensors.
 whole (``coarse``) keeps each sum as sorted events instead: its classes change only where
 one of its ranges starts or ends, so they are read per run of key blocks between events,
 O(B'·H'·Q_blocks·E log E) for E range ends per row block however many key blocks there are.
-From runs, ``tensors`` writes the index tensors from spans of set blocks (``Spans``): a
-difference array over each row's spans and one cumulative sum per tensor give
-create_block_mask's layout, set blocks then the unset ones; the q direction's spans come
+From runs, ``tensors`` writes the index tensors from spans of set blocks (``Spans``): each
+row's offsets from ``arange``, constant between its spans' edges, repeated over their runs
+give create_block_mask's layout, set blocks then the unset ones; the q direction's spans come
 from the symmetric differences of adjacent rows' spans (``_transposed``). Both cost the
 spans, not the blocks, and never pass over a boolean grid. Builds with many set blocks, or
 few whole row blocks, take the dense grid and ``blocks.index_tensors``, whose temporaries
@@ -17,7 +17,7 @@ stay bounded by their chunks.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -26,6 +26,7 @@ from maskspec import blocks, elements, lower, rowblocks
 from maskspec.blocks import BlockGrid, Decide, Ranges
 from maskspec.caches import PerMask
 from maskspec.context import BuildContext
+from maskspec.lower import Rows
 from maskspec.sorting import repeated, sorted_values, sorted_with_order
 
 FIELD = 16  # bits per sum packed into an event's int64 weight (signed: |sum| < 2**15)
@@ -78,6 +79,23 @@ def _paired(r: Ranges) -> Ranges:
                  for x in r)  # type: ignore[return-value]
 
 
+def _stacked(a: Rows, b: Rows) -> Rows:
+    """a's rows, then b's (slots laid out alike), under a family plan bounding both."""
+    lead = torch.broadcast_shapes(a.lo.shape[:-2], b.lo.shape[:-2])
+    both = (torch.cat([x.expand(*lead, *x.shape[-2:]), y.expand(*lead, *y.shape[-2:])], -2)
+            for x, y in zip(a.tensors(), b.tensors(), strict=True))
+    pa, pb = a.family, b.family
+    plan = pa if pa.level is None else replace(
+        pa, pieces=max(pa.pieces, pb.pieces),
+        spans=(max(pa.spans[0], pb.spans[0]), max(pa.spans[1], pb.spans[1])))
+    return Rows(*both, family=plan)
+
+
+def _rows(r: Ranges, start: int, stop: int) -> Ranges:
+    """Ranges of rows [start, stop)."""
+    return tuple(x[..., start:stop, :] for x in r)  # type: ignore[return-value]
+
+
 def coarse(ctx: BuildContext) -> tuple[Runs | BlockGrid, Tensor] | None:
     """Classes of the whole row blocks as runs (as a dense grid where their ranges have
     more ends than there are key blocks), and which row blocks they are exact for; None
@@ -97,12 +115,15 @@ def coarse(ctx: BuildContext) -> tuple[Runs | BlockGrid, Tensor] | None:
     first = torch.arange(n, device=ctx.device) * q_bs
     ends = torch.stack([first, first + q_bs - 1], -1).flatten()
     edge = lower.row_slots(ctx, ends)
-    t = blocks.tighten(edge)
     n_kv, kv_len = blocks.counts(ctx.q_len, ctx.kv_len, *ctx.block_size)[1], ctx.kv_len
-    sums = [_paired(blocks.touched_ranges(edge, kv_bs, t)),
-            _paired(blocks.full_ranges(edge, kv_len, kv_bs, 2, t)),
-            blocks.touched_ranges(union, kv_bs, blocks.tighten(union)),
-            blocks.full_ranges(common, kv_len, kv_bs, 1, blocks.tighten(common))]
+    # The end rows' sums and the virtual rows' in one pass each (a tensor operation costs
+    # the same for 2n rows as for 3n): full ranges weigh gaps -3 for both, which keeps
+    # the virtual row's sum off 1 wherever a gap meets the block, as -2 would.
+    touching, covering = _stacked(edge, union), _stacked(edge, common)
+    touched = blocks.touched_ranges(touching, kv_bs, blocks.tighten(touching))
+    full = blocks.full_ranges(covering, kv_len, kv_bs, 2, blocks.tighten(covering))
+    sums = [_paired(_rows(touched, 0, 2 * n)), _paired(_rows(full, 0, 2 * n)),
+            _rows(touched, 2 * n, 3 * n), _rows(full, 2 * n, 3 * n)]
     found = _runs(sums, n_kv)
     # (more range ends than key blocks: the dense sums, one value per key block, cost less)
     values = [blocks.tally(*r, 1, n, n_kv) for r in sums] if found is None else found[2]
@@ -320,7 +341,7 @@ def _written(spans: Spans, rows: tuple[int, ...], n_cols: int) -> list[Tensor]:
     events, the first gap, the k later gaps], the events of all rows are in order, and each
     runs to the next (an empty gap's run has length 0)."""
     n_rows = math.prod(rows)
-    row, start, length = spans.row, spans.start, spans.length
+    row, start, length = (x.long() for x in (spans.row, spans.start, spans.length))
     k = torch.zeros(n_rows, dtype=torch.long, device=row.device).index_add_(
         0, row, torch.ones_like(row))
     num = torch.zeros(n_rows, dtype=torch.long, device=row.device).index_add_(0, row, length)

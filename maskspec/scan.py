@@ -92,9 +92,17 @@ def cleaned(t: torch.Tensor, lo: int, hi: int, running: bool,
     n = t.shape[-1] if t.dim() else 0
     rows = t.numel() // n if n else 0
     if triton is None or t.device.type != "cuda" or t.dtype not in _DTYPES or n == 0 \
-            or rows == 0 or rows > MAX_GRID or torch.compiler.is_compiling():
+            or rows == 0 or rows > MAX_GRID or torch.compiler.is_compiling() \
+            or not _meets(t.dtype, lo, hi):
         return cleaned_by_torch(t, lo, hi, running, flag)
     return chunked(t, lo, hi, running, flag)
+
+
+def _meets(dtype: torch.dtype, lo: int, hi: int) -> bool:
+    """Whether [lo, hi] meets the dtype's range (else no value of it can be clamped into
+    it, and torch's clamp raises)."""
+    info = torch.iinfo(dtype)
+    return lo <= info.max and hi >= info.min
 
 
 def cleaned_by_torch(t: torch.Tensor, lo: int, hi: int, running: bool,
@@ -118,6 +126,7 @@ def chunked(t: torch.Tensor, lo: int, hi: int, running: bool,
     out = torch.empty_like(x)
     tops = torch.empty(rows, chunks if running else 1, dtype=x.dtype, device=x.device)
     info = torch.iinfo(x.dtype)
+    assert _meets(x.dtype, lo, hi), "bounds wholly outside the dtype: torch's clamp refuses"
     lo, hi = max(lo, info.min), min(hi, info.max)  # (bounds past the dtype clamp nothing)
     marked = flag if flag is not None else tops  # (an unused pointer where not flagged)
     with on_device(x.device):
