@@ -73,8 +73,9 @@ class Span:
         if exact is _TRUES.get(v0.device):
             return cls(None, None, v0, v1, exact)
         assert lo is not None and hi is not None
-        lo, hi = torch.where(exact, torch.minimum(v0, v1), lo), \
-            torch.where(exact, torch.maximum(v0, v1), hi)
+        one = v0 is v1  # (a value read at the first row only: its own order)
+        lo = torch.where(exact, v0 if one else torch.minimum(v0, v1), lo)
+        hi = torch.where(exact, v0 if one else torch.maximum(v0, v1), hi)
         return cls(lo.clamp(-BIG, BIG), hi.clamp(-BIG, BIG), v0, v1, exact)
 
     def map(self, f: Callable[[Tensor], Tensor]) -> Span:
