@@ -350,15 +350,15 @@ def _written(spans: Spans, rows: tuple[int, ...], n_cols: int) -> list[Tensor]:
     w = torch.arange(row.numel(), device=row.device) - first_span[row]  # rank in its row
     pos = length.cumsum(0) - length - (num.cumsum(0) - num)[row]  # P_j
     m = num[row]
-    total = 2 * row.numel() + n_rows
-    at = torch.empty(total, dtype=torch.long, device=row.device)
-    offset = torch.empty_like(at)
-    span_at, gap_at, rest = base[row] + w, base[row] + k[row] + 1 + w, base + k
-    at[span_at], offset[span_at] = pos, start - pos
-    at[gap_at], offset[gap_at] = m + start - pos, pos + length - m
-    at[rest], offset[rest] = num, -num  # a row's first gap (alone, at 0, in a row of none)
-    at += torch.repeat_interleave(torch.arange(n_rows, device=row.device) * n_cols, 2 * k + 1,
-                                  output_size=total)
+    at = torch.empty(2 * row.numel() + n_rows, dtype=torch.long, device=row.device)
+    offset = torch.empty_like(at)  # (at: flat positions, row · n_cols + position)
+    span_at = base[row] + w
+    gap_at, rest, shift = span_at + k[row] + 1, base + k, row * n_cols
+    at[span_at], offset[span_at] = shift + pos, start - pos
+    at[gap_at], offset[gap_at] = shift + m + start - pos, pos + length - m
+    # a row's first gap (alone, at the row's start, in a row of none)
+    at[rest] = torch.arange(n_rows, device=row.device) * n_cols + num
+    offset[rest] = -num
     runs = torch.diff(at, append=at.new_full((1,), n_rows * n_cols))
     idx = repeated(offset.to(torch.int32), runs, n_rows * n_cols).view(n_rows, n_cols)
     idx += torch.arange(n_cols, dtype=torch.int32, device=row.device)

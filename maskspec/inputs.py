@@ -266,16 +266,16 @@ def _checked_later(
 
 
 def flagged(
-    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor]
+    mask: ir.MaskIR, sizes: Mapping[str, int], inputs: Mapping[str, torch.Tensor],
+    check: bool = True,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """``sanitized``, and on the inputs' device a 0-dim int32 that is 1 when some value
-    fails the value checks: exactly where sanitizing changed it (passing values are left
-    alone), found as they are sanitized (``scan.cleaned``). None when nothing is sanitized
-    (no integer inputs)."""
-    decls = {d.name: d for d in mask.inputs}
-    ints = [t for name, t in inputs.items() if decls[name].dtype == "int"]
-    if not ints:
-        return dict(inputs), None
+    """``sanitized``, and (``check``) on the inputs' device a 0-dim int32 that is 1 when
+    some value fails the value checks: exactly where sanitizing changed it (passing values
+    are left alone), found as they are sanitized (``scan.cleaned``). None when not
+    checking or nothing is sanitized (no integer inputs)."""
+    ints = [inputs[d.name] for d in mask.inputs if d.dtype == "int" and d.name in inputs]
+    if not (check and ints):
+        return sanitized(mask, sizes, inputs), None
     flag = torch.zeros((), dtype=torch.int32, device=ints[0].device)
     return sanitized(mask, sizes, inputs, flag), flag
 

@@ -39,11 +39,8 @@ def _stand_in_capture(ctx, raw, check, run=dispatch.tensors, packed=False):
     static = {k: t.clone() for k, t in ctx.inputs.items()}
 
     def build():
-        if raw and check:
-            clean, bad = inputs_stage.flagged(ctx.mask, ctx.sizes, static)
-        else:
-            clean = inputs_stage.sanitized(ctx.mask, ctx.sizes, static) if raw else static
-            bad = None
+        clean, bad = (inputs_stage.flagged(ctx.mask, ctx.sizes, static, check) if raw
+                      else (static, None))
         out = run(ctx.with_inputs(clean))
         flat = graphs.packed_copy(out) if packed else None
         return (*clean.values(), bad, *out, flat)

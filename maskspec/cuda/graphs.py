@@ -212,11 +212,8 @@ def capture(ctx: BuildContext, raw: bool, check: bool, run: Run = dispatch.tenso
         static = {k: t.clone() for k, t in ctx.inputs.items()}
 
     def build() -> tuple[dict[str, Tensor], Tensor | None, tuple[Tensor, ...], Tensor | None]:
-        if raw and check:
-            clean, bad = inputs_stage.flagged(ctx.mask, ctx.sizes, static)
-        else:
-            clean = inputs_stage.sanitized(ctx.mask, ctx.sizes, static) if raw else static
-            bad = None
+        clean, bad = (inputs_stage.flagged(ctx.mask, ctx.sizes, static, check) if raw
+                      else (static, None))
         tensors = run(ctx.with_inputs(clean))
         return clean, bad, tensors, packed_copy(tensors) if packed else None
 
